@@ -294,6 +294,28 @@ describe('test IdP', () => {
       assert.equal(res.json.error, 'invalid_grant');
     });
 
+    it('userinfo and introspection accept the JWT access token until its grant is revoked', async () => {
+      const first = (await passwordGrant(srv)).json;
+      const userinfo = () => fetch(srv.url('/protocol/openid-connect/userinfo'), {
+        headers: { authorization: `Bearer ${first.access_token}` },
+      });
+      const introspect = () => post(srv, '/protocol/openid-connect/token/introspect', { token: first.access_token }, { basic: ['cc-basic', 'cc-basic-secret'] });
+      const ui = await userinfo();
+      assert.equal(ui.status, 200);
+      assert.equal((await ui.json()).preferred_username, SA_USER);
+      const active = await introspect();
+      assert.equal(active.status, 200, active.text);
+      assert.equal(active.json.active, true);
+      assert.equal(active.json.client_id, 'PolarsCloud');
+      assert.equal(active.json.username, SA_USER);
+      const anonymous = await post(srv, '/protocol/openid-connect/token/introspect', { token: first.access_token, client_id: 'PolarsCloud' });
+      assert.equal(anonymous.status, 401);
+
+      await post(srv, '/protocol/openid-connect/revoke', { client_id: 'PolarsCloud', token: first.refresh_token });
+      assert.equal((await userinfo()).status, 401);
+      assert.deepEqual((await introspect()).json, { active: false });
+    });
+
     it('refuses an unknown refresh token', async () => {
       const res = await token(srv, { grant_type: 'refresh_token', client_id: 'PolarsCloud', refresh_token: 'bogus' });
       assert.equal(res.status, 400);

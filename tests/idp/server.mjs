@@ -188,6 +188,14 @@ setInterval(() => {
   for (const [key, entry] of store) if (entry.until < now) store.delete(key);
 }, 60_000).unref();
 
+// JWT access tokens are not stored by oidc-provider; remember which grant each belongs to so
+// userinfo/introspection can call a token of a revoked grant inactive (as Keycloak does).
+const jwtGrants = new Map(); // jti -> { grantId, exp }
+setInterval(() => {
+  const now = Date.now() / 1000;
+  for (const [jti, { exp }] of jwtGrants) if (exp < now) jwtGrants.delete(jti);
+}, 60_000).unref();
+
 // ---------------------------------------------------------------------------------------
 // test hooks state
 
@@ -225,7 +233,7 @@ const port = server.address().port;
 const origin = `http://127.0.0.1:${port}`;
 const issuer = `${origin}${PREFIX}`;
 
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = {
   ...privateKey.export({ format: 'jwk' }),
   kid: crypto.randomBytes(8).toString('hex'),
@@ -363,6 +371,7 @@ const provider = new Provider(issuer, {
       // Keycloak-ish claims on top of oidc-provider's (jti, sub, iat, exp, scope, client_id,
       // iss, aud).
       async jwt(ctx, token, jwt) {
+        jwtGrants.set(jwt.payload.jti, { grantId: token.grantId, exp: jwt.payload.exp });
         jwt.payload.azp = token.clientId;
         jwt.payload.typ = 'Bearer';
         if (token.accountId) {
@@ -677,14 +686,94 @@ const CLIENT_AUTH_ENDPOINTS = new Set([
 ]);
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 
+// oidc-provider will neither introspect JWT access tokens nor accept them at userinfo (their
+// audience is the resource server); Keycloak does both, so answer those here.
+const CONFIDENTIAL = new Map([['cc-basic', 'cc-basic-secret'], ['cc-post', 'cc-post-secret']]);
+
+async function verifyAccessToken(value) {
+  if (typeof value !== 'string') return undefined;
+  const parts = value.split('.');
+  if (parts.length !== 3) return undefined;
+  let header;
+  let payload;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    payload = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (header.alg !== 'RS256' || header.kid !== signingKey.kid) return undefined;
+  const ok = crypto.verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), publicKey,
+    Buffer.from(parts[2], 'base64url'));
+  if (!ok || payload.iss !== issuer || !(payload.exp > Date.now() / 1000)) return undefined;
+  const known = jwtGrants.get(payload.jti);
+  if (known?.grantId && !(await provider.Grant.find(known.grantId).catch(() => undefined))) {
+    return undefined;
+  }
+  return payload;
+}
+
+function looksLikeJwt(value) {
+  return typeof value === 'string' && value.split('.').length === 3;
+}
+
+async function userinfo(req, res, url) {
+  let tokenValue;
+  const auth = req.headers.authorization ?? '';
+  if (/^bearer /i.test(auth)) tokenValue = auth.slice(7).trim();
+  let raw;
+  if (req.method === 'POST') {
+    raw = await readBody(req);
+    if (!tokenValue && /^application\/x-www-form-urlencoded/i.test(req.headers['content-type'] ?? '')) {
+      tokenValue = querystring.parse(raw.toString('utf8')).access_token;
+    }
+  }
+  if (!looksLikeJwt(tokenValue)) {
+    if (raw) req.body = raw;
+    return forward(req, res);
+  }
+  const payload = await verifyAccessToken(tokenValue);
+  if (!payload) {
+    return sendJson(res, 401, { error: 'invalid_token', error_description: 'Token verification failed' }, {
+      'www-authenticate': 'Bearer realm="Polars", error="invalid_token", error_description="Token verification failed"',
+    });
+  }
+  const claims = payload.sub === payload.client_id && !usernames.has(payload.sub)
+    ? { sub: payload.sub, preferred_username: `service-account-${payload.client_id}`, email_verified: false }
+    : await accountFor(payload.sub).claims();
+  return sendJson(res, 200, claims);
+}
+
+async function introspect(req, res, params, basic) {
+  const clientId = basic?.clientId ?? params.client_id;
+  const secret = basic ? basic.secret : params.client_secret;
+  if (!CONFIDENTIAL.has(clientId) || CONFIDENTIAL.get(clientId) !== secret) {
+    return sendJson(res, 401, { error: 'invalid_client', error_description: 'Authentication failed.' });
+  }
+  const payload = await verifyAccessToken(params.token);
+  if (!payload) return sendJson(res, 200, { active: false });
+  return sendJson(res, 200, {
+    ...payload,
+    username: payload.preferred_username,
+    token_type: 'Bearer',
+    active: true,
+  });
+}
+
 async function handleRealm(req, res, url) {
   const rel = url.pathname.slice(PREFIX.length) || '/';
+  if (rel === ROUTES.userinfo && (req.method === 'GET' || req.method === 'POST')) {
+    return userinfo(req, res, url);
+  }
   if (req.method !== 'POST' || !CLIENT_AUTH_ENDPOINTS.has(rel)) return forward(req, res);
 
   const raw = await readBody(req);
   const isForm = /^application\/x-www-form-urlencoded/i.test(req.headers['content-type'] ?? '');
   const params = isForm ? { ...querystring.parse(raw.toString('utf8')) } : {};
   const basic = parseBasic(req.headers.authorization);
+  if (rel === ROUTES.introspection && looksLikeJwt(params.token)) {
+    return introspect(req, res, params, basic);
+  }
   const endpoint = RECORDED.get(rel);
 
   let entry;
