@@ -453,6 +453,21 @@ describe('test IdP', () => {
       assert.equal((await ok()).status, 200);
     });
 
+    it('a fault can target the revocation endpoint; the log shows faults', async () => {
+      await hook(srv, 'DELETE', '/__test/requests');
+      await hook(srv, 'POST', '/__test/faults', { faults: [{ kind: 'status', status: 500, endpoint: 'revocation' }] });
+      assert.equal((await ok()).status, 200, 'token endpoint untouched');
+      const rev = await post(srv, '/protocol/openid-connect/revoke', { client_id: 'PolarsCloud', token: 'x' });
+      assert.equal(rev.status, 500);
+      await hook(srv, 'POST', '/__test/faults', { faults: [{ kind: 'reset' }] });
+      await assert.rejects(ok(), TypeError);
+      await sleep(50);
+      const log = await hook(srv, 'GET', '/__test/requests');
+      assert.deepEqual(log.map((e) => [e.endpoint, e.status, e.fault]), [
+        ['token', 200, null], ['revocation', 500, 'status'], ['token', 'no-response', 'reset'],
+      ]);
+    });
+
     it('rejects unknown fault kinds', async () => {
       const res = await fetch(`${srv.origin}/__test/faults`, { method: 'POST', body: JSON.stringify({ faults: [{ kind: 'nope' }] }) });
       assert.equal(res.status, 400);
