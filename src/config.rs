@@ -1,0 +1,558 @@
+//! Settings: one set of argument groups, parsed from flags and their `POLARS_CLOUD_*`
+//! twins by clap, from an optional YAML file by serde, and merged (flags and environment
+//! win over the file; defaults apply last). The file's JSON Schema is derived from the
+//! same types.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+use crate::credentials::{self, Credentials};
+use crate::renew::Policy;
+use crate::sink::TokenFile;
+use crate::source::{self, ClientAuth, Endpoints, Grant, HttpSettings};
+
+/// A duration written the human way: `30s`, `5m`, `1h 30m`, `250ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(Self)
+            .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 30s, 5m or 250ms"))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration such as 30s, 5m, 1h 30m or 250ms.",
+            "pattern": r"^\s*\d+\s*[a-zµ]+(\s*\d+\s*[a-zµ]+)*\s*$"
+        })
+    }
+}
+
+/// A Unix file mode written in octal, like `0640`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FromStr for FileMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.trim().trim_start_matches("0o");
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(Self(mode)),
+            _ => Err(format!("'{s}' is not an octal file mode such as 0640")),
+        }
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for FileMode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FileMode".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "An octal file mode, quoted, such as \"0640\".",
+            "pattern": "^(0o)?[0-7]{1,4}$"
+        })
+    }
+}
+
+/// A fraction of a token's life, between 0.1 and 0.95.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Fraction(#[schemars(range(min = 0.1, max = 0.95))] pub f64);
+
+impl TryFrom<f64> for Fraction {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, Self::Error> {
+        if (0.1..=0.95).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("{v} is not a fraction between 0.1 and 0.95"))
+        }
+    }
+}
+
+impl From<Fraction> for f64 {
+    fn from(f: Fraction) -> f64 {
+        f.0
+    }
+}
+
+impl FromStr for Fraction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number"))?;
+        Self::try_from(v)
+    }
+}
+
+/// Which grant to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrantKind {
+    /// A Polars Cloud service account (password grant against the `PolarsCloud` client).
+    ServiceAccount,
+    /// OAuth2 client credentials, for other Keycloak realms.
+    ClientCredentials,
+}
+
+/// How a client-credentials client authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthKind {
+    /// HTTP Basic.
+    Basic,
+    /// In the request body.
+    Post,
+}
+
+/// Log line format.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The identity provider and the credentials to present to it.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Identity provider")]
+pub struct IdpArgs {
+    /// Realm issuer URL [default: https://auth.{domain}/realms/Polars].
+    #[arg(long, env = "POLARS_CLOUD_ISSUER", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub issuer: Option<Url>,
+    /// Polars Cloud domain, used when no issuer is given [default: prd.cloud.pola.rs].
+    #[arg(long, env = "POLARS_CLOUD_DOMAIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Token endpoint URL, overriding the one derived from the issuer.
+    #[arg(long, env = "POLARS_CLOUD_TOKEN_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub token_url: Option<Url>,
+    /// Grant to use [default: service-account].
+    #[arg(long, env = "POLARS_CLOUD_GRANT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantKind>,
+    /// How a client-credentials client authenticates [default: basic].
+    #[arg(long, env = "POLARS_CLOUD_CLIENT_AUTH", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthKind>,
+    /// Client id (a service account's id for the default grant). The secret is read only
+    /// from POLARS_CLOUD_CLIENT_SECRET or a file, never from a flag.
+    #[arg(long, env = "POLARS_CLOUD_CLIENT_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// File holding the client id (wins over POLARS_CLOUD_CLIENT_ID).
+    #[arg(long, env = "POLARS_CLOUD_CLIENT_ID_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id_file: Option<PathBuf>,
+    /// File holding the client secret, re-read at every renewal.
+    #[arg(long, env = "POLARS_CLOUD_CLIENT_SECRET_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Directory holding `client_id` and `client_secret` files, as a mounted Secret.
+    #[arg(long, env = "POLARS_CLOUD_CREDENTIALS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_dir: Option<PathBuf>,
+    /// `scope` parameter to send.
+    #[arg(long, env = "POLARS_CLOUD_SCOPE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// `audience` parameter to send.
+    #[arg(long, env = "POLARS_CLOUD_AUDIENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Extra trusted CA certificates (PEM), on top of the system roots.
+    #[arg(long, env = "POLARS_CLOUD_CA_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Limit for one HTTP request [default: 10s].
+    #[arg(long, env = "POLARS_CLOUD_HTTP_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_timeout: Option<HumanDuration>,
+}
+
+/// The token file.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Token file")]
+pub struct FileArgs {
+    /// Token file path [default: /var/run/polars-cloud/token].
+    #[arg(
+        long = "token-file",
+        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        value_name = "PATH"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Token file mode, octal [default: 0640].
+    #[arg(
+        long = "file-mode",
+        env = "POLARS_CLOUD_TOKEN_FILE_MODE",
+        value_name = "MODE"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<FileMode>,
+}
+
+/// Renewal timing and retries.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Renewal")]
+pub struct RenewArgs {
+    /// Renew after this fraction of the token's life [default: 0.8].
+    #[arg(long, env = "POLARS_CLOUD_RENEW_AT", value_name = "FRACTION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<Fraction>,
+    /// Never renew more often than this [default: 1s].
+    #[arg(long, env = "POLARS_CLOUD_MIN_RENEW_INTERVAL", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_renew_interval: Option<HumanDuration>,
+    /// Longest wait between retries after transient failures [default: 30s].
+    #[arg(long, env = "POLARS_CLOUD_MAX_BACKOFF", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<HumanDuration>,
+    /// Wait between attempts after the credentials were rejected (sidecar) [default: 60s].
+    #[arg(long, env = "POLARS_CLOUD_REJECTED_RETRY", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_retry: Option<HumanDuration>,
+    /// How long `token` and `init` keep retrying transient failures [default: 60s].
+    #[arg(long, env = "POLARS_CLOUD_TIMEOUT", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// The sidecar's HTTP surface.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Sidecar")]
+pub struct ServeArgs {
+    /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:8471].
+    #[arg(long, env = "POLARS_CLOUD_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// /readyz fails when the token on disk expires sooner than this [default: 30s].
+    #[arg(long, env = "POLARS_CLOUD_READY_MARGIN", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_margin: Option<HumanDuration>,
+}
+
+/// Logging.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format [default: text].
+    #[arg(long, global = true, env = "POLARS_CLOUD_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `polars_cloud_auth=debug` [default: info].
+    #[arg(long, global = true, env = "POLARS_CLOUD_LOG", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// The YAML configuration file (`--config`): the same settings as the flags, by section.
+/// The client secret is deliberately not a setting: it comes from the environment or a
+/// file only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[schemars(title = "polars-cloud-auth configuration")]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub idp: IdpArgs,
+    #[serde(default)]
+    pub token_file: FileArgs,
+    #[serde(default)]
+    pub renewal: RenewArgs,
+    #[serde(default)]
+    pub sidecar: ServeArgs,
+    #[serde(default)]
+    pub log: LogArgs,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_saphyr::from_str(&text).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The JSON Schema of the configuration file, pretty-printed with a trailing newline.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(ConfigFile);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// `flags` with every unset field taken from `file`.
+pub fn overlay<T: Serialize + DeserializeOwned>(flags: &T, file: &T) -> Result<T, Error> {
+    let mut merged = serde_json::to_value(file).map_err(Error::merge)?;
+    let top = serde_json::to_value(flags).map_err(Error::merge)?;
+    if let (Some(base), serde_json::Value::Object(over)) = (merged.as_object_mut(), top) {
+        base.extend(over);
+    }
+    serde_json::from_value(merged).map_err(Error::merge)
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("failed to read config file '{}'", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the schema (`polars-cloud-auth schema`).
+    #[error("config file '{}' is invalid: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    /// Internal: merging flags over the file failed.
+    #[error("failed to merge flags with the config file: {0}")]
+    Merge(String),
+    /// The endpoint settings are unusable.
+    #[error(transparent)]
+    Endpoint(#[from] source::EndpointError),
+    /// The HTTP client could not be set up.
+    #[error(transparent)]
+    Http(#[from] source::HttpError),
+    /// The credentials cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
+    /// A setting that parses but makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    fn merge(e: serde_json::Error) -> Self {
+        Self::Merge(e.to_string())
+    }
+}
+
+impl IdpArgs {
+    pub fn endpoints(&self) -> Result<Endpoints, Error> {
+        let issuer = match &self.issuer {
+            Some(url) => url.clone(),
+            None => {
+                source::issuer_for_domain(self.domain.as_deref().unwrap_or(source::DEFAULT_DOMAIN))?
+            }
+        };
+        Ok(Endpoints::new(issuer, self.token_url.clone())?)
+    }
+
+    pub fn grant(&self) -> Grant {
+        match self.grant.unwrap_or(GrantKind::ServiceAccount) {
+            GrantKind::ServiceAccount => Grant::ServiceAccount,
+            GrantKind::ClientCredentials => {
+                Grant::ClientCredentials(match self.client_auth.unwrap_or(ClientAuthKind::Basic) {
+                    ClientAuthKind::Basic => ClientAuth::Basic,
+                    ClientAuthKind::Post => ClientAuth::Post,
+                })
+            }
+        }
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials::from_sources(credentials::Sources {
+            client_id: self.client_id.clone(),
+            client_id_file: self.client_id_file.clone(),
+            client_secret: std::env::var(credentials::CLIENT_SECRET_ENV).ok(),
+            client_secret_file: self.client_secret_file.clone(),
+            credentials_dir: self.credentials_dir.clone(),
+        })
+    }
+
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            ca_file: self.ca_file.clone(),
+            timeout: self
+                .http_timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+        }
+    }
+
+    /// The token source these settings describe.
+    pub fn source(&self) -> Result<source::TokenSource, Error> {
+        let settings = source::Settings {
+            endpoints: self.endpoints()?,
+            grant: self.grant(),
+            credentials: self.credentials(),
+            scope: self.scope.clone().filter(|s| !s.is_empty()),
+            audience: self.audience.clone().filter(|s| !s.is_empty()),
+        };
+        let http = source::http_client(&self.http())?;
+        Ok(source::TokenSource::new(http, settings))
+    }
+}
+
+impl FileArgs {
+    pub fn token_file(&self, default_path: &Path, default_mode: u32) -> TokenFile {
+        TokenFile::new(
+            self.path
+                .clone()
+                .unwrap_or_else(|| default_path.to_path_buf()),
+            self.mode.map(|m| m.0).unwrap_or(default_mode),
+        )
+    }
+}
+
+impl RenewArgs {
+    pub fn policy(&self) -> Policy {
+        let d = Policy::default();
+        Policy {
+            renew_at: self.renew_at.map(|f| f.0).unwrap_or(d.renew_at),
+            jitter: d.jitter,
+            min_interval: self
+                .min_renew_interval
+                .map(|x| x.0)
+                .unwrap_or(d.min_interval),
+            backoff_base: d.backoff_base,
+            backoff_cap: self.max_backoff.map(|x| x.0).unwrap_or(d.backoff_cap),
+            rejected_retry: self.rejected_retry.map(|x| x.0).unwrap_or(d.rejected_retry),
+        }
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file = IdpArgs {
+            domain: Some("file.example".into()),
+            scope: Some("from-file".into()),
+            ..IdpArgs::default()
+        };
+        let flags = IdpArgs {
+            scope: Some("from-flag".into()),
+            ..IdpArgs::default()
+        };
+        let merged = overlay(&flags, &file).unwrap();
+        assert_eq!(merged.scope.as_deref(), Some("from-flag"));
+        assert_eq!(merged.domain.as_deref(), Some("file.example"));
+        assert_eq!(
+            merged.endpoints().unwrap().token.as_str(),
+            "https://auth.file.example/realms/Polars/protocol/openid-connect/token"
+        );
+    }
+
+    #[test]
+    fn the_yaml_file_parses_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "idp:\n  issuer: http://127.0.0.1:9/realms/Polars\n  grant: client-credentials\ntoken-file:\n  path: /tmp/t\n  mode: \"0600\"\nrenewal:\n  renew-at: 0.5\n  timeout: 2m\n",
+        )
+        .unwrap();
+        let c = ConfigFile::load(&path).unwrap();
+        assert_eq!(c.token_file.mode, Some(FileMode(0o600)));
+        assert_eq!(c.renewal.policy().renew_at, 0.5);
+        assert_eq!(c.renewal.deadline(), Duration::from_secs(120));
+        std::fs::write(&path, "idp:\n  isuer: x\n").unwrap();
+        let err = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("isuer"), "{err}");
+        std::fs::write(&path, "renewal:\n  renew-at: 2\n").unwrap();
+        assert!(ConfigFile::load(&path).is_err());
+    }
+
+    #[test]
+    fn values_parse_with_useful_errors() {
+        assert_eq!("0640".parse::<FileMode>().unwrap(), FileMode(0o640));
+        assert!("0999".parse::<FileMode>().unwrap_err().contains("octal"));
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert!("soon".parse::<HumanDuration>().unwrap_err().contains("30s"));
+        assert!("1.5".parse::<Fraction>().is_err());
+    }
+}

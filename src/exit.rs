@@ -1,0 +1,54 @@
+//! Exit codes, documented in the README. The first error in the chain that we know
+//! decides the code.
+
+use std::process::ExitCode;
+
+use crate::source::{FailureClass, FetchError};
+
+/// Success.
+pub const OK: u8 = 0;
+/// Any other failure (a probe that finds no valid token, an unexpected I/O error).
+pub const FAILURE: u8 = 1;
+/// Bad usage or configuration: a flag, the config file, missing credentials.
+pub const USAGE: u8 = 2;
+/// The identity provider rejected the credentials or the request.
+pub const REJECTED: u8 = 3;
+/// The identity provider could not be reached or kept failing until the deadline.
+pub const UNREACHABLE: u8 = 4;
+/// The token file could not be written.
+pub const TOKEN_FILE: u8 = 5;
+/// Stopped by a signal before finishing.
+pub const INTERRUPTED: u8 = 130;
+
+/// Marks an error as an interruption (SIGINT or SIGTERM before the work was done).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted before a token was obtained")]
+pub struct Interrupted;
+
+/// The exit code for an error chain.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<FetchError>() {
+            return match (e, e.class()) {
+                (FetchError::Credentials(_), _) => USAGE,
+                (_, FailureClass::Permanent) => REJECTED,
+                (_, FailureClass::Transient) => UNREACHABLE,
+            };
+        }
+        if cause.is::<crate::config::Error>() || cause.is::<crate::credentials::Error>() {
+            return USAGE;
+        }
+        if cause.is::<crate::sink::file::Error>() {
+            return TOKEN_FILE;
+        }
+        if cause.is::<Interrupted>() {
+            return INTERRUPTED;
+        }
+    }
+    FAILURE
+}
+
+/// Turns a code into what `main` returns.
+pub fn to_exit_code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}

@@ -1,0 +1,32 @@
+//! `init`: fetch once, write the token file, exit (an init container).
+
+use std::time::SystemTime;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::renew::Policy;
+use crate::retry;
+use crate::sink::TokenFile;
+use crate::source::TokenSource;
+use crate::token::unix_secs;
+
+pub async fn run(
+    source: &TokenSource,
+    file: &TokenFile,
+    deadline: std::time::Duration,
+    policy: &Policy,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let tokens = retry::fetch_until(source, deadline, policy, cancel)
+        .await
+        .context("failed to obtain a token")?;
+    file.write(&tokens.access, SystemTime::now())?;
+    tracing::info!(
+        path = %file.path().display(),
+        expires_at = unix_secs(tokens.access.expires_at()),
+        expires_in = tokens.access.remaining(SystemTime::now()).as_secs(),
+        "token written"
+    );
+    Ok(())
+}

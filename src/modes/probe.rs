@@ -1,0 +1,30 @@
+//! `probe`: an exec probe. Exit 0 when the token file holds a token valid long enough.
+
+use std::time::{Duration, SystemTime};
+
+use crate::sink::TokenFile;
+
+/// Why the probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is missing or unreadable or holds no token.
+    #[error(transparent)]
+    File(#[from] crate::sink::file::Error),
+    /// The token expires too soon.
+    #[error("the token in '{path}' expires in {left}s, less than the required {need}s")]
+    TooShort { path: String, left: u64, need: u64 },
+}
+
+pub fn run(file: &TokenFile, min_valid: Duration) -> Result<Duration, Error> {
+    let token = file.read()?;
+    let now = SystemTime::now();
+    if token.valid_for(now, min_valid) {
+        Ok(token.remaining(now))
+    } else {
+        Err(Error::TooShort {
+            path: file.path().display().to_string(),
+            left: token.remaining(now).as_secs(),
+            need: min_valid.as_secs(),
+        })
+    }
+}

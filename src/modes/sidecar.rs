@@ -1,0 +1,284 @@
+//! `sidecar`: keep the token file fresh until told to stop, and say how it is going on
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::renew::{self, Policy};
+use crate::sink::TokenFile;
+use crate::source::{FailureClass, TokenSource};
+use crate::token::AccessToken;
+
+/// What the HTTP endpoints report; updated by the renewal loop.
+#[derive(Default)]
+pub struct Health {
+    renewals: AtomicU64,
+    transient_failures: AtomicU64,
+    permanent_failures: AtomicU64,
+    write_failures: AtomicU64,
+    rejected: AtomicBool,
+    expires_at: Mutex<Option<SystemTime>>,
+}
+
+impl Health {
+    fn renewed(&self, token: &AccessToken) {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+        self.rejected.store(false, Ordering::Relaxed);
+        if let Ok(mut at) = self.expires_at.lock() {
+            *at = Some(token.expires_at());
+        }
+    }
+
+    fn failed(&self, class: FailureClass) {
+        match class {
+            FailureClass::Transient => self.transient_failures.fetch_add(1, Ordering::Relaxed),
+            FailureClass::Permanent => {
+                self.rejected.store(true, Ordering::Relaxed);
+                self.permanent_failures.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    fn seconds_left(&self, now: SystemTime) -> Option<f64> {
+        let at = (*self.expires_at.lock().ok()?)?;
+        Some(match at.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        })
+    }
+
+    /// Ready: the token on disk is valid for at least `margin`, and the last attempt was
+    /// not a rejection of the credentials.
+    pub fn ready(&self, now: SystemTime, margin: Duration) -> bool {
+        !self.rejected.load(Ordering::Relaxed)
+            && self
+                .seconds_left(now)
+                .is_some_and(|s| s > margin.as_secs_f64())
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self, now: SystemTime, margin: Duration) -> String {
+        let mut out = String::with_capacity(1024);
+        let _ = writeln!(
+            out,
+            "# HELP polars_cloud_auth_renewals_total Tokens obtained and written."
+        );
+        let _ = writeln!(out, "# TYPE polars_cloud_auth_renewals_total counter");
+        let _ = writeln!(
+            out,
+            "polars_cloud_auth_renewals_total {}",
+            self.renewals.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP polars_cloud_auth_failures_total Failed renewals by class."
+        );
+        let _ = writeln!(out, "# TYPE polars_cloud_auth_failures_total counter");
+        for (class, n) in [
+            ("transient", &self.transient_failures),
+            ("permanent", &self.permanent_failures),
+            ("write", &self.write_failures),
+        ] {
+            let _ = writeln!(
+                out,
+                "polars_cloud_auth_failures_total{{class=\"{class}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP polars_cloud_auth_token_expiry_seconds Seconds until the token on disk expires."
+        );
+        let _ = writeln!(out, "# TYPE polars_cloud_auth_token_expiry_seconds gauge");
+        let left = self
+            .seconds_left(now)
+            .map_or("NaN".to_string(), |s| format!("{s:.0}"));
+        let _ = writeln!(out, "polars_cloud_auth_token_expiry_seconds {left}");
+        let _ = writeln!(
+            out,
+            "# HELP polars_cloud_auth_ready Whether a valid token is on disk with margin."
+        );
+        let _ = writeln!(out, "# TYPE polars_cloud_auth_ready gauge");
+        let _ = writeln!(
+            out,
+            "polars_cloud_auth_ready {}",
+            u8::from(self.ready(now, margin))
+        );
+        out
+    }
+}
+
+/// The sidecar's settings besides the source.
+pub struct Settings {
+    pub file: TokenFile,
+    pub policy: Policy,
+    pub listen: SocketAddr,
+    pub ready_margin: Duration,
+}
+
+pub async fn run(
+    source: Arc<TokenSource>,
+    settings: Settings,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, path = %settings.file.path().display(), "sidecar started");
+    let app = router(health.clone(), settings.ready_margin);
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await
+    });
+    renew_loop(&source, &settings, &health, &cancel).await;
+    cancel.cancel();
+    server.await??;
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
+
+/// Renews until cancelled. Failures never end the loop: a transient one is retried with
+/// backoff, a rejection slowly (the Secret may be rotated); the last good token stays on
+/// disk meanwhile.
+async fn renew_loop(
+    source: &TokenSource,
+    s: &Settings,
+    health: &Health,
+    cancel: &CancellationToken,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = source.fetch() => r,
+            _ = cancel.cancelled() => return,
+        };
+        let wait = match result {
+            Ok(tokens) => match s.file.write(&tokens.access, SystemTime::now()) {
+                Ok(()) => {
+                    health.renewed(&tokens.access);
+                    attempt = 0;
+                    let now = SystemTime::now();
+                    let wait = renew::next_renewal(&tokens.access, now, &s.policy, renew::draw());
+                    tracing::info!(
+                        expires_in = tokens.access.remaining(now).as_secs(),
+                        next_renewal_in = wait.as_secs(),
+                        "token renewed"
+                    );
+                    wait
+                }
+                Err(e) => {
+                    health.write_failures.fetch_add(1, Ordering::Relaxed);
+                    let wait = renew::backoff(attempt, None, &s.policy, renew::draw());
+                    attempt = attempt.saturating_add(1);
+                    tracing::error!(error = %anyhow::Error::from(e), retry_in_ms = wait.as_millis() as u64, "token file write failed");
+                    wait
+                }
+            },
+            Err(e) => {
+                health.failed(e.class());
+                let wait = match e.class() {
+                    FailureClass::Transient => {
+                        let w = renew::backoff(attempt, e.retry_after(), &s.policy, renew::draw());
+                        attempt = attempt.saturating_add(1);
+                        w
+                    }
+                    FailureClass::Permanent => renew::after_rejection(&s.policy, renew::draw()),
+                };
+                tracing::warn!(
+                    error = %anyhow::Error::from(e),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token renewal failed; the last good token stays in place"
+                );
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// The HTTP surface, apart from the loop so tests can drive it.
+pub fn router(health: Arc<Health>, margin: Duration) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state((health, margin))
+}
+
+async fn readyz(State((health, margin)): State<(Arc<Health>, Duration)>) -> impl IntoResponse {
+    if health.ready(SystemTime::now(), margin) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no valid token on disk\n")
+    }
+}
+
+async fn metrics(State((health, margin)): State<(Arc<Health>, Duration)>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        health.metrics(SystemTime::now(), margin),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn token(issued: u64, life: u64) -> AccessToken {
+        let at = UNIX_EPOCH + Duration::from_secs(issued);
+        AccessToken::new("t".to_string().into(), at, at + Duration::from_secs(life))
+    }
+
+    #[test]
+    fn readiness_follows_the_token_and_rejections() {
+        let h = Health::default();
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        assert!(!h.ready(now, Duration::from_secs(30)));
+        h.renewed(&token(100, 300));
+        assert!(h.ready(now, Duration::from_secs(30)));
+        assert!(!h.ready(now + Duration::from_secs(280), Duration::from_secs(30)));
+        h.failed(FailureClass::Transient);
+        assert!(h.ready(now, Duration::from_secs(30)));
+        h.failed(FailureClass::Permanent);
+        assert!(!h.ready(now, Duration::from_secs(30)));
+        h.renewed(&token(100, 300));
+        assert!(h.ready(now, Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let h = Health::default();
+        h.renewed(&token(0, 300));
+        h.failed(FailureClass::Transient);
+        let text = h.metrics(
+            UNIX_EPOCH + Duration::from_secs(100),
+            Duration::from_secs(30),
+        );
+        assert!(
+            text.contains("polars_cloud_auth_renewals_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("polars_cloud_auth_failures_total{class=\"transient\"} 1\n"));
+        assert!(text.contains("polars_cloud_auth_token_expiry_seconds 200\n"));
+        assert!(text.contains("polars_cloud_auth_ready 1\n"));
+    }
+}

@@ -1,0 +1,790 @@
+//! The token source: turns credentials into tokens at a Keycloak-shaped token endpoint.
+//!
+//! It speaks the three grants the tool needs (a Polars Cloud service account's password
+//! grant, `client_credentials`, and `refresh_token`), classifies every failure as
+//! permanent or transient, and keeps the refresh token in memory only.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::credentials::{self, Credentials};
+use crate::token::{AccessToken, JwtError, RefreshToken, Tokens};
+
+/// Polars Cloud's production domain.
+pub const DEFAULT_DOMAIN: &str = "prd.cloud.pola.rs";
+/// The public client Polars Cloud's own client signs in with.
+pub const POLARS_CLIENT_ID: &str = "PolarsCloud";
+/// The suffix that turns a service account's client id into a Keycloak user name.
+pub const SERVICE_ACCOUNT_SUFFIX: &str = "@sa.cloud.pola.rs";
+/// The largest token reply we read; anything bigger is not a token reply.
+const MAX_REPLY: usize = 1 << 20;
+
+/// The realm's issuer URL for a Polars Cloud domain.
+pub fn issuer_for_domain(domain: &str) -> Result<Url, EndpointError> {
+    let raw = format!("https://auth.{domain}/realms/Polars");
+    Url::parse(&raw).map_err(|_| EndpointError::BadDomain(domain.to_string()))
+}
+
+/// The realm's endpoints, all under its issuer as Keycloak lays them out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub issuer: Url,
+    pub token: Url,
+}
+
+impl Endpoints {
+    /// Endpoints from an issuer, or a token URL given outright.
+    pub fn new(issuer: Url, token_url: Option<Url>) -> Result<Self, EndpointError> {
+        let issuer = Url::parse(issuer.as_str().trim_end_matches('/'))
+            .map_err(|_| EndpointError::BadDomain(issuer.to_string()))?;
+        let token = match token_url {
+            Some(url) => url,
+            None => join(&issuer, "protocol/openid-connect/token"),
+        };
+        check_transport(&issuer)?;
+        check_transport(&token)?;
+        Ok(Self { issuer, token })
+    }
+
+    /// The revocation endpoint (RFC 7009), Keycloak's path.
+    pub fn revocation(&self) -> Url {
+        join(&self.issuer, "protocol/openid-connect/revoke")
+    }
+
+    /// The device authorization endpoint (RFC 8628), Keycloak's path.
+    pub fn device(&self) -> Url {
+        join(&self.issuer, "protocol/openid-connect/auth/device")
+    }
+}
+
+fn join(base: &Url, tail: &str) -> Url {
+    let mut url = base.clone();
+    url.set_path(&format!("{}/{tail}", base.path().trim_end_matches('/')));
+    url
+}
+
+/// Plain http would hand the secret to anyone on the path; only loopback is allowed.
+fn check_transport(url: &Url) -> Result<(), EndpointError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        "http" => Err(EndpointError::PlainHttp(url.to_string())),
+        other => Err(EndpointError::Scheme(other.to_string(), url.to_string())),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Why the endpoint settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The domain does not make a URL.
+    #[error("'{0}' is not a usable domain or issuer URL")]
+    BadDomain(String),
+    /// http to a non-loopback host.
+    #[error("refusing plain http to '{0}': use https (plain http is allowed only to loopback)")]
+    PlainHttp(String),
+    /// Neither http nor https.
+    #[error("unsupported URL scheme '{0}' in '{1}': use https")]
+    Scheme(String, String),
+}
+
+/// Which grant turns the credentials into tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// A Polars Cloud service account: the password grant against the `PolarsCloud` client,
+    /// exactly as the official client sends it.
+    ServiceAccount,
+    /// RFC 6749 section 4.4, for other realms' confidential clients.
+    ClientCredentials(ClientAuth),
+}
+
+/// How a confidential client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`).
+    Basic,
+    /// In the form body (`client_secret_post`).
+    Post,
+}
+
+/// Everything the source needs besides the HTTP client.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub endpoints: Endpoints,
+    pub grant: Grant,
+    pub credentials: Credentials,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// HTTP client settings.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Extra trusted roots, PEM.
+    pub ca_file: Option<PathBuf>,
+    /// The limit for one request, connection included.
+    pub timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Builds the HTTP client: rustls with the system roots plus `ca_file`, proxies from the
+/// environment (`HTTPS_PROXY`, `NO_PROXY`), no redirects (a token endpoint that redirects
+/// is a wrong URL, and a redirected POST would lose its body).
+pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
+    // Installing twice is harmless; the first provider wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("polars-cloud-auth/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+        .timeout(settings.timeout);
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path).map_err(|source| HttpError::CaFile {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| HttpError::CaPem { path: path.clone() })?;
+        if certs.is_empty() {
+            return Err(HttpError::CaPem { path: path.clone() });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(HttpError::Build)
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The CA file could not be read.
+    #[error("failed to read CA file '{}'", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file holds no PEM certificate.
+    #[error("CA file '{}' holds no PEM certificate", path.display())]
+    CaPem { path: PathBuf },
+    /// reqwest refused the configuration.
+    #[error("failed to set up the HTTP client")]
+    Build(#[source] reqwest::Error),
+}
+
+/// A failed token request, classified.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The credentials could not be read; fix the configuration.
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
+    /// The identity provider said no (4xx with an OAuth error, or another 4xx).
+    #[error("the identity provider rejected the request ({status}{}){}: {hint}",
+        error.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),
+        description.as_deref().map(|d| format!(": \"{d}\"")).unwrap_or_default())]
+    Rejected {
+        status: u16,
+        error: Option<String>,
+        description: Option<String>,
+        hint: String,
+    },
+    /// The request did not get an answer (connection refused or reset, DNS, TLS, timeout).
+    #[error("could not reach the identity provider at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// A 5xx, 429 or 408: the provider is overloaded or down.
+    #[error("the identity provider answered HTTP {status}{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Unavailable {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// An answer that is not a token reply.
+    #[error("the identity provider's reply is not a usable token reply: {0}")]
+    Malformed(String),
+}
+
+/// How a failure should be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Retrying the same request will not help; the configuration or secret must change.
+    Permanent,
+    /// Worth retrying with backoff.
+    Transient,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Transient => "transient",
+        }
+    }
+}
+
+impl FetchError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Self::Credentials(_) | Self::Rejected { .. } => FailureClass::Permanent,
+            Self::Unreachable { .. } | Self::Unavailable { .. } | Self::Malformed(_) => {
+                FailureClass::Transient
+            }
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenReply {
+    access_token: Option<String>,
+    expires_in: Option<f64>,
+    refresh_token: Option<String>,
+    refresh_expires_in: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorReply {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Fetches tokens; remembers the refresh token between calls.
+pub struct TokenSource {
+    http: reqwest::Client,
+    settings: Settings,
+    refresh: Mutex<Option<RefreshToken>>,
+}
+
+impl TokenSource {
+    pub fn new(http: reqwest::Client, settings: Settings) -> Self {
+        Self {
+            http,
+            settings,
+            refresh: Mutex::new(None),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The refresh token of the last reply, if any (the GitHub Action revokes it in its post
+    /// step).
+    pub fn refresh_token(&self) -> Option<RefreshToken> {
+        self.refresh.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// New tokens: by refresh token when one is held and still usable, falling back to the
+    /// full grant when the provider refuses it.
+    pub async fn fetch(&self) -> Result<Tokens, FetchError> {
+        let now = SystemTime::now();
+        let held = self.refresh_token().filter(|r| r.usable(now));
+        if let Some(refresh) = held {
+            match self.refresh(&refresh).await {
+                Ok(tokens) => return self.keep(tokens),
+                Err(e) if e.class() == FailureClass::Permanent => {
+                    tracing::info!(error = %e, "refresh token refused, signing in again");
+                    self.forget_refresh();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let tokens = self.grant().await?;
+        self.keep(tokens)
+    }
+
+    fn keep(&self, tokens: Tokens) -> Result<Tokens, FetchError> {
+        if let Ok(mut held) = self.refresh.lock() {
+            *held = tokens.refresh.clone();
+        }
+        Ok(tokens)
+    }
+
+    fn forget_refresh(&self) {
+        if let Ok(mut held) = self.refresh.lock() {
+            *held = None;
+        }
+    }
+
+    async fn refresh(&self, refresh: &RefreshToken) -> Result<Tokens, FetchError> {
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.value.expose_secret()),
+        ];
+        let creds;
+        let request = self.http.post(self.settings.endpoints.token.clone());
+        let request = match self.settings.grant {
+            Grant::ServiceAccount => {
+                form.push(("client_id", POLARS_CLIENT_ID));
+                request
+            }
+            Grant::ClientCredentials(auth) => {
+                creds = self.settings.credentials.load()?;
+                authenticate(request, &mut form, auth, &creds.0, &creds.1)
+            }
+        };
+        self.post(request.form(&form), &[refresh.value.expose_secret()])
+            .await
+    }
+
+    async fn grant(&self) -> Result<Tokens, FetchError> {
+        let (id, secret) = self.settings.credentials.load()?;
+        let username;
+        let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
+        let request = self.http.post(self.settings.endpoints.token.clone());
+        let request = match self.settings.grant {
+            Grant::ServiceAccount => {
+                username = format!("{id}{SERVICE_ACCOUNT_SUFFIX}");
+                form.extend([
+                    ("grant_type", "password"),
+                    ("client_id", POLARS_CLIENT_ID),
+                    ("username", username.as_str()),
+                    ("password", secret.expose_secret()),
+                ]);
+                request
+            }
+            Grant::ClientCredentials(auth) => {
+                form.push(("grant_type", "client_credentials"));
+                authenticate(request, &mut form, auth, &id, &secret)
+            }
+        };
+        if let Some(scope) = &self.settings.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(audience) = &self.settings.audience {
+            form.push(("audience", audience));
+        }
+        self.post(request.form(&form), &[secret.expose_secret()])
+            .await
+            .map_err(|e| with_grant_hint(e, self.settings.grant, &id))
+    }
+
+    /// Sends a token request and reads the reply. `secrets` are scrubbed from anything the
+    /// provider echoes back into an error.
+    async fn post(
+        &self,
+        request: reqwest::RequestBuilder,
+        secrets: &[&str],
+    ) -> Result<Tokens, FetchError> {
+        let url = self.settings.endpoints.token.to_string();
+        let sent_at = SystemTime::now();
+        let mut response = request.send().await.map_err(|e| unreachable(&url, &e))?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, &e))? {
+            if body.len() + chunk.len() > MAX_REPLY {
+                return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        classify(status, retry_after, &body, sent_at, secrets)
+    }
+}
+
+fn authenticate<'a>(
+    request: reqwest::RequestBuilder,
+    form: &mut Vec<(&'a str, &'a str)>,
+    auth: ClientAuth,
+    id: &'a str,
+    secret: &'a SecretString,
+) -> reqwest::RequestBuilder {
+    match auth {
+        ClientAuth::Basic => {
+            // RFC 6749 section 2.3.1: both parts are form-encoded before base64.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request.basic_auth(enc(id), Some(enc(secret.expose_secret())))
+        }
+        ClientAuth::Post => {
+            form.extend([("client_id", id), ("client_secret", secret.expose_secret())]);
+            request
+        }
+    }
+}
+
+fn unreachable(url: &str, e: &reqwest::Error) -> FetchError {
+    let reason = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        format!("connection failed ({})", root_cause(e))
+    } else {
+        root_cause(e)
+    };
+    FetchError::Unreachable {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+/// Turns a status and body into tokens or a classified error. Pure, so every branch is
+/// tested without a server.
+pub(crate) fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sent_at: SystemTime,
+    secrets: &[&str],
+) -> Result<Tokens, FetchError> {
+    if status.is_success() {
+        return parse_success(body, sent_at);
+    }
+    if status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        return Err(FetchError::Unavailable {
+            status: status.as_u16(),
+            retry_after,
+        });
+    }
+    let reply: Option<ErrorReply> = serde_json::from_slice(body).ok();
+    let (error, description) = reply
+        .map(|r| (r.error, r.error_description))
+        .unwrap_or_default();
+    let error = error.map(|e| scrub(&e, secrets));
+    let description = description.map(|d| scrub(&d, secrets));
+    let hint = hint(status, error.as_deref()).to_string();
+    Err(FetchError::Rejected {
+        status: status.as_u16(),
+        error,
+        description,
+        hint,
+    })
+}
+
+fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError> {
+    let reply: TokenReply = serde_json::from_slice(body)
+        .map_err(|_| FetchError::Malformed("not a JSON object".into()))?;
+    let Some(raw) = reply.access_token.filter(|t| !t.trim().is_empty()) else {
+        return Err(FetchError::Malformed("no access_token in the reply".into()));
+    };
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(FetchError::Malformed(
+            "the access_token contains whitespace".into(),
+        ));
+    }
+    let value = SecretString::from(raw);
+    let access = match AccessToken::from_jwt(value.clone()) {
+        Ok(token) => token,
+        Err(JwtError::NotJwt | JwtError::BadPayload | JwtError::NoExpiry) => {
+            // Opaque tokens are fine as long as the reply says how long they live.
+            let Some(secs) = reply.expires_in.filter(|s| *s > 0.0) else {
+                return Err(FetchError::Malformed(
+                    "the access token has no `exp` and the reply no `expires_in`".into(),
+                ));
+            };
+            AccessToken::new(value, sent_at, sent_at + Duration::from_secs_f64(secs))
+        }
+    };
+    let refresh = reply
+        .refresh_token
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| RefreshToken {
+            value: SecretString::from(t),
+            expires_at: reply
+                .refresh_expires_in
+                .filter(|s| *s > 0.0)
+                .map(|s| sent_at + Duration::from_secs_f64(s)),
+        });
+    Ok(Tokens { access, refresh })
+}
+
+fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out: String = text.chars().take(300).collect();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "[redacted]");
+    }
+    out
+}
+
+fn hint(status: StatusCode, error: Option<&str>) -> &'static str {
+    match (status.as_u16(), error) {
+        (_, Some("invalid_client")) => {
+            "the client id or secret is wrong, or the client does not exist in this realm: check the credentials and --issuer"
+        }
+        (_, Some("invalid_grant")) => {
+            "the credentials were not accepted: check the client id and secret"
+        }
+        (_, Some("unauthorized_client")) => {
+            "this client may not use this grant: check --grant (service-account or client-credentials)"
+        }
+        (_, Some("unsupported_grant_type")) => "the realm does not offer this grant: check --grant",
+        (_, Some("invalid_scope")) => {
+            "the requested scope is not allowed for this client: check --scope"
+        }
+        (_, Some("invalid_target")) => "the requested audience is not allowed: check --audience",
+        (404, _) => "no token endpoint at this URL: check --issuer (realm name) or --token-url",
+        (401 | 403, _) => "the credentials were not accepted: check the client id and secret",
+        (300..=399, _) => "the token URL redirects elsewhere: check --issuer or --token-url",
+        _ => "check --issuer, --grant and the credentials",
+    }
+}
+
+/// The service account hint names the user name we sent, which is the usual confusion.
+fn with_grant_hint(e: FetchError, grant: Grant, id: &str) -> FetchError {
+    match (e, grant) {
+        (
+            FetchError::Rejected {
+                status,
+                error,
+                description,
+                ..
+            },
+            Grant::ServiceAccount,
+        ) if matches!(error.as_deref(), Some("invalid_grant") | None) && status < 500 => {
+            FetchError::Rejected {
+                status,
+                error,
+                description,
+                hint: format!(
+                    "wrong client id or secret for service account '{id}' (signed in as '{id}{SERVICE_ACCOUNT_SUFFIX}'), or a wrong realm: check POLARS_CLOUD_CLIENT_ID/SECRET and --issuer"
+                ),
+            }
+        }
+        (e, _) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::tests::jwt;
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+
+    #[test]
+    fn default_issuer_is_polars_realm() {
+        let issuer = issuer_for_domain(DEFAULT_DOMAIN).unwrap();
+        let e = Endpoints::new(issuer, None).unwrap();
+        assert_eq!(
+            e.token.as_str(),
+            "https://auth.prd.cloud.pola.rs/realms/Polars/protocol/openid-connect/token"
+        );
+        assert_eq!(
+            e.device().as_str(),
+            "https://auth.prd.cloud.pola.rs/realms/Polars/protocol/openid-connect/auth/device"
+        );
+        assert_eq!(
+            e.revocation().as_str(),
+            "https://auth.prd.cloud.pola.rs/realms/Polars/protocol/openid-connect/revoke"
+        );
+    }
+
+    #[test]
+    fn trailing_slash_on_issuer_is_ignored() {
+        let e = Endpoints::new(
+            Url::parse("http://127.0.0.1:9/realms/Polars/").unwrap(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            e.token.as_str(),
+            "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
+        );
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in [
+            "http://127.0.0.1:8080/r",
+            "http://localhost/r",
+            "http://[::1]:1/r",
+            "https://idp.example/r",
+        ] {
+            assert!(
+                Endpoints::new(Url::parse(ok).unwrap(), None).is_ok(),
+                "{ok}"
+            );
+        }
+        let err = Endpoints::new(
+            Url::parse("http://idp.example/realms/Polars").unwrap(),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("use https"), "{err}");
+        let err = Endpoints::new(
+            Url::parse("https://idp.example/realms/Polars").unwrap(),
+            Some(Url::parse("http://10.0.0.1/token").unwrap()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, EndpointError::PlainHttp(_)));
+        assert!(Endpoints::new(Url::parse("ftp://127.0.0.1/x").unwrap(), None).is_err());
+    }
+
+    #[test]
+    fn a_keycloak_reply_gives_access_and_refresh_tokens() {
+        let access = jwt(&serde_json::json!({"exp": 2_000_000_000u64, "iat": 1_999_999_700u64}));
+        let body = serde_json::json!({
+            "access_token": access, "expires_in": 300, "refresh_expires_in": 1800,
+            "refresh_token": "r1", "token_type": "Bearer", "not-before-policy": 0,
+            "session_state": "x", "scope": "profile email"
+        });
+        let t = classify(
+            StatusCode::OK,
+            None,
+            body.to_string().as_bytes(),
+            now(),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(t.access.lifetime(), Duration::from_secs(300));
+        assert_eq!(t.access.secret().expose_secret(), access);
+        let r = t.refresh.unwrap();
+        assert_eq!(r.value.expose_secret(), "r1");
+        assert!(r.expires_at.is_some());
+    }
+
+    #[test]
+    fn opaque_tokens_use_expires_in() {
+        let sent = now();
+        let body = br#"{"access_token":"opaque","expires_in":60,"refresh_expires_in":0}"#;
+        let t = classify(StatusCode::OK, None, body, sent, &[]).unwrap();
+        assert_eq!(t.access.expires_at(), sent + Duration::from_secs(60));
+        assert!(t.refresh.is_none());
+        let err = classify(
+            StatusCode::OK,
+            None,
+            br#"{"access_token":"opaque"}"#,
+            sent,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.class(), FailureClass::Transient);
+    }
+
+    #[test]
+    fn malformed_replies_are_transient() {
+        for body in [
+            &b"<html>oops</html>"[..],
+            b"",
+            br#"{"token_type":"Bearer"}"#,
+            br#"{"access_token":""}"#,
+            br#"[1]"#,
+        ] {
+            let err = classify(StatusCode::OK, None, body, now(), &[]).unwrap_err();
+            assert!(matches!(err, FetchError::Malformed(_)), "{err:?}");
+            assert_eq!(err.class(), FailureClass::Transient);
+        }
+    }
+
+    #[test]
+    fn server_trouble_is_transient_and_keeps_retry_after() {
+        for status in [500, 502, 503, 504, 429, 408] {
+            let s = StatusCode::from_u16(status).unwrap();
+            let err = classify(s, Some(Duration::from_secs(3)), b"busy", now(), &[]).unwrap_err();
+            assert_eq!(err.class(), FailureClass::Transient, "{status}");
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+        }
+    }
+
+    #[test]
+    fn oauth_errors_are_permanent_with_a_hint() {
+        let cases = [
+            ("invalid_client", "client id or secret is wrong"),
+            ("invalid_grant", "credentials were not accepted"),
+            ("unauthorized_client", "check --grant"),
+            ("invalid_scope", "check --scope"),
+        ];
+        for (error, hint) in cases {
+            let body = serde_json::json!({"error": error, "error_description": "nope"}).to_string();
+            let err =
+                classify(StatusCode::BAD_REQUEST, None, body.as_bytes(), now(), &[]).unwrap_err();
+            assert_eq!(err.class(), FailureClass::Permanent);
+            let text = err.to_string();
+            assert!(text.contains(error) && text.contains(hint), "{text}");
+        }
+        let err = classify(StatusCode::NOT_FOUND, None, b"Not Found", now(), &[]).unwrap_err();
+        assert!(err.to_string().contains("realm name"), "{err}");
+        assert_eq!(err.class(), FailureClass::Permanent);
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed() {
+        let body = br#"{"error":"invalid_grant","error_description":"bad password hunter2!"}"#;
+        let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &["hunter2"]).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn service_account_rejections_name_the_user_name() {
+        let body = br#"{"error":"invalid_grant","error_description":"Invalid user credentials"}"#;
+        let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &[]).unwrap_err();
+        let err = with_grant_hint(err, Grant::ServiceAccount, "my-sa");
+        assert!(
+            err.to_string().contains("'my-sa@sa.cloud.pola.rs'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        let v = reqwest::header::HeaderValue::from_static("7");
+        assert_eq!(parse_retry_after(Some(&v)), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let v = reqwest::header::HeaderValue::from_str(&later).unwrap();
+        let d = parse_retry_after(Some(&v)).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        let v = reqwest::header::HeaderValue::from_static("soon");
+        assert_eq!(parse_retry_after(Some(&v)), None);
+    }
+}
