@@ -21,6 +21,15 @@ console.info = toStderr;
 console.debug = toStderr;
 console.warn = toStderr;
 
+// Generating the RSA signing key takes a while; let it run on the thread pool while
+// oidc-provider loads.
+const keyPairPromise = new Promise((resolve, reject) => {
+  crypto.generateKeyPair('rsa', { modulusLength: 2048 }, (err, publicKey, privateKey) => {
+    if (err) reject(err);
+    else resolve({ publicKey, privateKey });
+  });
+});
+
 const { default: Provider, errors } = await import('oidc-provider');
 
 // ---------------------------------------------------------------------------------------
@@ -233,7 +242,7 @@ const port = server.address().port;
 const origin = `http://127.0.0.1:${port}`;
 const issuer = `${origin}${PREFIX}`;
 
-const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const { privateKey, publicKey } = await keyPairPromise;
 const signingKey = {
   ...privateKey.export({ format: 'jwk' }),
   kid: crypto.randomBytes(8).toString('hex'),
