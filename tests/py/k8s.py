@@ -83,9 +83,19 @@ def helm_sdk():
 def kubernetes_validate():
     import pytest
 
-    return pytest.importorskip(
-        "kubernetes_validate", reason="kubernetes-validate is not installed"
-    )
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    _cache_schemas(kv)
+    return kv
+
+
+def _cache_schemas(kv) -> None:
+    """kubernetes-validate parses its 2 MB definitions file for every object it
+    validates; parse each schema file once per test session instead (same
+    result: the schemas are only read)."""
+    utils = kv.utils
+    if not getattr(utils.schema_contents, "_pca_cached", False):
+        utils.schema_contents = functools.cache(utils.schema_contents)
+        utils.schema_contents._pca_cached = True
 
 
 @functools.cache
@@ -94,6 +104,32 @@ def kube_versions() -> tuple[str, ...]:
     from kubernetes_validate import utils
 
     return ("1.29.0", utils.latest_version())
+
+
+# --- YAML --------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys, which the API server
+    (strict field validation) and kubectl reject but PyYAML silently merges."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_all(text: str) -> list[dict]:
+    """The documents of a YAML stream (empty ones dropped), duplicate keys refused."""
+    return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
 
 
 # --- rendering ---------------------------------------------------------------
@@ -115,9 +151,8 @@ def _render_cached(chart: str, frozen: str, release: str, namespace: str) -> tup
     for template, text in sorted(rendered.items()):
         if template.endswith("NOTES.txt"):
             continue
-        for doc in yaml.safe_load_all(text):
-            if doc is not None:
-                docs.append((template, doc))
+        for doc in load_all(text):
+            docs.append((template, doc))
     notes = next((t for k, t in rendered.items() if k.endswith("NOTES.txt")), "")
     return tuple(docs), notes
 
@@ -147,7 +182,7 @@ def render_fresh(values: dict | None, chart: Path, *, release: str = RELEASE,
     rendered = helm_sdk().Chart.load(str(chart)).render(
         values or {}, name=release, namespace=namespace, is_install=True)
     return [d for k, t in sorted(rendered.items()) if not k.endswith("NOTES.txt")
-            for d in yaml.safe_load_all(t) if d is not None]
+            for d in load_all(t)]
 
 
 @functools.cache
@@ -174,7 +209,7 @@ def lint_problems(report: dict) -> list[str]:
 
 # --- selecting objects -------------------------------------------------------
 def load_manifest(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return load_all(path.read_text())
 
 
 def kinds(docs: Iterable[dict]) -> list[str]:

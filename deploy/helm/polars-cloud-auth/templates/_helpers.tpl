@@ -27,16 +27,21 @@ webhook certificate, so it must stay a DNS label.
 {{- end -}}
 
 {{/*
-Labels of every resource.
+Labels of a resource: call with (dict "ctx" $ "component" "webhook") and
+optionally "extra" (a dict, e.g. podLabels). The chart's own labels win over
+"extra" and commonLabels, so the selector labels can never be overridden.
 */}}
 {{- define "polars-cloud-auth.labels" -}}
-helm.sh/chart: {{ include "polars-cloud-auth.chart" . }}
-{{ include "polars-cloud-auth.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
-{{- end }}
+{{- $ctx := .ctx -}}
+{{- $labels := dict
+  "helm.sh/chart" (include "polars-cloud-auth.chart" $ctx)
+  "app.kubernetes.io/name" (include "polars-cloud-auth.name" $ctx)
+  "app.kubernetes.io/instance" $ctx.Release.Name
+  "app.kubernetes.io/version" $ctx.Chart.AppVersion
+  "app.kubernetes.io/managed-by" $ctx.Release.Service
+  "app.kubernetes.io/component" .component
+-}}
+{{- toYaml (merge $labels (default (dict) .extra) (default (dict) $ctx.Values.commonLabels)) -}}
 {{- end -}}
 
 {{/*
@@ -84,6 +89,18 @@ Image of the injected containers: injection.image.*, falling back to image.*.
 {{- $digest = "" -}}
 {{- end -}}
 {{- include "polars-cloud-auth.imageRef" (dict "repository" $repository "tag" $tag "digest" $digest) -}}
+{{- end -}}
+
+{{/*
+A resource quantity as a string. Numbers in values files arrive as float64,
+which would print as 1.6777216e+07: whole numbers print as integers.
+*/}}
+{{- define "polars-cloud-auth.quantity" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "polars-cloud-auth.serviceName" -}}
@@ -142,7 +159,8 @@ checking that the credentials values make sense together.
 
 {{/*
 Webhook TLS material made by the chart (tls.certManager.enabled false), as
-YAML with base64 values: ca, crt, key, hosts.
+YAML with base64 values: ca, crt, key, hosts. Keys are ECDSA P-256 (PEM
+"EC PRIVATE KEY"), like the cert-manager Certificate's.
 
 The CA and certificate are generated once and then read back with `lookup`
 from the Secret of the installed release, so upgrades keep them (and the
@@ -165,8 +183,8 @@ crt: {{ index $data "tls.crt" | quote }}
 key: {{ index $data "tls.key" | quote }}
 {{- else -}}
 {{- $days := int .Values.tls.selfSigned.validityDays -}}
-{{- $ca := genCA (printf "%s-ca" (include "polars-cloud-auth.fullname" .)) $days -}}
-{{- $cert := genSignedCert (index $hosts 2) nil $hosts $days $ca -}}
+{{- $ca := genCAWithKey (printf "%s-ca" (include "polars-cloud-auth.fullname" .)) $days (genPrivateKey "ecdsa") -}}
+{{- $cert := genSignedCertWithKey (index $hosts 2) nil $hosts $days $ca (genPrivateKey "ecdsa") -}}
 ca: {{ $ca.Cert | b64enc | quote }}
 crt: {{ $cert.Cert | b64enc | quote }}
 key: {{ $cert.Key | b64enc | quote }}
