@@ -724,6 +724,13 @@ def test_secret_values_appear_only_in_the_credentials_secrets(case):
     assert not any(n in notes for n in needles)
 
 
+def test_set_file_trailing_newline_is_dropped():
+    values = {"credentials": {"clientId": "id\n", "clientSecret": "secret\n"}}
+    (secret,) = credential_secrets(k8s.render(values))
+    assert k8s.b64decode(secret["data"]["client_secret"]) == b"secret"
+    assert k8s.b64decode(secret["data"]["client_id"]) == b"id"
+
+
 def test_existing_secret():
     rendered = docs("existing-secret")
     assert credential_secrets(rendered) == []
