@@ -243,3 +243,60 @@ def test_caller_api_addr_is_overridden_to_loopback(workload_env):
     result, rc, _ = check(workload_env)
     assert rc == 0, result
     assert result["bearer"] == token and result["outside"] == []
+
+
+# ------------------------------------------- token endpoint (--token-endpoint)
+
+
+def test_refresh_of_expired_config_token_uses_our_refresh_token(workload_env, tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    refresh = make_jwt(86400, typ="Refresh", which="ours")
+    (cfg / "config.toml").write_text(auth_toml(make_jwt(-60), refresh))
+    workload_env["POLARS_CLOUD_CONFIG_DIR"] = str(cfg)
+    result, rc, _ = check(workload_env, "--token-endpoint")
+    assert rc == 0, result
+    assert result["source"] == "refresh"
+    [req] = result["token_requests"]
+    assert req["host"] == "auth.prd.cloud.pola.rs"
+    assert req["path"] == "/realms/Polars/protocol/openid-connect/token"
+    assert req["form"] == {"client_id": "PolarsCloud", "grant_type": "refresh_token",
+                           "refresh_token": refresh}
+    # the client persisted the new pair
+    assert result["bearer"] in (cfg / "config.toml").read_text()
+
+
+def test_refresh_token_must_be_an_unexpired_jwt(workload_env, tmp_path):
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "config.toml").write_text(auth_toml(make_jwt(-60), "opaque-refresh-token"))
+    workload_env["POLARS_CLOUD_CONFIG_DIR"] = str(cfg)
+    result, rc, _ = check(workload_env, "--token-endpoint")
+    assert rc == 1
+    assert result["token_requests"] == []
+    (cfg / "config.toml").write_text(auth_toml(make_jwt(-60), make_jwt(-5)))
+    result, rc, _ = check(workload_env, "--token-endpoint")
+    assert rc == 1
+    assert "refresh token has expired" in result["error"]
+    assert result["token_requests"] == []
+
+
+def test_service_account_login(workload_env, tmp_path):
+    workload_env.update(POLARS_CLOUD_CONFIG_DIR=str(tmp_path / "cfg"),
+                        POLARS_CLOUD_CLIENT_ID="sa-client", POLARS_CLOUD_CLIENT_SECRET="sa-secret",
+                        POLARS_CLOUD_DOMAIN="example.test")
+    result, rc, _ = check(workload_env, "--token-endpoint")
+    assert rc == 0, result
+    assert result["source"] == "service_account"
+    [req] = result["token_requests"]
+    assert req["host"] == "auth.example.test"
+    assert req["form"] == {"client_id": "PolarsCloud", "grant_type": "password",
+                           "username": "sa-client@sa.cloud.pola.rs", "password": "sa-secret"}
+
+
+def test_service_account_without_token_endpoint_stays_on_loopback(workload_env, tmp_path):
+    workload_env.update(POLARS_CLOUD_CONFIG_DIR=str(tmp_path / "cfg"),
+                        POLARS_CLOUD_CLIENT_ID="sa-client", POLARS_CLOUD_CLIENT_SECRET="sa-secret")
+    result, rc, _ = check(workload_env, "--timeout", "3")
+    assert rc == 1
+    assert result["outside"] and all(o.startswith("CONNECT auth.") for o in result["outside"])

@@ -28,7 +28,18 @@ comparing it with what was in the environment / config dir before the run:
 ``env`` = POLARS_CLOUD_ACCESS_TOKEN, ``config`` = ``[auth] access_token`` of
 ``<config dir>/config.toml``, ``file`` = the legacy token file
 ``<config dir>/cloud_access_token`` (0.12 migrates it into config.toml and
-deletes it).  See docs/polars-cloud-client.md for the facts behind this.
+deletes it).
+
+With ``--token-endpoint`` the stand-in also plays the token endpoint on
+``https://auth.<domain>`` (TLS with a throwaway CA made by the openssl CLI,
+handed to the client as ``SSL_CERT_FILE``), so the client's refresh
+(expired ``config.toml`` access token) and service-account login
+(POLARS_CLOUD_CLIENT_ID/SECRET) can complete locally; the JSON then also
+carries ``token_requests`` (the form fields the client posted) and
+``source`` may be ``refresh`` or ``service_account``.  Without the flag those
+attempts are refused and reported as ``outside``.
+
+See docs/polars-cloud-client.md for the facts behind all this.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,9 +57,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from standin_api import USER_ME_PATH, StandInApi  # noqa: E402
+from standin_api import USER_ME_PATH, StandInApi, make_token_endpoint_tls  # noqa: E402
 
 EXPECTED_CLIENT_VERSION = "0.12.0"
+DEFAULT_DOMAIN = "prd.cloud.pola.rs"  # polars_cloud/constants.py and the extension
 LOOPBACK_NO_PROXY = "127.0.0.1,localhost,::1"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -94,6 +107,21 @@ def candidates() -> dict[str, str]:
     return found
 
 
+def auth_host() -> str:
+    """auth.<domain>: POLARS_CLOUD_DOMAIN, else `domain` in config.toml, else the default."""
+    domain = os.environ.get("POLARS_CLOUD_DOMAIN")
+    cdir = config_dir()
+    if not domain and cdir is not None:
+        try:
+            import tomllib
+
+            value = tomllib.loads((cdir / "config.toml").read_text()).get("domain")
+            domain = value if isinstance(value, str) else None
+        except (OSError, ValueError):
+            pass
+    return f"auth.{domain or DEFAULT_DOMAIN}"
+
+
 def warnings_for_env() -> list[str]:
     notes = []
     if os.environ.get("POLARS_CLOUD_ACCESS_TOKEN_PATH"):
@@ -115,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user-status", type=int, default=200,
                     help="HTTP status the stand-in answers GET /api/v1/user/me with "
                          "(for negative tests of the harness itself)")
+    ap.add_argument("--token-endpoint", action="store_true",
+                    help="also serve the token endpoint on https://auth.<domain> "
+                         "(refresh and service-account login); needs the openssl CLI")
     args = ap.parse_args(argv)
 
     # Keep stdout for our single JSON line: anything the client (Python or
@@ -127,7 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     warnings = warnings_for_env()
     t0 = time.monotonic()
 
-    standin = StandInApi(user_status=args.user_status).start()
+    tls_kwargs: dict[str, Any] = {}
+    if args.token_endpoint:
+        host = auth_host()
+        try:
+            ctx, ca_file = make_token_endpoint_tls(host, tempfile.mkdtemp(prefix="pc-standin-tls-"))
+        except Exception as exc:  # noqa: BLE001 - openssl missing or failing
+            emit({"ok": False, "error": f"could not make the stand-in TLS certificate: {exc}"},
+                 real_stdout)
+            return 1
+        tls_kwargs = {"token_endpoint_tls": ctx, "auth_host": host}
+        os.environ["SSL_CERT_FILE"] = ca_file
+
+    standin = StandInApi(user_status=args.user_status, **tls_kwargs).start()
     os.environ["POLARS_CLOUD_API_ADDR"] = standin.url
     for var in PROXY_VARS:
         os.environ[var] = standin.url
@@ -151,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.join(args.timeout)
 
     requests, outside = standin.snapshot()
+    token_requests, issued = standin.token_snapshot()
     paths = [r["path"] for r in requests]
     me = [r for r in requests if r["path"].split("?", 1)[0] == USER_ME_PATH]
     bearer = None
@@ -159,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base: dict[str, Any] = {"paths": paths, "outside": outside,
                             "elapsed_s": round(time.monotonic() - t0, 3)}
+    if args.token_endpoint:
+        base["token_requests"] = token_requests
     if warnings:
         base["warnings"] = warnings
 
@@ -181,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     if bearer is None:
         return fail("authenticate() returned but the stand-in saw no "
                     f"GET {USER_ME_PATH} with a bearer token")
-    source = next((name for name, tok in offered.items() if tok == bearer), "other")
+    grant_source = {"refresh_token": "refresh", "password": "service_account"}
+    if bearer in issued:
+        source = grant_source.get(issued[bearer], issued[bearer])
+    else:
+        source = next((name for name, tok in offered.items() if tok == bearer), "other")
     emit({"ok": True, "bearer": bearer, "source": source, **base}, real_stdout)
     return 0
 
