@@ -1,0 +1,628 @@
+//! The token engine end to end: the real binary against the real test IdP
+//! (oidc-provider at Keycloak's paths), and the real polars-cloud client as consumer.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn token_stdout(out: &std::process::Output) -> String {
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with('\n') && stdout.lines().count() == 1,
+        "stdout: {stdout:?}"
+    );
+    stdout.trim_end().to_string()
+}
+
+#[test]
+fn token_sends_the_service_account_password_grant_exactly_as_the_client_does() {
+    let idp = Idp::start();
+    let out = run(cmd(&idp).arg("token"));
+    let token = token_stdout(&out);
+    let c = claims(&token);
+    assert!(c["exp"].as_f64().unwrap() > now_secs() + 200.0, "{c}");
+    assert_eq!(c["azp"], "PolarsCloud");
+
+    let reqs = idp.token_requests();
+    assert_eq!(reqs.len(), 1);
+    let p = &reqs[0]["params"];
+    assert_eq!(p["grant_type"], "password");
+    assert_eq!(p["client_id"], "PolarsCloud");
+    assert_eq!(p["username"], "test-sa@sa.cloud.pola.rs");
+    assert_eq!(p["password"], SA_SECRET);
+    assert_eq!(reqs[0]["basic"], false);
+    assert!(
+        reqs[0]["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/x-www-form-urlencoded")
+    );
+    assert_no_leak(SA_SECRET, &[&text(&out.stderr), &token]);
+    assert_no_leak(&token, &[&text(&out.stderr)]);
+}
+
+#[test]
+fn a_wrong_secret_fails_at_once_with_exit_3_and_names_the_cause() {
+    let idp = Idp::start();
+    let wrong = "wrong-secret-Kp2";
+    let out = run(cmd(&idp)
+        .arg("token")
+        .env("POLARS_CLOUD_CLIENT_SECRET", wrong));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("invalid_grant"), "{stderr}");
+    assert!(stderr.contains("test-sa@sa.cloud.pola.rs"), "{stderr}");
+    assert!(stderr.contains("POLARS_CLOUD_CLIENT_ID/SECRET"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_no_leak(wrong, &[&stderr]);
+    // Permanent: no retry.
+    assert_eq!(idp.token_requests().len(), 1);
+}
+
+#[test]
+fn client_credentials_by_basic_and_by_post() {
+    let idp = Idp::start();
+    for (auth, id, secret, basic) in [
+        ("basic", "cc-basic", "cc-basic-secret", true),
+        ("post", "cc-post", "cc-post-secret", false),
+    ] {
+        let out = run(cmd(&idp)
+            .args([
+                "token",
+                "--grant",
+                "client-credentials",
+                "--client-auth",
+                auth,
+            ])
+            .args(["--scope", "profile", "--audience", "polars"])
+            .env("POLARS_CLOUD_CLIENT_ID", id)
+            .env("POLARS_CLOUD_CLIENT_SECRET", secret));
+        let token = token_stdout(&out);
+        assert_eq!(claims(&token)["sub"], id);
+        let reqs = idp.token_requests();
+        let last = reqs.last().unwrap();
+        assert_eq!(last["params"]["grant_type"], "client_credentials");
+        assert_eq!(last["params"]["scope"], "profile");
+        assert_eq!(last["params"]["audience"], "polars");
+        assert_eq!(last["basic"], basic, "{last}");
+        if basic {
+            assert_eq!(last["basic_client_id"], id);
+            assert!(last["params"].get("client_secret").is_none());
+        } else {
+            assert_eq!(last["params"]["client_secret"], secret);
+        }
+        assert_no_leak(secret, &[&text(&out.stderr)]);
+    }
+}
+
+#[test]
+fn transient_failures_are_retried_until_a_token_comes() {
+    let idp = Idp::start();
+    idp.faults(json!([
+        {"kind": "status", "status": 503, "retry_after": "1"},
+        {"kind": "reset"},
+        {"kind": "garbage"},
+        {"kind": "no_access_token"},
+        {"kind": "status", "status": 429},
+        {"kind": "status", "status": 502, "body": "<html>bad gateway</html>", "content_type": "text/html"},
+    ]));
+    let out = run(cmd(&idp).args(["token", "--timeout", "60s", "--max-backoff", "200ms"]));
+    token_stdout(&out);
+    assert_eq!(idp.token_requests().len(), 7);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("retrying"), "{stderr}");
+    // Retry-After: 1 was honoured between the first and the second attempt.
+    let reqs = idp.token_requests();
+    let gap = reqs[1]["time_ms"].as_f64().unwrap() - reqs[0]["time_ms"].as_f64().unwrap();
+    assert!(
+        gap >= 950.0,
+        "second attempt came {gap} ms after a Retry-After: 1"
+    );
+}
+
+#[test]
+fn a_hanging_idp_times_out_and_is_retried() {
+    let idp = Idp::start();
+    idp.faults(json!([{"kind": "hang", "ms": 5000}]));
+    let out = run(cmd(&idp).args(["token", "--http-timeout", "500ms", "--max-backoff", "100ms"]));
+    token_stdout(&out);
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreachable_idp_exits_4_after_the_deadline() {
+    let port = free_port();
+    let out = run(Command::new(bin())
+        .args(["token", "--timeout", "1s", "--max-backoff", "100ms"])
+        .env(
+            "POLARS_CLOUD_ISSUER",
+            format!("http://127.0.0.1:{port}/realms/Polars"),
+        )
+        .env("POLARS_CLOUD_CLIENT_ID", SA_ID)
+        .env("POLARS_CLOUD_CLIENT_SECRET", SA_SECRET));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("could not reach the identity provider"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gave up after"), "{stderr}");
+    assert_no_leak(SA_SECRET, &[&stderr]);
+}
+
+#[test]
+fn configuration_mistakes_exit_2_and_say_what_to_set() {
+    let idp = Idp::start();
+    let out = run(cmd(&idp).arg("token").env_remove("POLARS_CLOUD_CLIENT_ID"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("POLARS_CLOUD_CLIENT_ID"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(cmd(&idp).arg("token").env("POLARS_CLOUD_CLIENT_SECRET", ""));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("POLARS_CLOUD_CLIENT_SECRET is empty"));
+
+    let out = run(cmd(&idp).args(["token", "--issuer", "http://idp.example/realms/Polars"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("use https"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(cmd(&idp).args(["token", "--credentials-dir", "/nonexistent/secret"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("'/nonexistent/secret/client_id'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(cmd(&idp).args(["token", "--timeout", "soon"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("30s"), "{}", text(&out.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "idp:\n  isuer: x\n").unwrap();
+    let out = run(cmd(&idp).args(["token", "--config"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("isuer"), "{}", text(&out.stderr));
+    assert_eq!(idp.token_requests().len(), 0);
+}
+
+#[test]
+fn the_config_file_supplies_settings_and_flags_win() {
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "idp:\n  issuer: {}\n  grant: client-credentials\n  client-auth: post\n  scope: from-file\n",
+            idp.issuer
+        ),
+    )
+    .unwrap();
+    let out = run(cmd(&idp)
+        .env_remove("POLARS_CLOUD_ISSUER")
+        .args(["token", "--scope", "from-flag", "--config"])
+        .arg(&cfg)
+        .env("POLARS_CLOUD_CLIENT_ID", "cc-post")
+        .env("POLARS_CLOUD_CLIENT_SECRET", "cc-post-secret"));
+    token_stdout(&out);
+    let reqs = idp.token_requests();
+    assert_eq!(reqs[0]["params"]["client_secret"], "cc-post-secret");
+    assert_eq!(reqs[0]["params"]["scope"], "from-flag");
+}
+
+#[test]
+fn credentials_from_a_mounted_secret_directory() {
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client_id"), format!("{SA_ID}\n")).unwrap();
+    std::fs::write(dir.path().join("client_secret"), format!("{SA_SECRET}\n")).unwrap();
+    let out = run(cmd(&idp)
+        .env_remove("POLARS_CLOUD_CLIENT_ID")
+        .env_remove("POLARS_CLOUD_CLIENT_SECRET")
+        .arg("token")
+        .arg("--credentials-dir")
+        .arg(dir.path()));
+    token_stdout(&out);
+}
+
+#[cfg(unix)]
+#[test]
+fn init_writes_the_bare_token_with_mode_0640_creating_the_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared/token");
+    let out = run(cmd(&idp)
+        .arg("init")
+        .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert!(!token.contains('\n') && claims(&token)["exp"].is_number());
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert!(out.stdout.is_empty());
+    assert_no_leak(&token, &[&text(&out.stderr)]);
+    assert_no_leak(SA_SECRET, &[&text(&out.stderr), &token]);
+    // Only the token file is in the directory: no temp files, no secret copies.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("shared"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    let out = run(cmd(&idp)
+        .args(["init", "--file-mode", "0600", "--token-file"])
+        .arg(&path));
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn init_fails_at_once_on_rejected_credentials_and_writes_nothing() {
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let out = run(cmd(&idp)
+        .arg("init")
+        .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path)
+        .env("POLARS_CLOUD_CLIENT_ID", "nobody"));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!path.exists());
+}
+
+/// A full disk, reproduced with a file-size limit: the write fails with EFBIG, the exit code
+/// says the token file, and the previous token is still there, whole.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_exits_5_and_keeps_the_previous_token() {
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let out = run(cmd(&idp)
+        .arg("init")
+        .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path));
+    assert!(out.status.success());
+    let before = std::fs::read_to_string(&path).unwrap();
+
+    // SIGXFSZ ignored by the shell stays ignored across exec, so the write returns EFBIG.
+    let mut c = cmd(&idp);
+    let script = format!(
+        "trap '' XFSZ; exec prlimit --fsize=64 {} init",
+        bin().display()
+    );
+    c.env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path);
+    let out = run(Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("failed to write token file '{}'", path.display())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "temporary file left behind");
+}
+
+#[test]
+fn probe_checks_the_time_left() {
+    let idp = Idp::with_ttl(60);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let probe = |min: &str| {
+        run(Command::new(bin())
+            .args(["probe", "--min-valid", min, "--token-file"])
+            .arg(&path))
+    };
+    let out = probe("5s");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("failed to read token file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert!(
+        run(cmd(&idp)
+            .arg("init")
+            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path))
+        .status
+        .success()
+    );
+    assert_eq!(probe("30s").status.code(), Some(0));
+    let out = probe("120s");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("less than the required 120s"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A running sidecar; SIGTERM and reaped on drop.
+struct Sidecar {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sidecar {
+    fn start(idp: &Idp, path: &Path, extra: &[&str], secret_dir: Option<&Path>) -> Self {
+        let port = free_port();
+        let mut c = cmd(idp);
+        c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(dir) = secret_dir {
+            c.env_remove("POLARS_CLOUD_CLIENT_SECRET")
+                .env_remove("POLARS_CLOUD_CLIENT_ID")
+                .arg("--credentials-dir")
+                .arg(dir);
+        }
+        let child = c.spawn().unwrap();
+        Self { child, port }
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn ready(&self) -> Option<u16> {
+        http_get(self.port, "/readyz").map(|(s, _)| s)
+    }
+
+    fn stop(mut self) -> (Option<i32>, String, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
+    let idp = Idp::with_ttl(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let sc = Sidecar::start(&idp, &path, &[], None);
+    wait_for(Duration::from_secs(20), || {
+        (sc.metric("polars_cloud_auth_renewals_total")? >= 3.0).then_some(())
+    });
+    assert_eq!(http_get(sc.port, "/healthz").unwrap().0, 200);
+    // With a 3 s token the default 30 s margin can never be met: the sidecar says not ready.
+    assert_eq!(sc.ready(), Some(503));
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert!(claims(&token)["exp"].as_f64().unwrap() > now_secs());
+    let grants = idp.grant_types();
+    assert_eq!(grants[0], "password");
+    assert!(
+        grants[1..].iter().all(|g| g == "refresh_token"),
+        "{grants:?}"
+    );
+    let (code, stdout, stderr) = sc.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("token renewed") && stderr.contains("sidecar stopped"),
+        "{stderr}"
+    );
+    assert_no_leak(SA_SECRET, &[&stderr]);
+    assert_no_leak(&token, &[&stderr]);
+    // The refresh tokens we presented stay in memory: not in logs, not next to the token.
+    let reqs = idp.token_requests();
+    let refresh = reqs[1]["params"]["refresh_token"].as_str().unwrap();
+    assert_no_leak(refresh, &[&stderr]);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let content = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert_no_leak(refresh, &[&content]);
+        assert_no_leak(SA_SECRET, &[&content]);
+    }
+}
+
+#[test]
+fn sidecar_is_ready_when_the_token_outlives_the_margin() {
+    let idp = Idp::with_ttl(60);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let sc = Sidecar::start(&idp, &path, &["--ready-margin", "10s"], None);
+    wait_for(Duration::from_secs(20), || {
+        (sc.ready()? == 200).then_some(())
+    });
+    let left = sc.metric("polars_cloud_auth_token_expiry_seconds").unwrap();
+    assert!(left > 50.0 && left <= 60.0, "{left}");
+    assert_eq!(sc.stop().0, Some(0));
+}
+
+#[test]
+fn a_refused_refresh_token_falls_back_to_the_full_grant() {
+    let idp = Idp::with_ttl(3);
+    idp.faults(json!([{"kind": "oauth_error", "status": 400, "error": "invalid_grant", "grant_type": "refresh_token"}]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let sc = Sidecar::start(&idp, &path, &[], None);
+    wait_for(Duration::from_secs(20), || {
+        (sc.metric("polars_cloud_auth_renewals_total")? >= 3.0).then_some(())
+    });
+    let grants = idp.grant_types();
+    assert_eq!(
+        &grants[..3],
+        ["password", "refresh_token", "password"],
+        "{grants:?}"
+    );
+    assert_eq!(
+        sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}"),
+        Some(0.0)
+    );
+    sc.stop();
+}
+
+#[test]
+fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotates() {
+    let idp = Idp::with_ttl(4);
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("client_id"), SA_ID).unwrap();
+    std::fs::write(secrets.path().join("client_secret"), SA_SECRET).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let sc = Sidecar::start(
+        &idp,
+        &path,
+        &["--rejected-retry", "500ms", "--ready-margin", "0s"],
+        Some(secrets.path()),
+    );
+    wait_for(Duration::from_secs(20), || {
+        (sc.ready()? == 200).then_some(())
+    });
+    let good = std::fs::read_to_string(&path).unwrap();
+
+    // The secret is rotated at the IdP, refreshes are refused: the old secret is rejected.
+    let rotated = "rotated-secret-Wm4";
+    idp.set_secret(SA_ID, rotated);
+    idp.faults(json!([
+        {"kind": "oauth_error", "status": 400, "error": "invalid_grant", "grant_type": "refresh_token"},
+    ]));
+    wait_for(Duration::from_secs(20), || {
+        (sc.ready()? == 503).then_some(())
+    });
+    assert!(
+        sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        good,
+        "the last good token must stay"
+    );
+
+    // The Secret volume is updated: the next attempt reads the new value and recovers.
+    std::fs::write(secrets.path().join("client_secret"), format!("{rotated}\n")).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        (sc.ready()? == 200).then_some(())
+    });
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), good);
+    let (code, _, stderr) = sc.stop();
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("rejected"), "{stderr}");
+    assert_no_leak(SA_SECRET, &[&stderr]);
+    assert_no_leak(rotated, &[&stderr]);
+}
+
+/// Readers polling the file during many renewals never see it empty, partial or expired.
+#[test]
+fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
+    let idp = Idp::with_ttl(2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let sc = Sidecar::start(
+        &idp,
+        &path,
+        &["--renew-at", "0.1", "--min-renew-interval", "50ms"],
+        None,
+    );
+    wait_for(Duration::from_secs(20), || path.exists().then_some(()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, reads, path) = (stop.clone(), reads.clone(), path.clone());
+            std::thread::spawn(move || {
+                let mut distinct = std::collections::HashSet::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = std::fs::read_to_string(&path).expect("token file vanished");
+                    assert!(!t.is_empty(), "empty token file");
+                    let exp = claims(&t)["exp"].as_f64().expect("partial token");
+                    assert!(exp > now_secs(), "expired token on disk");
+                    distinct.insert(t);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+                distinct.len()
+            })
+        })
+        .collect();
+    wait_for(Duration::from_secs(30), || {
+        (sc.metric("polars_cloud_auth_renewals_total")? >= 15.0).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() >= 10, "the readers saw too few renewals");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 1000);
+    assert_eq!(sc.stop().0, Some(0));
+}
+
+#[test]
+fn nothing_secret_in_debug_logs_or_json_logs() {
+    let idp = Idp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let out = run(cmd(&idp)
+        .args(["init", "--log-level", "trace", "--log-format", "json"])
+        .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_no_leak(SA_SECRET, &[&stderr]);
+    assert_no_leak(&token, &[&stderr]);
+}
+
+#[test]
+fn the_real_polars_cloud_client_authenticates_with_our_token() {
+    let idp = Idp::start();
+    let token = token_stdout(&run(cmd(&idp).arg("token")));
+    let verdict = real_client(&[], &[("POLARS_CLOUD_ACCESS_TOKEN", &token)]);
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["bearer"], token.as_str());
+    assert_eq!(verdict["source"], "env");
+}
