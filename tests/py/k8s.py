@@ -92,8 +92,11 @@ def _cache_schemas(kv) -> None:
     """kubernetes-validate parses its 2 MB definitions file for every object it
     validates; parse each schema file once per test session instead (same
     result: the schemas are only read)."""
-    utils = kv.utils
-    if not getattr(utils.schema_contents, "_pca_cached", False):
+    utils = getattr(kv, "utils", None)
+    original = getattr(utils, "schema_contents", None)
+    if original is None:  # another kubernetes-validate layout: validate uncached
+        return
+    if not getattr(original, "_pca_cached", False):
         utils.schema_contents = functools.cache(utils.schema_contents)
         utils.schema_contents._pca_cached = True
 
