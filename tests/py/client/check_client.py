@@ -237,6 +237,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    rc = main()
-    sys.stderr.flush()
-    os._exit(rc)
+    sys.exit(main())
