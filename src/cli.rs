@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{FileArgs, HumanDuration, IdpArgs, LogArgs, RenewArgs, ServeArgs};
+use crate::config::{
+    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RenewArgs, ServeArgs, WebhookArgs,
+};
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
 /// service-account secret stays in one place.
@@ -37,6 +39,11 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Print the JSON Schema of the --config file.
     Schema,
+    /// Add the token setup to the pods and pod templates of Kubernetes manifests (YAML
+    /// from files or stdin) and print them, like `linkerd inject`.
+    Inject(InjectCmdArgs),
+    /// Serve the mutating admission webhook that adds the token setup to pods.
+    Webhook(WebhookCmdArgs),
 }
 
 #[derive(Args, Debug)]
@@ -81,4 +88,25 @@ pub struct ProbeArgs {
         value_name = "DURATION"
     )]
     pub min_valid: HumanDuration,
+}
+
+#[derive(Args, Debug)]
+pub struct InjectCmdArgs {
+    /// Manifest files (multi-document YAML); `-` or none reads stdin.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Inject every Pod and workload, not only those whose pod template carries the label
+    /// polars.cloud/inject: "true".
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub inject: InjectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WebhookCmdArgs {
+    #[command(flatten)]
+    pub serve: WebhookArgs,
+    #[command(flatten)]
+    pub inject: InjectArgs,
 }

@@ -4,10 +4,12 @@
 //! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod exit;
+pub mod inject;
 pub mod modes;
 pub mod renew;
 pub mod retry;
@@ -15,6 +17,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 use std::path::Path;
@@ -99,6 +102,40 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
                 let cancel = shutdown::on_signals();
                 modes::sidecar::run(source, settings, cancel).await
             })?;
+            Ok(exit::OK)
+        }
+        Command::Inject(args) => {
+            let settings = overlay(&args.inject, &file.inject)?.settings()?;
+            modes::inject::run(
+                &args.files,
+                &settings,
+                args.all,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            Ok(exit::OK)
+        }
+        Command::Webhook(args) => {
+            let settings = overlay(&args.inject, &file.inject)?.settings()?;
+            let serve = overlay(&args.serve, &file.webhook)?;
+            let (listen, cert, key) = serve.resolve()?;
+            let config = modes::webhook::Config {
+                listen,
+                cert,
+                key,
+                drain: serve
+                    .shutdown_delay
+                    .map_or(std::time::Duration::from_secs(5), |d| d.0),
+            };
+            // Reviews come in parallel from every API server replica: use the cores.
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move {
+                    let cancel = shutdown::on_signals();
+                    modes::webhook::run(config, settings, cancel).await
+                })?;
             Ok(exit::OK)
         }
     }
