@@ -82,7 +82,10 @@ def contract_problems(doc: dict) -> list[str]:
 
 
 def check(path: Path) -> tuple[int, list[str]]:
-    docs = k8s.load_all(path.read_text())
+    docs = []
+    for doc in k8s.load_all(path.read_text()):
+        # A v1 List (as `kubectl get -o yaml` prints) is checked item by item.
+        docs += doc["items"] if (doc.get("apiVersion"), doc.get("kind")) == ("v1", "List") else [doc]
     problems = []
     for doc in docs:
         name = f"{path.name}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name') or (doc.get('metadata') or {}).get('generateName')}"
