@@ -105,14 +105,15 @@ fn decide(req: AdmissionRequest<DynamicObject>, settings: &Settings) -> Reviewed
     if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
         return answer(res, Verdict::Skipped, None, None);
     }
-    let Some(pod) = req.object else {
+    let Some(mut pod) = req.object else {
         return deny(
             res,
             "the admission request has no pod object".into(),
             &object,
         );
     };
-    let spec: PodSpec = match pod.data.get("spec").cloned().map(serde_json::from_value) {
+    let spec = pod.data.get_mut("spec").map(serde_json::Value::take);
+    let spec: PodSpec = match spec.map(serde_json::from_value) {
         Some(Ok(spec)) => spec,
         Some(Err(e)) => return deny(res, format!("the pod spec cannot be read: {e}"), &object),
         None => return deny(res, "the pod has no spec".into(), &object),
