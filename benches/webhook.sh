@@ -31,9 +31,6 @@ esac
 command -v oha >/dev/null || { echo "oha is missing: cargo install --locked oha" >&2; exit 1; }
 command -v openssl >/dev/null || { echo "openssl is missing: apt-get install openssl" >&2; exit 1; }
 
-cargo build --release --locked --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/polars-cloud-auth"
-
 work=$(mktemp -d)
 pid=""
 cleanup() {
@@ -41,6 +38,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+cargo build --release --locked --quiet
+# A copy: a shared target directory may get another build's binary meanwhile.
+bin="$work/polars-cloud-auth"
+cp "${CARGO_TARGET_DIR:-target}/release/polars-cloud-auth" "$bin"
 
 # A CA and a serving certificate for the Service name, ECDSA P-256 like the chart's.
 openssl ecparam -name prime256v1 -genkey -noout -out "$work/ca.key" 2>/dev/null
@@ -81,7 +83,7 @@ ok = codes.get("200", 0)
 total = sum(codes.values())
 errors = r.get("errorDistribution", {})
 print(f"  requests: {total} ({ok} answered 200), errors: {sum(errors.values()) if errors else 0}")
-print(f"  reviews/s: {s[\"requestsPerSec\"]:.0f}")
+print("  reviews/s: %.0f" % s["requestsPerSec"])
 print("  latency ms: p50 %.2f  p90 %.2f  p99 %.2f  max %.2f" % (
     p["p50"] * 1e3, p["p90"] * 1e3, p["p99"] * 1e3, s["slowest"] * 1e3))
 '
@@ -91,7 +93,7 @@ echo "polars-cloud-auth webhook benchmark: $(nproc) cores, HTTP/$HTTP over TLS, 
 echo "throughput: $CONNECTIONS connections for $DURATION"
 oha "${common[@]}" -z "$DURATION" -c "$CONNECTIONS" "$url" | summary
 echo "fixed rate: $RATE reviews/s for $DURATION ($CONNECTIONS connections)"
-oha "${common[@]}" -z "$DURATION" -c "$CONNECTIONS" -q "$RATE" "$url" | summary
+oha "${common[@]}" -z "$DURATION" -c "$CONNECTIONS" -q "$RATE" --latency-correction "$url" | summary
 
 kill -TERM "$pid"
 wait "$pid" || { echo "the webhook did not exit cleanly" >&2; exit 1; }

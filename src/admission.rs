@@ -3,14 +3,17 @@
 //! and turns an [`InjectError`](crate::inject::InjectError) into a denial whose message
 //! is what `kubectl` shows.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::PodSpec;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, Status};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{DynamicObject, GroupVersionKind, Status, TypeMeta};
+use serde::{Deserialize, Serialize};
 
 use crate::inject::{self, Settings};
 
@@ -68,7 +71,7 @@ pub enum ReviewError {
 /// The answer to one review.
 #[derive(Debug)]
 pub struct Reviewed {
-    pub review: AdmissionReview<DynamicObject>,
+    pub response: AdmissionResponse,
     pub verdict: Verdict,
     /// `namespace/name` of the pod (or its generateName), for the logs.
     pub object: String,
@@ -77,50 +80,104 @@ pub struct Reviewed {
     pub denial: Option<String>,
 }
 
-/// Decodes an AdmissionReview, decides, and encodes the answer.
-pub fn review(body: &[u8], settings: &Settings) -> Result<Reviewed, ReviewError> {
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
-    if review.types.api_version != "admission.k8s.io/v1" {
-        return Err(ReviewError::Version(review.types.api_version));
-    }
-    let req: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| ReviewError::NoRequest)?;
-    Ok(decide(req, settings))
+const V1: &str = "admission.k8s.io/v1";
+
+/// An AdmissionReview with its `request` typed as asked. kube's `AdmissionReview` flattens
+/// its `TypeMeta`, which makes serde buffer the whole review (pod included) before
+/// decoding it; this envelope decodes the same JSON in one pass.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<R> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<R>,
 }
 
-fn decide(req: AdmissionRequest<DynamicObject>, settings: &Settings) -> Reviewed {
-    let res = AdmissionResponse::from(&req);
-    let object = object_name(&req);
-    let answer = |res: AdmissionResponse, verdict, mode, denial| Reviewed {
-        review: res.into_review(),
-        verdict,
-        object: object.clone(),
-        mode,
-        denial,
-    };
-    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod";
-    // Pods are mutable only at creation; an update that changed containers would be
-    // refused by the API server anyway.
-    if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
-        return answer(res, Verdict::Skipped, None, None);
+/// What decides how to decode the rest; the object is skipped, not built.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    kind: GroupVersionKind,
+    operation: Operation,
+    #[serde(default)]
+    sub_resource: Option<String>,
+}
+
+/// Decodes an AdmissionReview v1 and decides. The request is decoded typed: a pod
+/// creation as a k8s-openapi `Pod`, anything else as a `DynamicObject`.
+pub fn review(body: &[u8], settings: &Settings) -> Result<Reviewed, ReviewError> {
+    let decode = |e: serde_json::Error| ReviewError::Decode(e.to_string());
+    let head: Envelope<Head> = serde_json::from_slice(body).map_err(decode)?;
+    if head.api_version != V1 {
+        return Err(ReviewError::Version(head.api_version));
     }
-    let Some(mut pod) = req.object else {
+    let Some(h) = head.request else {
+        return Err(ReviewError::NoRequest);
+    };
+    let types = TypeMeta {
+        api_version: head.api_version,
+        kind: head.kind,
+    };
+    let pod_creation = h.kind.group.is_empty()
+        && h.kind.kind == "Pod"
+        && h.operation == Operation::Create
+        && h.sub_resource.is_none();
+    if pod_creation {
+        match serde_json::from_slice::<Envelope<AdmissionRequest<Pod>>>(body) {
+            Ok(Envelope {
+                request: Some(mut req),
+                ..
+            }) => {
+                req.types = types;
+                return Ok(decide(req, settings));
+            }
+            Ok(_) => return Err(ReviewError::NoRequest),
+            Err(e) => {
+                // Readable as a review but not as a pod: deny, saying why.
+                let req = generic(body, types)?;
+                let object = object_name(&req, req.object.as_ref().map(|o| &o.metadata));
+                let res = AdmissionResponse::from(&req);
+                return Ok(deny(res, format!("the pod cannot be read: {e}"), object));
+            }
+        }
+    }
+    // Anything else is allowed as it is; pods are mutable only at creation, and an update
+    // that changed containers would be refused by the API server anyway.
+    let req = generic(body, types)?;
+    let object = object_name(&req, req.object.as_ref().map(|o| &o.metadata));
+    Ok(Reviewed {
+        response: AdmissionResponse::from(&req),
+        verdict: Verdict::Skipped,
+        object,
+        mode: None,
+        denial: None,
+    })
+}
+
+fn generic(body: &[u8], types: TypeMeta) -> Result<AdmissionRequest<DynamicObject>, ReviewError> {
+    let env: Envelope<AdmissionRequest<DynamicObject>> =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
+    let mut req = env.request.ok_or(ReviewError::NoRequest)?;
+    req.types = types;
+    Ok(req)
+}
+
+fn decide(req: AdmissionRequest<Pod>, settings: &Settings) -> Reviewed {
+    let res = AdmissionResponse::from(&req);
+    let object = object_name(&req, req.object.as_ref().map(|p| &p.metadata));
+    let Some(pod) = req.object else {
         return deny(
             res,
             "the admission request has no pod object".into(),
-            &object,
+            object,
         );
     };
-    let spec = pod.data.get_mut("spec").map(serde_json::Value::take);
-    let spec: PodSpec = match spec.map(serde_json::from_value) {
-        Some(Ok(spec)) => spec,
-        Some(Err(e)) => return deny(res, format!("the pod spec cannot be read: {e}"), &object),
-        None => return deny(res, "the pod has no spec".into(), &object),
-    };
     if !inject::opted_in(&pod.metadata) {
-        return answer(res, Verdict::Skipped, None, None);
+        return allow(res, Verdict::Skipped, object, None);
     }
+    let spec = pod.spec.unwrap_or_default();
     match inject::inject(&pod.metadata, &spec, settings) {
         Ok(outcome) => {
             let mut res = res;
@@ -128,51 +185,48 @@ fn decide(req: AdmissionRequest<DynamicObject>, settings: &Settings) -> Reviewed
                 res.warnings = Some(outcome.warnings);
             }
             if outcome.patch.0.is_empty() {
-                return answer(res, Verdict::Unchanged, Some(outcome.mode), None);
+                return allow(res, Verdict::Unchanged, object, Some(outcome.mode));
             }
             match res.clone().with_patch(outcome.patch) {
-                Ok(res) => answer(res, Verdict::Injected, Some(outcome.mode), None),
-                Err(e) => deny(res, format!("failed to encode the patch: {e}"), &object),
+                Ok(res) => allow(res, Verdict::Injected, object, Some(outcome.mode)),
+                Err(e) => deny(res, format!("failed to encode the patch: {e}"), object),
             }
         }
-        Err(e) => deny(res, e.to_string(), &object),
+        Err(e) => deny(res, e.to_string(), object),
     }
 }
 
-/// The answer as JSON. kube-core serializes the patch bytes as an array of numbers, which
-/// Go's decoder accepts; we send what Go itself sends for `[]byte` (and what the
-/// Kubernetes documentation shows): a base64 string, a quarter of the size.
-pub fn encode(review: &AdmissionReview<DynamicObject>) -> serde_json::Result<Vec<u8>> {
-    let patch = review.response.as_ref().and_then(|r| r.patch.as_ref());
-    let Some(patch) = patch else {
-        return serde_json::to_vec(review);
-    };
-    let mut value = serde_json::to_value(review)?;
-    if let Some(res) = value.get_mut("response").and_then(|r| r.as_object_mut()) {
-        res.insert(
-            "patch".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode(patch)
-                .into(),
-        );
+fn allow(
+    response: AdmissionResponse,
+    verdict: Verdict,
+    object: String,
+    mode: Option<inject::Mode>,
+) -> Reviewed {
+    Reviewed {
+        response,
+        verdict,
+        object,
+        mode,
+        denial: None,
     }
-    serde_json::to_vec(&value)
 }
 
-fn deny(res: AdmissionResponse, message: String, object: &str) -> Reviewed {
+fn deny(res: AdmissionResponse, message: String, object: String) -> Reviewed {
     let mut res = res.deny(&message);
     res.result = Status::failure(&message, "BadRequest").with_code(400);
     Reviewed {
-        review: res.into_review(),
+        response: res,
         verdict: Verdict::Denied,
-        object: object.to_string(),
+        object,
         mode: None,
         denial: Some(message),
     }
 }
 
-fn object_name(req: &AdmissionRequest<DynamicObject>) -> String {
-    let meta = req.object.as_ref().map(|o| &o.metadata);
+fn object_name<T: kube::core::Resource>(
+    req: &AdmissionRequest<T>,
+    meta: Option<&ObjectMeta>,
+) -> String {
     let name = Some(req.name.clone())
         .filter(|n| !n.is_empty())
         .or_else(|| meta.and_then(|m| m.name.clone()))
@@ -185,6 +239,52 @@ fn object_name(req: &AdmissionRequest<DynamicObject>) -> String {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
         _ => name,
     }
+}
+
+/// The AdmissionReview that answers, as JSON. kube-core serializes the patch bytes as an
+/// array of numbers, which Go's decoder accepts; this sends what Go itself sends for
+/// `[]byte` (and what the Kubernetes documentation shows): a base64 string, a quarter of
+/// the size. It also skips the detour through `serde_json::Value`.
+pub fn encode(res: &AdmissionResponse) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Review<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        response: Response<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Response<'a> {
+        uid: &'a str,
+        allowed: bool,
+        status: &'a Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        patch_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "HashMap::is_empty")]
+        audit_annotations: &'a HashMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        warnings: Option<&'a Vec<String>>,
+    }
+    let patch = res
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    serde_json::to_vec(&Review {
+        api_version: V1,
+        kind: "AdmissionReview",
+        response: Response {
+            uid: &res.uid,
+            allowed: res.allowed,
+            status: &res.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &res.audit_annotations,
+            warnings: res.warnings.as_ref(),
+        },
+    })
 }
 
 /// Upper bounds of the latency histogram, in seconds.
@@ -287,7 +387,8 @@ mod tests {
     }
 
     fn response(r: &Reviewed) -> Value {
-        serde_json::to_value(&r.review).unwrap()["response"].clone()
+        let review: Value = serde_json::from_slice(&encode(&r.response).unwrap()).unwrap();
+        review["response"].clone()
     }
 
     #[test]
@@ -304,7 +405,7 @@ mod tests {
         assert_eq!(res["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
         assert_eq!(res["allowed"], true);
         assert_eq!(res["patchType"], "JSONPatch");
-        let review: Value = serde_json::from_slice(&encode(&r.review).unwrap()).unwrap();
+        let review: Value = serde_json::from_slice(&encode(&r.response).unwrap()).unwrap();
         let patch = base64::engine::general_purpose::STANDARD
             .decode(review["response"]["patch"].as_str().unwrap())
             .unwrap();

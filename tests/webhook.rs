@@ -204,7 +204,9 @@ async fn unreadable_requests_get_a_clear_error_not_a_crash() {
         answer["response"]["status"]["message"]
             .as_str()
             .unwrap()
-            .starts_with("the pod spec cannot be read")
+            .starts_with(
+                "the pod cannot be read: invalid type: string \"app\", expected a sequence"
+            )
     );
     // Oversized: refused before it is read whole.
     let (status, text) = call(&app, "POST", "/mutate", vec![b' '; MAX_BODY + 1]).await;

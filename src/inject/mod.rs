@@ -474,22 +474,9 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
 
-/// k8s-openapi serializes fields alphabetically; `name` goes first, as people write it,
-/// for readable `inject` output.
 fn to_value<T: Serialize>(v: &T) -> Value {
     // k8s-openapi types always serialize to JSON.
-    match serde_json::to_value(v).unwrap_or(Value::Null) {
-        Value::Object(mut fields) => match fields.shift_remove_entry("name") {
-            Some((key, name)) => {
-                let mut ordered = serde_json::Map::with_capacity(fields.len() + 1);
-                ordered.insert(key, name);
-                ordered.extend(fields);
-                Value::Object(ordered)
-            }
-            None => Value::Object(fields),
-        },
-        other => other,
-    }
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// Adds what the pod lacks to get its token. Pure: the same pod and settings always
@@ -651,10 +638,7 @@ pub fn inject(
     }
     let volumes_ptr = pointer([Token::new("spec"), Token::new("volumes")]);
     if spec.volumes.is_none() && !new_volumes.is_empty() {
-        ops.push(add(
-            volumes_ptr,
-            Value::Array(new_volumes.iter().map(to_value).collect()),
-        ));
+        ops.push(add(volumes_ptr, to_value(&new_volumes)));
     } else {
         for v in &new_volumes {
             ops.push(add(volumes_ptr.with_trailing_token("-"), to_value(v)));

@@ -99,7 +99,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     };
     match admission::review(&body, &state.settings) {
         Ok(reviewed) => {
-            let response = match admission::encode(&reviewed.review) {
+            let response = match admission::encode(&reviewed.response) {
                 Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => {
                     tracing::error!(error = %e, "failed to encode the AdmissionReview");
