@@ -432,9 +432,17 @@ fn effective(
             && key != INJECTED_ANNOTATION
             && !a::ALL.contains(&key.as_str())
         {
+            let hint = match closest(key) {
+                Some(known) => format!("did you mean {known}?"),
+                None => format!(
+                    "known: {}",
+                    a::ALL
+                        .map(|k| k.trim_start_matches("polars.cloud/"))
+                        .join(", ")
+                ),
+            };
             warnings.push(format!(
-                "annotation {key} is not known to polars-cloud-auth and has no effect (known: {})",
-                a::ALL.join(", ")
+                "annotation {key} is not known to polars-cloud-auth and has no effect; {hint}"
             ));
         }
     }
@@ -450,6 +458,31 @@ fn effective(
         skip,
         warnings,
     })
+}
+
+/// The known annotation a mistyped one most likely meant (a few edits away).
+fn closest(key: &str) -> Option<&'static str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != *cb);
+                let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
+                prev = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    }
+    annotation::ALL
+        .iter()
+        .map(|k| (distance(key, k), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// The API server refuses a container whose memory request exceeds its limit; say so

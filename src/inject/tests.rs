@@ -496,7 +496,10 @@ fn warnings_for_unknown_annotations_and_classic_jobs() {
     )
     .unwrap();
     assert_eq!(outcome.warnings.len(), 2, "{:?}", outcome.warnings);
-    assert!(outcome.warnings[0].contains("polars.cloud/secretname is not known"));
+    assert_eq!(
+        outcome.warnings[0],
+        "annotation polars.cloud/secretname is not known to polars-cloud-auth and has no effect; did you mean polars.cloud/secret-name?"
+    );
     assert!(outcome.warnings[1].contains("never completes"));
 }
 
@@ -508,4 +511,16 @@ fn opt_in_needs_the_label_true() {
     assert!(!opted_in(&meta));
     meta.labels = Some(BTreeMap::from([(INJECT_LABEL.into(), "true".into())]));
     assert!(opted_in(&meta));
+}
+
+#[test]
+fn unknown_annotations_far_from_any_known_one_list_the_known_ones() {
+    let (_, outcome) = run(
+        &pod(json!({"polars.cloud/owner": "team-a"}), app()),
+        &Settings::default(),
+    )
+    .unwrap();
+    let w = &outcome.warnings[0];
+    assert!(w.contains("known: secret-name, token-path, mode,"), "{w}");
+    assert!(w.len() < 256, "kubectl may truncate longer warnings: {w}");
 }
