@@ -218,9 +218,7 @@ pub fn token_file_path(
 ) -> Result<PathBuf, Error> {
     let temp = temp.ok_or(Error::NoRunnerTemp)?;
     let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    if let Some(workspace) = workspace
-        && real(temp).starts_with(real(workspace))
-    {
+    if let Some(workspace) = workspace.filter(|w| real(temp).starts_with(real(w))) {
         return Err(Error::TempInWorkspace {
             temp: temp.to_path_buf(),
             workspace: workspace.to_path_buf(),
@@ -432,6 +430,24 @@ mod tests {
         );
         let err = i.credentials.load().unwrap_err().to_string();
         assert!(err.contains("`client-id` input"), "{err}");
+    }
+
+    #[test]
+    fn inputs_lists_exactly_what_parse_reads() {
+        let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let lookup = |var: &str| {
+            asked.borrow_mut().insert(var.to_string());
+            None
+        };
+        Inputs::parse(&lookup).unwrap();
+        let read: Vec<String> = asked
+            .into_inner()
+            .into_iter()
+            .filter(|v| v.starts_with("INPUT_"))
+            .collect();
+        let mut listed: Vec<String> = INPUTS.iter().map(|i| input_variable(i)).collect();
+        listed.sort();
+        assert_eq!(read, listed);
     }
 
     #[test]
