@@ -338,39 +338,41 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
     }
 
     let issuer = &source.settings().endpoints.issuer;
-    let mut handed = Vec::new();
-    if inputs.export_env {
-        handed.push(format!("exported as `{TOKEN_ENV}`"));
-    }
-    if token_file.is_some() {
-        handed.push("written to a file under RUNNER_TEMP".to_string());
-    }
-    if handed.is_empty() {
-        handed.push("available as the step's `access-token` output".to_string());
-    }
-    runner.summary(&format!(
-        "Polars Cloud access token from `{issuer}`, valid until {expires_at}, {}.",
-        handed.join(" and ")
+    runner.summary(&summary_line(
+        issuer,
+        &expires_at,
+        inputs.export_env,
+        token_file.is_some(),
     ))?;
     tracing::info!(%issuer, expires_at, "Polars Cloud access token ready");
     Ok(())
+}
+
+/// The job summary's line: where the token came from, until when, and where it went. No
+/// secrets, and no client id either (it is often kept as a secret).
+fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool) -> String {
+    let handed = match (exported, file) {
+        (true, true) => {
+            format!("exported as `{TOKEN_ENV}` and written to a file under RUNNER_TEMP")
+        }
+        (true, false) => format!("exported as `{TOKEN_ENV}`"),
+        (false, true) => "written to a file under RUNNER_TEMP".to_string(),
+        (false, false) => "available as the step's `access-token` output".to_string(),
+    };
+    format!("Polars Cloud access token from `{issuer}`, valid until {expires_at}, {handed}.")
 }
 
 async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
     let state = |name: &str| lookup(&format!("STATE_{name}")).filter(|v| !v.is_empty());
     let mut removal = Ok(());
     if let Some(path) = state(STATE_TOKEN_FILE) {
-        removal = match TokenFile::new(&path, TOKEN_FILE_MODE).remove() {
-            Ok(true) => {
-                tracing::info!(path, "token file deleted");
-                Ok(())
-            }
-            Ok(false) => {
-                tracing::info!(path, "token file already gone");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        };
+        let removed = TokenFile::new(&path, TOKEN_FILE_MODE).remove();
+        match removed {
+            Ok(true) => tracing::info!(path, "token file deleted"),
+            Ok(false) => tracing::info!(path, "token file already gone"),
+            Err(_) => {}
+        }
+        removal = removed.map(drop);
     }
     if let Some(value) = state(STATE_REFRESH_TOKEN) {
         let refresh = RefreshToken {
@@ -566,6 +568,17 @@ mod tests {
             )
             .contains("redacted")
         );
+    }
+
+    #[test]
+    fn the_summary_says_where_the_token_went() {
+        let issuer = Url::parse("https://auth.example/realms/Polars").unwrap();
+        let line = summary_line(&issuer, "2030-01-01T00:00:00Z", true, true);
+        assert_eq!(
+            line,
+            "Polars Cloud access token from `https://auth.example/realms/Polars`, valid until 2030-01-01T00:00:00Z, exported as `POLARS_CLOUD_ACCESS_TOKEN` and written to a file under RUNNER_TEMP."
+        );
+        assert!(summary_line(&issuer, "x", false, false).ends_with("`access-token` output."));
     }
 
     #[test]
