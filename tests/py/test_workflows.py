@@ -53,7 +53,7 @@ def action() -> dict:
 
 
 def test_the_workflows_are_there():
-    assert sorted(p.name for p in WORKFLOWS.glob("*.yml")) == ["ci.yml", "example.yml", "release.yml"]
+    assert {"ci.yml", "example.yml", "release.yml"} <= {p.name for p in WORKFLOWS.glob("*.yml")}
 
 
 def test_actionlint_finds_nothing():
