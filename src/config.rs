@@ -451,10 +451,16 @@ impl IdpArgs {
 
     /// The token source these settings describe.
     pub fn source(&self) -> Result<source::TokenSource, Error> {
+        self.source_with(self.credentials())
+    }
+
+    /// The token source these settings describe, with credentials from elsewhere (the
+    /// GitHub Action's inputs).
+    pub fn source_with(&self, credentials: Credentials) -> Result<source::TokenSource, Error> {
         let settings = source::Settings {
             endpoints: self.endpoints()?,
             grant: self.grant(),
-            credentials: self.credentials(),
+            credentials,
             scope: self.scope.clone().filter(|s| !s.is_empty()),
             audience: self.audience.clone().filter(|s| !s.is_empty()),
         };
@@ -537,6 +543,29 @@ mod tests {
         assert!(err.contains("isuer"), "{err}");
         std::fs::write(&path, "renewal:\n  renew-at: 2\n").unwrap();
         assert!(ConfigFile::load(&path).is_err());
+    }
+
+    #[test]
+    fn source_with_uses_the_given_credentials() {
+        let idp = IdpArgs {
+            issuer: Some(Url::parse("http://127.0.0.1:9/realms/Polars").unwrap()),
+            client_id: Some("ignored".into()),
+            ..IdpArgs::default()
+        };
+        let given = Credentials::from_sources(credentials::Sources {
+            client_id: Some("from-input".into()),
+            client_secret: Some("s".into()),
+            ..credentials::Sources::default()
+        });
+        let source = idp.source_with(given).unwrap();
+        assert_eq!(
+            source.settings().credentials.load().unwrap().0,
+            "from-input"
+        );
+        assert_eq!(
+            source.settings().endpoints.token.as_str(),
+            "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
+        );
     }
 
     #[test]
