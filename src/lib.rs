@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod device;
 pub mod exit;
 pub mod modes;
 pub mod renew;

@@ -398,20 +398,76 @@ impl TokenSource {
         request: reqwest::RequestBuilder,
         secrets: &[&str],
     ) -> Result<Tokens, FetchError> {
-        let url = self.settings.endpoints.token.to_string();
-        let sent_at = SystemTime::now();
-        let mut response = request.send().await.map_err(|e| unreachable(&url, &e))?;
-        let status = response.status();
-        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, &e))? {
-            if body.len() + chunk.len() > MAX_REPLY {
-                return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        classify(status, retry_after, &body, sent_at, secrets)
+        let reply = send(request, self.settings.endpoints.token.as_str()).await?;
+        classify(
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            reply.sent_at,
+            secrets,
+        )
     }
+
+    /// Revokes `token` at the realm's revocation endpoint (RFC 7009), authenticating the way
+    /// the grant does. `hint` is the `token_type_hint` (`refresh_token`, `access_token`).
+    /// Keycloak ends the whole session when its refresh token is revoked.
+    pub async fn revoke(&self, token: &SecretString, hint: &str) -> Result<(), FetchError> {
+        let url = self.settings.endpoints.revocation();
+        let mut form: Vec<(&str, &str)> =
+            vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+        let creds;
+        let request = self.http.post(url.clone());
+        let request = match self.settings.grant {
+            Grant::ServiceAccount => {
+                form.push(("client_id", POLARS_CLIENT_ID));
+                request
+            }
+            Grant::ClientCredentials(auth) => {
+                creds = self.settings.credentials.load()?;
+                authenticate(request, &mut form, auth, &creds.0, &creds.1)
+            }
+        };
+        let reply = send(request.form(&form), url.as_str()).await?;
+        if reply.status.is_success() {
+            return Ok(());
+        }
+        Err(failure(
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            &[token.expose_secret()],
+        ))
+    }
+}
+
+/// A reply read to its end (at most [`MAX_REPLY`] bytes).
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+    pub sent_at: SystemTime,
+}
+
+/// Sends a request to one of the realm's endpoints and reads the whole reply; only a failure
+/// to get an answer is an error here.
+pub(crate) async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<Reply, FetchError> {
+    let sent_at = SystemTime::now();
+    let mut response = request.send().await.map_err(|e| unreachable(url, &e))?;
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+        sent_at,
+    })
 }
 
 fn authenticate<'a>(
@@ -482,14 +538,24 @@ pub(crate) fn classify(
     if status.is_success() {
         return parse_success(body, sent_at);
     }
+    Err(failure(status, retry_after, body, secrets))
+}
+
+/// The classified error for a reply that is not a success.
+pub(crate) fn failure(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    secrets: &[&str],
+) -> FetchError {
     if status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
     {
-        return Err(FetchError::Unavailable {
+        return FetchError::Unavailable {
             status: status.as_u16(),
             retry_after,
-        });
+        };
     }
     let reply: Option<ErrorReply> = serde_json::from_slice(body).ok();
     let (error, description) = reply
@@ -498,12 +564,12 @@ pub(crate) fn classify(
     let error = error.map(|e| scrub(&e, secrets));
     let description = description.map(|d| scrub(&d, secrets));
     let hint = hint(status, error.as_deref()).to_string();
-    Err(FetchError::Rejected {
+    FetchError::Rejected {
         status: status.as_u16(),
         error,
         description,
         hint,
-    })
+    }
 }
 
 fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError> {

@@ -21,7 +21,10 @@ fn check(rel: &str, fresh: &str) {
 
 #[test]
 fn config_schema_is_current() {
-    check("docs/config.schema.json", &polars_cloud_auth::config::schema_json());
+    check(
+        "docs/config.schema.json",
+        &polars_cloud_auth::config::schema_json(),
+    );
 }
 
 /// The CLI reference: every subcommand's long help, as clap renders it.
@@ -46,6 +49,9 @@ fn cli_reference_is_current() {
         out.push_str(&sub.render_long_help().to_string());
         out.push_str("```\n");
     }
-    let out: String = out.lines().map(|l| l.trim_end().to_string() + "\n").collect();
+    let out: String = out
+        .lines()
+        .map(|l| l.trim_end().to_string() + "\n")
+        .collect();
     check("docs/cli.md", &out);
 }
