@@ -52,6 +52,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         {
             return TOKEN_FILE;
         }
+        if let Some(e) = cause.downcast_ref::<crate::modes::exec::Error>() {
+            return e.exit_code();
+        }
         if cause.is::<Interrupted>() {
             return INTERRUPTED;
         }
