@@ -37,6 +37,9 @@ impl Home {
     fn config_toml(&self) -> PathBuf {
         self.config_dir().join("config.toml")
     }
+    fn legacy(&self, name: &str) -> PathBuf {
+        self.config_dir().join(name)
+    }
     fn token_file(&self) -> PathBuf {
         self.path().join(".polars/cloud_access_token")
     }
@@ -232,12 +235,20 @@ fn login_stores_tokens_where_both_clients_look_and_the_real_client_uses_them() {
     let c = claims(&access);
     assert_eq!(c["sub"], "alice");
     assert_eq!(c["azp"], "PolarsCloud");
-    // The seed's token file: the bare access token.
+    // The seed's token file, and the token files of clients 0.6 to 0.11: bare tokens.
     assert_eq!(std::fs::read_to_string(home.token_file()).unwrap(), access);
+    let legacy_access = home.legacy("cloud_access_token");
+    let legacy_refresh = home.legacy("cloud_refresh_token");
+    assert_eq!(std::fs::read_to_string(&legacy_access).unwrap(), access);
+    assert_eq!(std::fs::read_to_string(&legacy_refresh).unwrap(), refresh);
     #[cfg(unix)]
-    {
-        assert_eq!(mode(&home.config_toml()), 0o600);
-        assert_eq!(mode(&home.token_file()), 0o600);
+    for path in [
+        &home.config_toml(),
+        &home.token_file(),
+        &legacy_access,
+        &legacy_refresh,
+    ] {
+        assert_eq!(mode(path), 0o600, "{}", path.display());
     }
     let device_code = polls[0]["params"]["device_code"].as_str().unwrap();
     assert_no_leak(&access, &[&stderr]);
@@ -255,6 +266,22 @@ fn login_stores_tokens_where_both_clients_look_and_the_real_client_uses_them() {
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!(verdict["bearer"], access.as_str());
     assert_eq!(verdict["source"], "config");
+
+    // The older clients' pair alone is usable too: 0.12 reads it the way they did (and
+    // migrates it into a config.toml of its own).
+    let older = tempfile::tempdir().unwrap();
+    std::fs::copy(&legacy_access, older.path().join("cloud_access_token")).unwrap();
+    std::fs::copy(&legacy_refresh, older.path().join("cloud_refresh_token")).unwrap();
+    let verdict = real_client(
+        &[
+            ("POLARS_CLOUD_CONFIG_DIR", older.path()),
+            ("HOME", home.path()),
+        ],
+        &[],
+    );
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!(verdict["bearer"], access.as_str());
+    assert_eq!(verdict["source"], "file");
 }
 
 #[test]
@@ -406,7 +433,7 @@ fn status_shows_subject_and_expiry_without_secrets() {
     );
     assert_eq!(
         stdout.matches("access token   alice, expires ").count(),
-        2,
+        3,
         "{stdout}"
     );
     assert!(stdout.contains(", in 4m"), "{stdout}");
@@ -487,6 +514,8 @@ fn logout_revokes_the_session_and_removes_what_login_stored() {
     assert!(!config.contains("access_token") && !config.contains("refresh_token"));
     assert!(config.contains("workspace = \"ws\" # mine"), "{config}");
     assert!(!home.token_file().exists());
+    assert!(!home.legacy("cloud_access_token").exists());
+    assert!(!home.legacy("cloud_refresh_token").exists());
     assert_no_leak(&refresh, &[&stderr]);
 
     let out = run(person(&idp, &home).arg("logout"));

@@ -247,12 +247,14 @@ fn signed_in(access: &AccessToken, now: SystemTime) -> String {
 
 /// The closing lines after storing.
 fn stored(tokens: &Tokens, stores: &Stores, now: SystemTime) -> String {
-    let [config, file] = stores.paths();
+    let [access, refresh] = stores.config.legacy_paths();
     format!(
-        "\n{}\nStored in:\n  {}  (read by polars-cloud 0.12 and later, which refresh it)\n  {}  (the original client's token file)\nRun `polars-cloud-auth status` to check, `polars-cloud-auth logout` to sign out.\n",
+        "\n{}\nStored in:\n  {}  (polars-cloud 0.12 and later, which refresh it)\n  {} and {}  (polars-cloud 0.6 to 0.11)\n  {}  (the original client's token file)\nRun `polars-cloud-auth status` to check, `polars-cloud-auth logout` to sign out.\n",
         signed_in(&tokens.access, now),
-        config.display(),
-        file.display()
+        stores.config.path().display(),
+        access.display(),
+        refresh.display(),
+        stores.token_file.path().display()
     )
 }
 

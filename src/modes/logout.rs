@@ -33,14 +33,14 @@ pub async fn run(source: &TokenSource, stores: &Stores) -> anyhow::Result<()> {
         None => None,
     };
     let mut removed = Vec::new();
-    if read_error.is_none() && stores.config.clear()? {
-        removed.push(stores.config.path().display().to_string());
+    if read_error.is_none() {
+        removed.extend(stores.config.clear()?);
     }
     if stores.token_file.remove()? {
-        removed.push(stores.token_file.path().display().to_string());
+        removed.push(stores.token_file.path().to_path_buf());
     }
     for path in &removed {
-        eprintln!("Removed the tokens from {path}");
+        eprintln!("Removed the tokens from {}", path.display());
     }
     if let Some(e) = read_error {
         return Err(anyhow::Error::from(e).context("the tokens in config.toml were left in place"));

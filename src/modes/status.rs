@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::login::Stores;
 use crate::cli::StatusArgs;
-use crate::sink::client_config::StoredAuth;
+use crate::sink::client_config::{self, StoredAuth};
 use crate::token::claims;
 
 /// `polars-cloud-auth status`.
@@ -38,38 +38,26 @@ pub fn report(stores: &Stores, env_token: Option<&SecretString>, now: SystemTime
     let mut text = String::new();
     let mut valid = false;
 
-    let _ = writeln!(text, "config.toml  {}", stores.config.path().display());
-    match stores.config.read() {
-        Ok(None) => text.push_str("  not there\n"),
-        Ok(Some(StoredAuth {
-            access_token,
-            refresh_token,
-        })) => {
-            match &access_token {
-                Some(t) => {
-                    let (line, ok) = describe(t.expose_secret(), now);
-                    valid |= ok;
-                    let _ = writeln!(text, "  access token   {line}");
-                }
-                None => text.push_str("  access token   none\n"),
-            }
-            match &refresh_token {
-                Some(t) => {
-                    let _ = writeln!(text, "  refresh token  {}", describe_refresh(t, now));
-                }
-                None if access_token.is_some() => text.push_str(
-                    "  refresh token  none: polars-cloud 0.12 ignores [auth] without one; run login again\n",
-                ),
-                None => text.push_str("  refresh token  none\n"),
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(text, "  unreadable: {e}");
-        }
-    }
+    let _ = writeln!(
+        text,
+        "config.toml  {}  (polars-cloud 0.12 and later)",
+        stores.config.path().display()
+    );
+    valid |= pair(&mut text, stores.config.read(), true, now);
+    let [access, _] = stores.config.legacy_paths();
+    let _ = writeln!(
+        text,
+        "token files  {} and cloud_refresh_token  (polars-cloud 0.6 to 0.11)",
+        access.display()
+    );
+    valid |= pair(&mut text, stores.config.read_legacy(), false, now);
 
     let path = stores.token_file.path();
-    let _ = writeln!(text, "token file   {}", path.display());
+    let _ = writeln!(
+        text,
+        "token file   {}  (the original client)",
+        path.display()
+    );
     match read_file(path) {
         Ok(None) => text.push_str("  not there\n"),
         Ok(Some(token)) => {
@@ -93,6 +81,54 @@ pub fn report(stores: &Stores, env_token: Option<&SecretString>, now: SystemTime
         text.push_str("\nNo valid stored token: run `polars-cloud-auth login`.\n");
     }
     Report { text, valid }
+}
+
+/// Describes an access and refresh token pair; answers whether the access token is valid.
+/// Both are needed: the clients ignore an access token without a refresh token.
+fn pair(
+    text: &mut String,
+    read: Result<Option<StoredAuth>, client_config::Error>,
+    toml: bool,
+    now: SystemTime,
+) -> bool {
+    let auth = match read {
+        Ok(Some(auth)) => auth,
+        Ok(None) => {
+            text.push_str("  not there\n");
+            return false;
+        }
+        Err(e) => {
+            let _ = writeln!(text, "  unreadable: {e}");
+            return false;
+        }
+    };
+    let mut valid = false;
+    match &auth.access_token {
+        Some(t) => {
+            let (line, ok) = describe(t.expose_secret(), now);
+            valid = ok && auth.refresh_token.is_some();
+            let _ = writeln!(text, "  access token   {line}");
+        }
+        None => text.push_str("  access token   none\n"),
+    }
+    match &auth.refresh_token {
+        Some(t) => {
+            let _ = writeln!(text, "  refresh token  {}", describe_refresh(t, now));
+        }
+        None if auth.access_token.is_some() => {
+            let _ = writeln!(
+                text,
+                "  refresh token  none: the client ignores the access token {}; run login again",
+                if toml {
+                    "in [auth] without one"
+                } else {
+                    "without one"
+                }
+            );
+        }
+        None => text.push_str("  refresh token  none\n"),
+    }
+    valid
 }
 
 fn read_file(path: &Path) -> std::io::Result<Option<String>> {
@@ -218,7 +254,7 @@ mod tests {
             "{}",
             r.text
         );
-        assert_eq!(r.text.matches("sub s, expires").count(), 3, "{}", r.text);
+        assert_eq!(r.text.matches("sub s, expires").count(), 4, "{}", r.text);
         assert!(!r.text.contains(&access) && !r.text.contains(&refresh));
     }
 }

@@ -4,10 +4,13 @@
 //!   (`POLARS_CLOUD_CONFIG_DIR`, else the platform config dir + `polars_cloud`) and needs
 //!   both `[auth] access_token` and `refresh_token`. We edit that file with `toml_edit`, so
 //!   the person's other keys and comments stay as they were.
+//! - Clients 0.6 to 0.11 read the bare tokens from `cloud_access_token` and
+//!   `cloud_refresh_token` in the same directory (both must be there). 0.12 leaves these
+//!   files alone while `config.toml` has an `[auth]`, so we write both kinds.
 //! - The original client reads the bare token from `~/.polars/cloud_access_token`, moved by
 //!   `POLARS_CLOUD_ACCESS_TOKEN_PATH`; that file is a [`TokenFile`](super::TokenFile).
 //!
-//! Both are written atomically with mode 0600.
+//! Everything is written atomically with mode 0600.
 
 use std::ffi::OsString;
 use std::io;
@@ -24,6 +27,10 @@ pub const PERSONAL_MODE: u32 = 0o600;
 pub const CONFIG_FILE: &str = "config.toml";
 /// The directory under the platform config dir that the client uses.
 pub const CLIENT_DIR: &str = "polars_cloud";
+/// The access token file of clients 0.6 to 0.11, in the config directory.
+pub const LEGACY_ACCESS_FILE: &str = "cloud_access_token";
+/// The refresh token file of clients 0.6 to 0.11, in the config directory.
+pub const LEGACY_REFRESH_FILE: &str = "cloud_refresh_token";
 /// The original client's token file, under the home directory.
 pub const SEED_TOKEN_FILE: &str = ".polars/cloud_access_token";
 
@@ -90,26 +97,38 @@ pub struct StoredAuth {
     pub refresh_token: Option<SecretString>,
 }
 
-/// The current client's `config.toml`.
+/// The client's config directory: `config.toml` and the older clients' token files.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     path: PathBuf,
+    legacy_access: PathBuf,
+    legacy_refresh: PathBuf,
 }
 
 impl ClientConfig {
-    /// The `config.toml` in `dir`.
+    /// The files in `dir`.
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             path: dir.join(CONFIG_FILE),
+            legacy_access: dir.join(LEGACY_ACCESS_FILE),
+            legacy_refresh: dir.join(LEGACY_REFRESH_FILE),
         }
     }
 
+    /// The `config.toml`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Sets `[auth] access_token` and `refresh_token`, keeping everything else. Without a
-    /// refresh token a stale one is removed (it would belong to another session).
+    /// The older clients' access and refresh token files.
+    pub fn legacy_paths(&self) -> [&Path; 2] {
+        [&self.legacy_access, &self.legacy_refresh]
+    }
+
+    /// Sets `[auth] access_token` and `refresh_token`, keeping everything else, and writes
+    /// the older clients' two files. Without a refresh token a stale one is removed (it
+    /// would belong to another session). An invalid `config.toml` stops everything before
+    /// anything is written.
     pub fn store(
         &self,
         access_token: &SecretString,
@@ -118,7 +137,28 @@ impl ClientConfig {
         let text = self.read_text()?.unwrap_or_default();
         let updated =
             with_tokens(&text, access_token, refresh_token).map_err(|e| self.invalid(e, &text))?;
-        self.write(&updated)
+        write_file(&self.legacy_access, access_token.expose_secret())?;
+        match refresh_token {
+            Some(r) => write_file(&self.legacy_refresh, r.expose_secret())?,
+            None => {
+                remove_file(&self.legacy_refresh)?;
+            }
+        }
+        write_file(&self.path, &updated)
+    }
+
+    /// The tokens in the older clients' files; `None` when there are none.
+    pub fn read_legacy(&self) -> Result<Option<StoredAuth>, Error> {
+        let access = read_optional(&self.legacy_access)?;
+        let refresh = read_optional(&self.legacy_refresh)?;
+        if access.is_none() && refresh.is_none() {
+            return Ok(None);
+        }
+        let secret = |t: String| SecretString::from(t.trim().to_string());
+        Ok(Some(StoredAuth {
+            access_token: access.map(secret),
+            refresh_token: refresh.map(secret),
+        }))
     }
 
     /// The tokens in `[auth]`; `None` when the file does not exist.
@@ -141,43 +181,33 @@ impl ClientConfig {
         }))
     }
 
-    /// Removes the tokens from `[auth]` (and `[auth]` when nothing else is in it); deletes
-    /// the file when nothing at all is left. Answers whether anything was removed.
-    pub fn clear(&self) -> Result<bool, Error> {
+    /// Removes the tokens from `[auth]` (and `[auth]` when nothing else is in it), deleting
+    /// `config.toml` when nothing at all is left, and the older clients' files. Answers the
+    /// files that changed. An invalid `config.toml` is left as it is, and said so.
+    pub fn clear(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut changed = Vec::new();
+        for path in [&self.legacy_access, &self.legacy_refresh] {
+            if remove_file(path)? {
+                changed.push(path.clone());
+            }
+        }
         let Some(text) = self.read_text()? else {
-            return Ok(false);
+            return Ok(changed);
         };
         let (updated, removed) = without_tokens(&text).map_err(|e| self.invalid(e, &text))?;
-        if !removed {
-            return Ok(false);
+        if removed {
+            if updated.trim().is_empty() {
+                remove_file(&self.path)?;
+            } else {
+                write_file(&self.path, &updated)?;
+            }
+            changed.insert(0, self.path.clone());
         }
-        if updated.trim().is_empty() {
-            std::fs::remove_file(&self.path).map_err(|source| Error::Write {
-                path: self.path.clone(),
-                source,
-            })?;
-        } else {
-            self.write(&updated)?;
-        }
-        Ok(true)
+        Ok(changed)
     }
 
     fn read_text(&self) -> Result<Option<String>, Error> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Read {
-                path: self.path.clone(),
-                source,
-            }),
-        }
-    }
-
-    fn write(&self, text: &str) -> Result<(), Error> {
-        write_atomic(&self.path, text.as_bytes(), PERSONAL_MODE).map_err(|source| Error::Write {
-            path: self.path.clone(),
-            source,
-        })
+        read_optional(&self.path)
     }
 
     fn invalid(&self, e: EditError, text: &str) -> Error {
@@ -193,6 +223,36 @@ impl ClientConfig {
                 path: self.path.clone(),
             },
         }
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    write_atomic(path, text.as_bytes(), PERSONAL_MODE).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Deletes a file; answers whether it was there.
+fn remove_file(path: &Path) -> Result<bool, Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -402,6 +462,7 @@ workspace = "ws" # my workspace
         assert!(text.contains("nothing was changed"), "{text}");
         assert!(!text.contains("secret-in-a-broken-file"), "{text}");
         assert_eq!(std::fs::read_to_string(cfg.path()).unwrap(), bad);
+        assert!(!cfg.legacy_paths()[0].exists());
         std::fs::write(cfg.path(), "auth = 5\n").unwrap();
         let err = cfg.store(&s("n"), None).unwrap_err();
         assert!(matches!(err, Error::AuthNotATable { .. }), "{err}");
@@ -414,20 +475,31 @@ workspace = "ws" # my workspace
         let dir = tempfile::tempdir().unwrap();
         let cfg = ClientConfig::in_dir(&dir.path().join("new/dir"));
         assert!(cfg.read().unwrap().is_none());
-        assert!(!cfg.clear().unwrap());
+        assert!(cfg.read_legacy().unwrap().is_none());
+        assert!(cfg.clear().unwrap().is_empty());
         cfg.store(&s("acc"), Some(&s("ref"))).unwrap();
-        let mode = std::fs::metadata(cfg.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(cfg.path()), 0o600);
         let auth = cfg.read().unwrap().unwrap();
         assert_eq!(auth.access_token.unwrap().expose_secret(), "acc");
         assert_eq!(auth.refresh_token.unwrap().expose_secret(), "ref");
+        // The older clients' files: the bare tokens, 0600.
+        let [access, refresh] = cfg.legacy_paths();
+        assert_eq!(std::fs::read_to_string(access).unwrap(), "acc");
+        assert_eq!(std::fs::read_to_string(refresh).unwrap(), "ref");
+        assert_eq!((mode(access), mode(refresh)), (0o600, 0o600));
+        let legacy = cfg.read_legacy().unwrap().unwrap();
+        assert_eq!(legacy.access_token.unwrap().expose_secret(), "acc");
         // A file others could read is narrowed on the next write.
         std::fs::set_permissions(cfg.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         cfg.store(&s("acc2"), Some(&s("ref2"))).unwrap();
-        let mode = std::fs::metadata(cfg.path()).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(cfg.clear().unwrap());
-        assert!(!cfg.path().exists());
+        assert_eq!(mode(cfg.path()), 0o600);
+        // Without a refresh token, the stale one goes from both places.
+        cfg.store(&s("acc3"), None).unwrap();
+        assert!(cfg.read().unwrap().unwrap().refresh_token.is_none());
+        assert!(!refresh.exists());
+        assert_eq!(cfg.clear().unwrap(), [cfg.path(), access]);
+        assert!(!cfg.path().exists() && !access.exists());
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
