@@ -4,7 +4,6 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
@@ -43,14 +42,6 @@ impl Stores {
             token_file: TokenFile::new(path, PERSONAL_MODE),
             config: ClientConfig::in_dir(&dir),
         })
-    }
-
-    /// Both paths, for messages.
-    pub fn paths(&self) -> [PathBuf; 2] {
-        [
-            self.config.path().to_path_buf(),
-            self.token_file.path().to_path_buf(),
-        ]
     }
 }
 
@@ -262,6 +253,7 @@ fn stored(tokens: &Tokens, stores: &Stores, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use secrecy::SecretString;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn auth(complete: bool) -> Authorization {
@@ -328,10 +320,16 @@ mod tests {
             "HOME" => Some(OsString::from("/home/u")),
             _ => None,
         };
+        let paths = |s: Stores| {
+            [
+                s.config.path().to_path_buf(),
+                s.token_file.path().to_path_buf(),
+            ]
+        };
         let s = Stores::resolve(&StoreArgs::default(), &env).unwrap();
         if cfg!(all(unix, not(target_os = "macos"))) {
             assert_eq!(
-                s.paths(),
+                paths(s),
                 [
                     PathBuf::from("/home/u/.config/polars_cloud/config.toml"),
                     PathBuf::from("/home/u/.polars/cloud_access_token")
@@ -344,7 +342,7 @@ mod tests {
         };
         let s = Stores::resolve(&moved, &env).unwrap();
         assert_eq!(
-            s.paths(),
+            paths(s),
             [
                 PathBuf::from("/t/cfg/config.toml"),
                 PathBuf::from("/t/token")
