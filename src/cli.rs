@@ -47,6 +47,11 @@ pub enum Command {
     Exec(ExecArgs),
     /// Print the JSON Schema of the --config file.
     Schema,
+    /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
+    GithubAction {
+        #[arg(value_enum)]
+        step: crate::modes::github_action::Step,
+    },
 }
 
 #[derive(Args, Debug)]

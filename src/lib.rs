@@ -106,11 +106,14 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
             })?;
             Ok(exit::OK)
         }
+        Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
     }
 }
 
 /// The token modes are I/O-bound and small: one thread keeps memory low.
-fn current_thread<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

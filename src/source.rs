@@ -839,6 +839,113 @@ mod tests {
         );
     }
 
+    /// A loopback server that answers one request with `reply` and hands the request back.
+    async fn one_shot(reply: &'static str) -> (Url, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = Url::parse(&format!("http://{addr}/realms/Polars")).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        (issuer, task)
+    }
+
+    fn source_at(issuer: Url, grant: Grant) -> TokenSource {
+        let credentials = Credentials::from_sources(credentials::Sources {
+            client_id: Some("cc".into()),
+            client_secret: Some("cc-secret".into()),
+            ..credentials::Sources::default()
+        });
+        TokenSource::new(
+            http_client(&HttpSettings::default()).unwrap(),
+            Settings {
+                endpoints: Endpoints::new(issuer, None).unwrap(),
+                grant,
+                credentials,
+                scope: None,
+                audience: None,
+            },
+        )
+    }
+
+    fn refresh(value: &str) -> RefreshToken {
+        RefreshToken {
+            value: SecretString::from(value.to_string()),
+            expires_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn revoke_posts_the_refresh_token_to_keycloaks_revocation_endpoint() {
+        let (issuer, server) =
+            one_shot("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let source = source_at(issuer, Grant::ServiceAccount);
+        source
+            .revoke(&refresh("r-1").value, "refresh_token")
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /realms/Polars/protocol/openid-connect/revoke HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(
+            body,
+            "token=r-1&token_type_hint=refresh_token&client_id=PolarsCloud"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_revocation_is_permanent_and_scrubbed() {
+        let (issuer, server) = one_shot(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 61\r\nconnection: close\r\n\r\n{\"error\":\"invalid_client\",\"error_description\":\"bad r-secret\"}",
+        )
+        .await;
+        let source = source_at(issuer, Grant::ClientCredentials(ClientAuth::Basic));
+        let err = source
+            .revoke(&refresh("r-secret").value, "refresh_token")
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), FailureClass::Permanent);
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid_client") && !text.contains("r-secret"),
+            "{text}"
+        );
+        let request = server.await.unwrap();
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: basic "),
+            "{request}"
+        );
+        assert!(!request.contains("client_secret="), "{request}");
+    }
+
     #[test]
     fn retry_after_parses_seconds_and_dates() {
         let v = reqwest::header::HeaderValue::from_static("7");

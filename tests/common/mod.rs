@@ -39,6 +39,8 @@ pub struct IdpOptions {
     pub refresh_ttl: u64,
     pub device_ttl: u64,
     pub device_interval: u64,
+    /// Serve https with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for IdpOptions {
@@ -48,6 +50,7 @@ impl Default for IdpOptions {
             refresh_ttl: 1800,
             device_ttl: 600,
             device_interval: 1,
+            tls: None,
         }
     }
 }
@@ -70,7 +73,11 @@ impl Idp {
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm ci --prefix tests/idp` (scripts/setup.sh does)"
         );
-        let mut child = Command::new("node")
+        let mut node = Command::new("node");
+        if let Some((cert, key)) = &o.tls {
+            node.env("IDP_TLS_CERT", cert).env("IDP_TLS_KEY", key);
+        }
+        let mut child = node
             .arg(dir.join("server.mjs"))
             .env("IDP_PORT", "0")
             .env("IDP_TOKEN_TTL", o.token_ttl.to_string())
@@ -319,4 +326,83 @@ pub fn real_client(env: &[(&str, &Path)], tokens: &[(&str, &str)]) -> Value {
             text(&out.stderr)
         )
     })
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
+/// command: (ca.pem, cert.pem, key.pem).
+pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS tests (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    sh(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=pca test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    sh(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
 }
