@@ -541,6 +541,36 @@ fn logout_removes_the_files_even_when_the_realm_is_down_and_says_so() {
 }
 
 #[test]
+fn logout_with_a_broken_config_toml_still_revokes_and_removes_the_other_files() {
+    let idp = Idp::start();
+    let home = Home::new();
+    login(&idp, &home);
+    let (_, refresh) = home.auth();
+    let broken = format!(
+        "{}\n[auth\n",
+        std::fs::read_to_string(home.config_toml()).unwrap()
+    );
+    std::fs::write(home.config_toml(), &broken).unwrap();
+    let out = run(person(&idp, &home).arg("logout"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("is not valid TOML"), "{stderr}");
+    assert!(stderr.contains("the session was revoked"), "{stderr}");
+    // Revoked with the older clients' copy of the refresh token.
+    let revoked: Vec<Value> = idp
+        .requests()
+        .into_iter()
+        .filter(|r| r["endpoint"] == "revocation")
+        .collect();
+    assert_eq!(revoked[0]["params"]["token"], refresh.as_str());
+    assert!(!home.legacy("cloud_access_token").exists());
+    assert!(!home.legacy("cloud_refresh_token").exists());
+    assert!(!home.token_file().exists());
+    assert_eq!(std::fs::read_to_string(home.config_toml()).unwrap(), broken);
+    assert_no_leak(&refresh, &[&stderr]);
+}
+
+#[test]
 fn exec_gives_the_real_client_the_sidecar_files_token_through_the_environment() {
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();

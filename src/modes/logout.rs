@@ -23,27 +23,50 @@ pub fn command(args: LogoutArgs, file: &ConfigFile) -> anyhow::Result<u8> {
 }
 
 pub async fn run(source: &TokenSource, stores: &Stores) -> anyhow::Result<()> {
-    // An unreadable config.toml must not stop the rest: the token file still goes.
-    let (refresh, read_error) = match stores.config.read() {
-        Ok(auth) => (auth.and_then(|a| a.refresh_token), None),
-        Err(e) => (None, Some(e)),
-    };
+    // The refresh token of config.toml, else the older clients' one. A config.toml that
+    // cannot be read stops nothing else: the other files still go.
+    let toml = stores.config.read();
+    let refresh = match &toml {
+        Ok(Some(auth)) => auth.refresh_token.clone(),
+        _ => None,
+    }
+    .or_else(|| {
+        stores
+            .config
+            .read_legacy()
+            .ok()
+            .flatten()
+            .and_then(|a| a.refresh_token)
+    });
     let revoked = match &refresh {
         Some(token) => Some(revoke(source, token).await),
         None => None,
     };
     let mut removed = Vec::new();
-    if read_error.is_none() {
-        removed.extend(stores.config.clear()?);
-    }
+    let toml_error = match toml.and_then(|_| stores.config.clear_toml()) {
+        Ok(true) => {
+            removed.push(stores.config.path().to_path_buf());
+            None
+        }
+        Ok(false) => None,
+        Err(e) => Some(e),
+    };
+    removed.extend(stores.config.clear_legacy()?);
     if stores.token_file.remove()? {
         removed.push(stores.token_file.path().to_path_buf());
     }
     for path in &removed {
         eprintln!("Removed the tokens from {}", path.display());
     }
-    if let Some(e) = read_error {
-        return Err(anyhow::Error::from(e).context("the tokens in config.toml were left in place"));
+    if let Some(e) = toml_error {
+        return Err(anyhow::Error::from(e).context(format!(
+            "the session was {}; the other files were removed, config.toml was left as it is",
+            match revoked {
+                Some(Ok(())) => "revoked",
+                Some(Err(_)) => "not revoked",
+                None => "not revoked (no refresh token found)",
+            }
+        )));
     }
     match revoked {
         Some(Ok(())) => eprintln!("Signed out: the session was revoked."),

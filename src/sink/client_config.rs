@@ -182,17 +182,11 @@ impl ClientConfig {
     }
 
     /// Removes the tokens from `[auth]` (and `[auth]` when nothing else is in it), deleting
-    /// `config.toml` when nothing at all is left, and the older clients' files. Answers the
-    /// files that changed. An invalid `config.toml` is left as it is, and said so.
-    pub fn clear(&self) -> Result<Vec<PathBuf>, Error> {
-        let mut changed = Vec::new();
-        for path in [&self.legacy_access, &self.legacy_refresh] {
-            if remove_file(path)? {
-                changed.push(path.clone());
-            }
-        }
+    /// `config.toml` when nothing at all is left. Answers whether it changed. An invalid
+    /// `config.toml` is left as it is, and said so.
+    pub fn clear_toml(&self) -> Result<bool, Error> {
         let Some(text) = self.read_text()? else {
-            return Ok(changed);
+            return Ok(false);
         };
         let (updated, removed) = without_tokens(&text).map_err(|e| self.invalid(e, &text))?;
         if removed {
@@ -201,9 +195,19 @@ impl ClientConfig {
             } else {
                 write_file(&self.path, &updated)?;
             }
-            changed.insert(0, self.path.clone());
         }
-        Ok(changed)
+        Ok(removed)
+    }
+
+    /// Deletes the older clients' token files; answers those that were there.
+    pub fn clear_legacy(&self) -> Result<Vec<PathBuf>, Error> {
+        let mut removed = Vec::new();
+        for path in [&self.legacy_access, &self.legacy_refresh] {
+            if remove_file(path)? {
+                removed.push(path.clone());
+            }
+        }
+        Ok(removed)
     }
 
     fn read_text(&self) -> Result<Option<String>, Error> {
@@ -476,7 +480,8 @@ workspace = "ws" # my workspace
         let cfg = ClientConfig::in_dir(&dir.path().join("new/dir"));
         assert!(cfg.read().unwrap().is_none());
         assert!(cfg.read_legacy().unwrap().is_none());
-        assert!(cfg.clear().unwrap().is_empty());
+        assert!(!cfg.clear_toml().unwrap());
+        assert!(cfg.clear_legacy().unwrap().is_empty());
         cfg.store(&s("acc"), Some(&s("ref"))).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(cfg.path()), 0o600);
@@ -498,7 +503,8 @@ workspace = "ws" # my workspace
         cfg.store(&s("acc3"), None).unwrap();
         assert!(cfg.read().unwrap().unwrap().refresh_token.is_none());
         assert!(!refresh.exists());
-        assert_eq!(cfg.clear().unwrap(), [cfg.path(), access]);
+        assert!(cfg.clear_toml().unwrap());
+        assert_eq!(cfg.clear_legacy().unwrap(), [access]);
         assert!(!cfg.path().exists() && !access.exists());
     }
 
