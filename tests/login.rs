@@ -713,6 +713,34 @@ mod terminal {
         s
     }
 
+    /// Reads a QR code drawn with half blocks, light on dark (a filled half is a light
+    /// module), the way a phone camera sees it on a dark terminal.
+    fn decode_qr(screen: &str) -> String {
+        let rows: Vec<Vec<char>> = screen
+            .lines()
+            .map(|l| l.trim_end_matches('\r').chars().collect::<Vec<_>>())
+            .filter(|l| !l.is_empty() && l.iter().all(|c| " ▀▄█".contains(*c)))
+            .collect();
+        let width = rows.iter().map(Vec::len).max().unwrap();
+        let scale = 4;
+        let light = |x: usize, y: usize| {
+            let c = rows[y / 2].get(x).copied().unwrap_or(' ');
+            if y % 2 == 0 {
+                c == '█' || c == '▀'
+            } else {
+                c == '█' || c == '▄'
+            }
+        };
+        let mut img = rqrr::PreparedImage::prepare_from_greyscale(
+            width * scale,
+            rows.len() * 2 * scale,
+            |x, y| if light(x / scale, y / scale) { 255 } else { 0 },
+        );
+        let grids = img.detect_grids();
+        assert_eq!(grids.len(), 1, "no QR code found in:\n{screen}");
+        grids[0].decode().unwrap().1
+    }
+
     fn exit_status(s: &OsSession) -> String {
         let status = s.get_process().wait().unwrap();
         format!("{status:?}")
@@ -731,8 +759,10 @@ mod terminal {
         let url = String::from_utf8_lossy(url.get(0).unwrap()).into_owned();
         let code = url.rsplit('=').next().unwrap().to_string();
         s.expect(format!("this code:  {code}")).unwrap();
-        s.expect("scan this QR code").unwrap();
-        s.expect("████").unwrap();
+        s.expect("scan this QR code with your phone:").unwrap();
+        let shown = s.expect("Waiting for approval").unwrap();
+        // What the terminal shows is a QR code a phone reads as the URL.
+        assert_eq!(decode_qr(&String::from_utf8_lossy(shown.before())), url);
         s.expect("press Ctrl-C to cancel").unwrap();
         s.send(ControlCode::EndOfText).unwrap();
         s.expect("login cancelled before the code was approved; nothing was stored")
