@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod device;
 pub mod exit;
 pub mod modes;
 pub mod renew;
@@ -56,6 +57,10 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
                 }
             }
         }
+        Command::Login(args) => modes::login::command(args, &file),
+        Command::Status(args) => modes::status::command(args),
+        Command::Logout(args) => modes::logout::command(args, &file),
+        Command::Exec(args) => modes::exec::command(args, &file),
         Command::Token(args) => {
             let idp = overlay(&args.idp, &file.idp)?;
             let renew = overlay(&args.renew, &file.renewal)?;

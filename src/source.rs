@@ -391,15 +391,31 @@ impl TokenSource {
             .map_err(|e| with_grant_hint(e, self.settings.grant, &id))
     }
 
-    /// Revokes a refresh token at the revocation endpoint (RFC 7009), authenticating the way
-    /// a refresh does. The provider answers 200 for a token it no longer knows, too.
-    pub async fn revoke(&self, refresh: &RefreshToken) -> Result<(), FetchError> {
-        let mut form: Vec<(&str, &str)> = vec![
-            ("token", refresh.value.expose_secret()),
-            ("token_type_hint", "refresh_token"),
-        ];
-        let creds;
+    /// Sends a token request and reads the reply. `secrets` are scrubbed from anything the
+    /// provider echoes back into an error.
+    async fn post(
+        &self,
+        request: reqwest::RequestBuilder,
+        secrets: &[&str],
+    ) -> Result<Tokens, FetchError> {
+        let reply = send(request, self.settings.endpoints.token.as_str()).await?;
+        classify(
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            reply.sent_at,
+            secrets,
+        )
+    }
+
+    /// Revokes `token` at the realm's revocation endpoint (RFC 7009), authenticating the way
+    /// the grant does. `hint` is the `token_type_hint` (`refresh_token`, `access_token`).
+    /// Keycloak ends the whole session when its refresh token is revoked.
+    pub async fn revoke(&self, token: &SecretString, hint: &str) -> Result<(), FetchError> {
         let url = self.settings.endpoints.revocation();
+        let mut form: Vec<(&str, &str)> =
+            vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+        let creds;
         let request = self.http.post(url.clone());
         let request = match self.settings.grant {
             Grant::ServiceAccount => {
@@ -411,49 +427,47 @@ impl TokenSource {
                 authenticate(request, &mut form, auth, &creds.0, &creds.1)
             }
         };
-        let (status, retry_after, body) = self.send(request.form(&form), url.as_str()).await?;
-        if status.is_success() {
+        let reply = send(request.form(&form), url.as_str()).await?;
+        if reply.status.is_success() {
             return Ok(());
         }
         Err(failure(
-            status,
-            retry_after,
-            &body,
-            &[refresh.value.expose_secret()],
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            &[token.expose_secret()],
         ))
     }
+}
 
-    /// Sends a token request and reads the reply. `secrets` are scrubbed from anything the
-    /// provider echoes back into an error.
-    async fn post(
-        &self,
-        request: reqwest::RequestBuilder,
-        secrets: &[&str],
-    ) -> Result<Tokens, FetchError> {
-        let sent_at = SystemTime::now();
-        let url = self.settings.endpoints.token.to_string();
-        let (status, retry_after, body) = self.send(request, &url).await?;
-        classify(status, retry_after, &body, sent_at, secrets)
-    }
+/// A reply read to its end (at most [`MAX_REPLY`] bytes).
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+    pub sent_at: SystemTime,
+}
 
-    /// Sends a request and reads at most [`MAX_REPLY`] of the answer.
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-        url: &str,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), FetchError> {
-        let mut response = request.send().await.map_err(|e| unreachable(url, &e))?;
-        let status = response.status();
-        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
-            if body.len() + chunk.len() > MAX_REPLY {
-                return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
+/// Sends a request to one of the realm's endpoints and reads the whole reply; only a failure
+/// to get an answer is an error here.
+pub(crate) async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<Reply, FetchError> {
+    let sent_at = SystemTime::now();
+    let mut response = request.send().await.map_err(|e| unreachable(url, &e))?;
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
         }
-        Ok((status, retry_after, body))
+        body.extend_from_slice(&chunk);
     }
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+        sent_at,
+    })
 }
 
 fn authenticate<'a>(
@@ -527,8 +541,8 @@ pub(crate) fn classify(
     Err(failure(status, retry_after, body, secrets))
 }
 
-/// The classified error for a non-success answer.
-fn failure(
+/// The classified error for a reply that is not a success.
+pub(crate) fn failure(
     status: StatusCode,
     retry_after: Option<Duration>,
     body: &[u8],
@@ -889,7 +903,10 @@ mod tests {
         let (issuer, server) =
             one_shot("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
         let source = source_at(issuer, Grant::ServiceAccount);
-        source.revoke(&refresh("r-1")).await.unwrap();
+        source
+            .revoke(&refresh("r-1").value, "refresh_token")
+            .await
+            .unwrap();
         let request = server.await.unwrap();
         assert!(
             request.starts_with("POST /realms/Polars/protocol/openid-connect/revoke HTTP/1.1\r\n"),
@@ -909,7 +926,10 @@ mod tests {
         )
         .await;
         let source = source_at(issuer, Grant::ClientCredentials(ClientAuth::Basic));
-        let err = source.revoke(&refresh("r-secret")).await.unwrap_err();
+        let err = source
+            .revoke(&refresh("r-secret").value, "refresh_token")
+            .await
+            .unwrap_err();
         assert_eq!(err.class(), FailureClass::Permanent);
         let text = err.to_string();
         assert!(

@@ -398,7 +398,7 @@ async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
 async fn revoke(lookup: Lookup<'_>, refresh: &RefreshToken) -> anyhow::Result<()> {
     let inputs = Inputs::parse(lookup)?;
     let source = inputs.idp.source_with(inputs.credentials)?;
-    source.revoke(refresh).await?;
+    source.revoke(&refresh.value, "refresh_token").await?;
     Ok(())
 }
 

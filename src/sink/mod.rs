@@ -1,6 +1,7 @@
 //! Where tokens go: a file (atomically replaced), standard output, or GitHub Actions'
 //! file commands (`github`).
 
+pub mod client_config;
 pub mod file;
 pub mod github;
 

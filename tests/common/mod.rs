@@ -14,8 +14,12 @@ pub const SA_ID: &str = "test-sa";
 /// Distinctive, so a leak is easy to find in any output.
 pub const SA_SECRET: &str = "s3cr3t-Zq8vXw-never-print-me";
 
+/// The binary under test; `PCA_BIN` names a copy instead (a target dir shared with other
+/// checkouts may have its binary replaced by their builds while the tests run).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_polars-cloud-auth"))
+    std::env::var_os("PCA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_polars-cloud-auth")))
 }
 
 pub fn repo() -> PathBuf {
