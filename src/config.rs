@@ -470,6 +470,12 @@ impl IdpArgs {
 }
 
 impl FileArgs {
+    /// The token file of the pod modes (`init`, `sidecar`, `probe`): by default
+    /// `/var/run/polars-cloud/token`, mode 0640 (owner and a pod's fsGroup may read).
+    pub fn pod_token_file(&self) -> TokenFile {
+        self.token_file(Path::new(crate::sink::file::DEFAULT_POD_PATH), 0o640)
+    }
+
     pub fn token_file(&self, default_path: &Path, default_mode: u32) -> TokenFile {
         TokenFile::new(
             self.path

@@ -16,6 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::SidecarArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::renew::{self, Policy};
 use crate::sink::TokenFile;
 use crate::source::{FailureClass, TokenSource};
@@ -127,6 +129,30 @@ pub struct Settings {
     pub policy: Policy,
     pub listen: SocketAddr,
     pub ready_margin: Duration,
+}
+
+/// `polars-cloud-auth sidecar`.
+pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let serve = overlay(&args.serve, &file.sidecar)?;
+    let source = Arc::new(idp.source()?);
+    let settings = Settings {
+        file: overlay(&args.file, &file.token_file)?.pod_token_file(),
+        policy: renew.policy(),
+        listen: serve
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8471))),
+        ready_margin: serve
+            .ready_margin
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+    };
+    crate::current_thread(async move {
+        let cancel = crate::shutdown::on_signals();
+        run(source, settings, cancel).await
+    })?;
+    Ok(crate::exit::OK)
 }
 
 pub async fn run(
