@@ -343,18 +343,9 @@ impl TokenSource {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.value.expose_secret()),
         ];
-        let creds;
+        let creds = self.client_credentials()?;
         let request = self.http.post(self.settings.endpoints.token.clone());
-        let request = match self.settings.grant {
-            Grant::ServiceAccount => {
-                form.push(("client_id", POLARS_CLIENT_ID));
-                request
-            }
-            Grant::ClientCredentials(auth) => {
-                creds = self.settings.credentials.load()?;
-                authenticate(request, &mut form, auth, &creds.0, &creds.1)
-            }
-        };
+        let request = self.as_client(request, &mut form, &creds);
         self.post(request.form(&form), &[refresh.value.expose_secret()])
             .await
     }
@@ -408,6 +399,33 @@ impl TokenSource {
         )
     }
 
+    /// What refresh and revocation requests authenticate with: nothing for the public
+    /// `PolarsCloud` client, the confidential client's credentials (read now) otherwise.
+    fn client_credentials(&self) -> Result<Option<(String, SecretString)>, FetchError> {
+        match self.settings.grant {
+            Grant::ServiceAccount => Ok(None),
+            Grant::ClientCredentials(_) => Ok(Some(self.settings.credentials.load()?)),
+        }
+    }
+
+    /// Identifies the client on a refresh or revocation request.
+    fn as_client<'a>(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'a str, &'a str)>,
+        creds: &'a Option<(String, SecretString)>,
+    ) -> reqwest::RequestBuilder {
+        match (self.settings.grant, creds) {
+            (Grant::ClientCredentials(auth), Some((id, secret))) => {
+                authenticate(request, form, auth, id, secret)
+            }
+            _ => {
+                form.push(("client_id", POLARS_CLIENT_ID));
+                request
+            }
+        }
+    }
+
     /// Revokes `token` at the realm's revocation endpoint (RFC 7009), authenticating the way
     /// the grant does. `hint` is the `token_type_hint` (`refresh_token`, `access_token`).
     /// Keycloak ends the whole session when its refresh token is revoked.
@@ -415,18 +433,8 @@ impl TokenSource {
         let url = self.settings.endpoints.revocation();
         let mut form: Vec<(&str, &str)> =
             vec![("token", token.expose_secret()), ("token_type_hint", hint)];
-        let creds;
-        let request = self.http.post(url.clone());
-        let request = match self.settings.grant {
-            Grant::ServiceAccount => {
-                form.push(("client_id", POLARS_CLIENT_ID));
-                request
-            }
-            Grant::ClientCredentials(auth) => {
-                creds = self.settings.credentials.load()?;
-                authenticate(request, &mut form, auth, &creds.0, &creds.1)
-            }
-        };
+        let creds = self.client_credentials()?;
+        let request = self.as_client(self.http.post(url.clone()), &mut form, &creds);
         let reply = send(request.form(&form), url.as_str()).await?;
         if reply.status.is_success() {
             return Ok(());

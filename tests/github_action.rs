@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -284,29 +282,6 @@ fn set<'a>(
     all
 }
 
-/// A refresh-token grant sent straight to the IdP, as anyone holding the token could.
-fn refresh_with(idp: &Idp, refresh: &str) -> (u16, String) {
-    let body = format!(
-        "grant_type=refresh_token&client_id=PolarsCloud&refresh_token={}",
-        url::form_urlencoded::byte_serialize(refresh.as_bytes()).collect::<String>()
-    );
-    let path = format!(
-        "{}/protocol/openid-connect/token",
-        idp.issuer.split_once(&format!(":{}", idp.port)).unwrap().1
-    );
-    let mut stream = TcpStream::connect(("127.0.0.1", idp.port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, reply)
-}
-
 /// Every line of `log` that mentions `secret` is exactly the add-mask command for it.
 fn only_masked(secret: &str, log: &str) {
     for line in log.lines().filter(|l| l.contains(secret)) {
@@ -436,7 +411,7 @@ fn main_hands_the_token_on_and_post_revokes_and_deletes() {
     assert_eq!(revocations[0]["params"]["token"], refresh.as_str());
     assert_eq!(revocations[0]["params"]["client_id"], "PolarsCloud");
     assert_eq!(revocations[0]["status"], 200);
-    let (status, reply) = refresh_with(&idp, &refresh);
+    let (status, reply) = idp.refresh_with(&refresh);
     assert_eq!(status, 400, "{reply}");
     assert!(reply.contains("invalid_grant"), "{reply}");
     assert_no_leak(&refresh, &[&post.log()]);
@@ -457,7 +432,7 @@ fn without_post_the_refresh_token_stays_usable() {
     let main = runner.run("main.js", &refs(&with_sa(&idp)), &[]);
     assert_eq!(main.code, Some(0), "log:\n{}", main.log());
     let refresh = value(&entries(&main.state), "refresh_token").to_string();
-    assert_eq!(refresh_with(&idp, &refresh).0, 200);
+    assert_eq!(idp.refresh_with(&refresh).0, 200);
 }
 
 #[test]

@@ -442,34 +442,6 @@ fn status_shows_subject_and_expiry_without_secrets() {
     assert_no_leak(&refresh, &[&stdout, &text(&out.stderr)]);
 }
 
-/// A form POST on loopback: (status, body).
-fn post_form(port: u16, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-    use std::io::Write;
-    let body: String = form
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, reply)
-}
-
 #[test]
 fn logout_revokes_the_session_and_removes_what_login_stored() {
     let idp = Idp::start();
@@ -494,19 +466,7 @@ fn logout_revokes_the_session_and_removes_what_login_stored() {
     assert_eq!(p["token_type_hint"], "refresh_token");
     assert_eq!(p["client_id"], "PolarsCloud");
     // The session is gone at the realm: the refresh token no longer works.
-    let path = format!(
-        "{}/protocol/openid-connect/token",
-        idp.issuer.split_once(&format!(":{}", idp.port)).unwrap().1
-    );
-    let (status, body) = post_form(
-        idp.port,
-        &path,
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "PolarsCloud"),
-            ("refresh_token", &refresh),
-        ],
-    );
+    let (status, body) = idp.refresh_with(&refresh);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid_grant"), "{body}");
     // The person's other settings stay; the tokens and the token file are gone.

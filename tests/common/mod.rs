@@ -172,6 +172,33 @@ impl Idp {
             .collect()
     }
 
+    /// A refresh-token grant sent straight to the token endpoint, as anyone holding the
+    /// token could: (status, raw reply).
+    pub fn refresh_with(&self, refresh: &str) -> (u16, String) {
+        let body = format!(
+            "grant_type=refresh_token&client_id=PolarsCloud&refresh_token={}",
+            url::form_urlencoded::byte_serialize(refresh.as_bytes()).collect::<String>()
+        );
+        let path = format!(
+            "{}/protocol/openid-connect/token",
+            self.issuer
+                .split_once(&format!(":{}", self.port))
+                .unwrap()
+                .1
+        );
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, reply)
+    }
+
     pub fn set_secret(&self, id: &str, secret: &str) {
         self.call(
             "POST",
