@@ -8,6 +8,7 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} with apt-get"
@@ -16,8 +17,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # The test identity provider (oidc-provider), exactly as locked.
-if [ ! -d tests/idp/node_modules/oidc-provider ] || [ tests/idp/package-lock.json -nt tests/idp/node_modules/.package-lock.json ]; then
+# Keyed on the lock file's content, not its timestamp: a checkout touching it is no reason
+# to reinstall under running tests.
+stamp=tests/idp/node_modules/.lock.sha
+want=$(sha256sum tests/idp/package-lock.json | cut -d' ' -f1)
+if [ ! -d tests/idp/node_modules/oidc-provider ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
 fi
 
 # Python side: the real polars-cloud client, Helm, Kubernetes schemas, linters.

@@ -2,6 +2,7 @@
 # The test command: every suite, against the real parts installed by scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== cargo test"

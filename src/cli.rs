@@ -1,8 +1,10 @@
 //! The command line: one subcommand per mode, shared argument groups flattened in.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use url::Url;
 
 use crate::config::{
     FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RenewArgs, ServeArgs, WebhookArgs,
@@ -37,8 +39,21 @@ pub enum Command {
     Sidecar(SidecarArgs),
     /// Exit 0 when the token file holds a token valid for at least --min-valid.
     Probe(ProbeArgs),
+    /// Sign in as a person (device flow) and store the tokens where the clients look.
+    Login(LoginArgs),
+    /// Show where tokens are stored, whose they are and how long they stay valid.
+    Status(StatusArgs),
+    /// Revoke the stored session and remove what login stored.
+    Logout(LogoutArgs),
+    /// Run a command with POLARS_CLOUD_ACCESS_TOKEN set to a fresh token.
+    Exec(ExecArgs),
     /// Print the JSON Schema of the --config file.
     Schema,
+    /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
+    GithubAction {
+        #[arg(value_enum)]
+        step: crate::modes::github_action::Step,
+    },
     /// Add the token setup to the pods and pod templates of Kubernetes manifests (YAML
     /// from files or stdin) and print them, like `linkerd inject`.
     Inject(InjectCmdArgs),
@@ -88,6 +103,133 @@ pub struct ProbeArgs {
         value_name = "DURATION"
     )]
     pub min_valid: HumanDuration,
+}
+
+/// The realm a person signs in to: the identity provider settings of `IdpArgs` without the
+/// service-account credentials, which `login` and `logout` do not use.
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Identity provider")]
+pub struct RealmArgs {
+    /// Realm issuer URL [default: https://auth.{domain}/realms/Polars].
+    #[arg(long, env = "POLARS_CLOUD_ISSUER", value_name = "URL")]
+    pub issuer: Option<Url>,
+    /// Polars Cloud domain, used when no issuer is given [default: prd.cloud.pola.rs].
+    #[arg(long, env = "POLARS_CLOUD_DOMAIN")]
+    pub domain: Option<String>,
+    /// `audience` parameter of the device authorization request [default: account].
+    #[arg(long, env = "POLARS_CLOUD_AUDIENCE")]
+    pub audience: Option<String>,
+    /// `scope` parameter of the device authorization request.
+    #[arg(long, env = "POLARS_CLOUD_SCOPE")]
+    pub scope: Option<String>,
+    /// Extra trusted CA certificates (PEM), on top of the system roots.
+    #[arg(long, env = "POLARS_CLOUD_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Limit for one HTTP request [default: 10s].
+    #[arg(long, env = "POLARS_CLOUD_HTTP_TIMEOUT", value_name = "DURATION")]
+    pub http_timeout: Option<HumanDuration>,
+}
+
+impl From<RealmArgs> for IdpArgs {
+    fn from(r: RealmArgs) -> Self {
+        Self {
+            issuer: r.issuer,
+            domain: r.domain,
+            audience: r.audience,
+            scope: r.scope,
+            ca_file: r.ca_file,
+            http_timeout: r.http_timeout,
+            ..Self::default()
+        }
+    }
+}
+
+/// Where `login` stores tokens, and `status` and `logout` look.
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Where tokens are stored")]
+pub struct StoreArgs {
+    /// The original client's token file [default: ~/.polars/cloud_access_token].
+    #[arg(
+        long,
+        alias = "token-file",
+        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        value_name = "PATH"
+    )]
+    pub path: Option<PathBuf>,
+    /// The directory of the current client's config.toml [default: $XDG_CONFIG_HOME/polars_cloud
+    /// or ~/.config/polars_cloud].
+    #[arg(long, env = "POLARS_CLOUD_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Print the access token to stdout and store nothing.
+    #[arg(long)]
+    pub print: bool,
+    /// Do not try to open a browser; only show the URL, the code and the QR code.
+    #[arg(long)]
+    pub no_browser: bool,
+    #[command(flatten)]
+    pub realm: RealmArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    pub realm: RealmArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// A stored token is used only when it stays valid at least this long; otherwise a new
+    /// one is fetched with the configured credentials.
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_MIN_VALID",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub min_valid: HumanDuration,
+    /// The command to run, and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+    /// Token file to take the token from [default: /var/run/polars-cloud/token, then
+    /// login's ~/.polars/cloud_access_token and config.toml].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        value_name = "PATH",
+        help_heading = "Stored tokens"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// The directory of the current client's config.toml, looked at after the token files.
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_CONFIG_DIR",
+        value_name = "DIR",
+        help_heading = "Stored tokens"
+    )]
+    pub config_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub idp: IdpArgs,
+    #[command(flatten)]
+    pub renew: RenewArgs,
 }
 
 #[derive(Args, Debug)]

@@ -20,6 +20,29 @@ use crate::renew::Policy;
 use crate::sink::TokenFile;
 use crate::source::{self, ClientAuth, Endpoints, Grant, HttpSettings};
 
+/// Serialize through `Display` and deserialize through `FromStr`, so the config file takes
+/// the same text as the flag.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_as_text!(HumanDuration);
+serde_as_text!(FileMode);
+
 /// A duration written the human way: `30s`, `5m`, `1h 30m`, `250ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -36,20 +59,6 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         humantime::format_duration(self.0).fmt(f)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -84,20 +93,6 @@ impl FromStr for FileMode {
 impl fmt::Display for FileMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:04o}", self.0)
-    }
-}
-
-impl Serialize for FileMode {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for FileMode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -648,10 +643,16 @@ impl IdpArgs {
 
     /// The token source these settings describe.
     pub fn source(&self) -> Result<source::TokenSource, Error> {
+        self.source_with(self.credentials())
+    }
+
+    /// The token source these settings describe, with credentials from elsewhere (the
+    /// GitHub Action's inputs).
+    pub fn source_with(&self, credentials: Credentials) -> Result<source::TokenSource, Error> {
         let settings = source::Settings {
             endpoints: self.endpoints()?,
             grant: self.grant(),
-            credentials: self.credentials(),
+            credentials,
             scope: self.scope.clone().filter(|s| !s.is_empty()),
             audience: self.audience.clone().filter(|s| !s.is_empty()),
         };
@@ -661,6 +662,12 @@ impl IdpArgs {
 }
 
 impl FileArgs {
+    /// The token file of the pod modes (`init`, `sidecar`, `probe`): by default
+    /// `/var/run/polars-cloud/token`, mode 0640 (owner and a pod's fsGroup may read).
+    pub fn pod_token_file(&self) -> TokenFile {
+        self.token_file(Path::new(crate::sink::file::DEFAULT_POD_PATH), 0o640)
+    }
+
     pub fn token_file(&self, default_path: &Path, default_mode: u32) -> TokenFile {
         TokenFile::new(
             self.path
@@ -734,6 +741,29 @@ mod tests {
         assert!(err.contains("isuer"), "{err}");
         std::fs::write(&path, "renewal:\n  renew-at: 2\n").unwrap();
         assert!(ConfigFile::load(&path).is_err());
+    }
+
+    #[test]
+    fn source_with_uses_the_given_credentials() {
+        let idp = IdpArgs {
+            issuer: Some(Url::parse("http://127.0.0.1:9/realms/Polars").unwrap()),
+            client_id: Some("ignored".into()),
+            ..IdpArgs::default()
+        };
+        let given = Credentials::from_sources(credentials::Sources {
+            client_id: Some("from-input".into()),
+            client_secret: Some("s".into()),
+            ..credentials::Sources::default()
+        });
+        let source = idp.source_with(given).unwrap();
+        assert_eq!(
+            source.settings().credentials.load().unwrap().0,
+            "from-input"
+        );
+        assert_eq!(
+            source.settings().endpoints.token.as_str(),
+            "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
+        );
     }
 
     #[test]

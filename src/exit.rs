@@ -42,8 +42,22 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         {
             return USAGE;
         }
-        if cause.is::<crate::sink::file::Error>() {
+        if let Some(e) = cause.downcast_ref::<crate::device::Error>() {
+            use crate::device::Error as D;
+            match e {
+                D::Denied | D::Expired => return REJECTED,
+                D::Interrupted => return INTERRUPTED,
+                // The FetchError further down the chain decides.
+                D::Authorize { .. } | D::Poll(_) => continue,
+                D::BadAuthorization { .. } => return UNREACHABLE,
+            }
+        }
+        if cause.is::<crate::sink::file::Error>() || cause.is::<crate::sink::client_config::Error>()
+        {
             return TOKEN_FILE;
+        }
+        if let Some(e) = cause.downcast_ref::<crate::modes::exec::Error>() {
+            return e.exit_code();
         }
         if cause.is::<Interrupted>() {
             return INTERRUPTED;
@@ -55,4 +69,36 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 /// Turns a code into what `main` returns.
 pub fn to_exit_code(code: u8) -> ExitCode {
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device;
+
+    #[test]
+    fn device_login_outcomes_have_their_codes() {
+        let code = |e: device::Error| code_for(&anyhow::Error::from(e).context("login failed"));
+        assert_eq!(code(device::Error::Denied), REJECTED);
+        assert_eq!(code(device::Error::Expired), REJECTED);
+        assert_eq!(code(device::Error::Interrupted), INTERRUPTED);
+        let unreachable = FetchError::Unreachable {
+            url: "http://127.0.0.1:9".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            code(device::Error::Authorize {
+                url: "u".into(),
+                source: unreachable
+            }),
+            UNREACHABLE
+        );
+        let rejected = FetchError::Rejected {
+            status: 400,
+            error: Some("invalid_grant".into()),
+            description: None,
+            hint: String::new(),
+        };
+        assert_eq!(code(device::Error::Poll(rejected)), REJECTED);
+    }
 }

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod device;
 pub mod exit;
 pub mod inject;
 pub mod modes;
@@ -20,15 +21,8 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 
-use std::path::Path;
-use std::sync::Arc;
-
 use cli::{Cli, Command};
-use config::{ConfigFile, overlay};
-use sink::file::DEFAULT_POD_PATH;
-
-/// The token file's default mode: owner and group (a pod's fsGroup) may read.
-const POD_FILE_MODE: u32 = 0o640;
+use config::ConfigFile;
 
 /// Loads the config file named by `--config` (or none).
 pub fn load_config(cli: &Cli) -> Result<ConfigFile, config::Error> {
@@ -45,104 +39,24 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
             print!("{}", config::schema_json());
             Ok(exit::OK)
         }
-        Command::Probe(args) => {
-            let fa = overlay(&args.file, &file.token_file)?;
-            let tf = fa.token_file(Path::new(DEFAULT_POD_PATH), POD_FILE_MODE);
-            match modes::probe::run(&tf, args.min_valid.0) {
-                Ok(left) => {
-                    println!("ok: token valid for {}s", left.as_secs());
-                    Ok(exit::OK)
-                }
-                Err(e) => {
-                    eprintln!("not ready: {:#}", anyhow::Error::from(e));
-                    Ok(exit::FAILURE)
-                }
-            }
-        }
-        Command::Token(args) => {
-            let idp = overlay(&args.idp, &file.idp)?;
-            let renew = overlay(&args.renew, &file.renewal)?;
-            let source = idp.source()?;
-            current_thread(async move {
-                let cancel = shutdown::on_signals();
-                modes::token::run(&source, renew.deadline(), &renew.policy(), &cancel).await
-            })?;
-            Ok(exit::OK)
-        }
-        Command::Init(args) => {
-            let idp = overlay(&args.idp, &file.idp)?;
-            let renew = overlay(&args.renew, &file.renewal)?;
-            let fa = overlay(&args.file, &file.token_file)?;
-            let source = idp.source()?;
-            let tf = fa.token_file(Path::new(DEFAULT_POD_PATH), POD_FILE_MODE);
-            current_thread(async move {
-                let cancel = shutdown::on_signals();
-                modes::init::run(&source, &tf, renew.deadline(), &renew.policy(), &cancel).await
-            })?;
-            Ok(exit::OK)
-        }
-        Command::Sidecar(args) => {
-            let idp = overlay(&args.idp, &file.idp)?;
-            let renew = overlay(&args.renew, &file.renewal)?;
-            let fa = overlay(&args.file, &file.token_file)?;
-            let serve = overlay(&args.serve, &file.sidecar)?;
-            let source = Arc::new(idp.source()?);
-            let settings = modes::sidecar::Settings {
-                file: fa.token_file(Path::new(DEFAULT_POD_PATH), POD_FILE_MODE),
-                policy: renew.policy(),
-                listen: serve
-                    .listen
-                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8471))),
-                ready_margin: serve
-                    .ready_margin
-                    .map(|d| d.0)
-                    .unwrap_or(std::time::Duration::from_secs(30)),
-            };
-            current_thread(async move {
-                let cancel = shutdown::on_signals();
-                modes::sidecar::run(source, settings, cancel).await
-            })?;
-            Ok(exit::OK)
-        }
-        Command::Inject(args) => {
-            let settings = overlay(&args.inject, &file.inject)?.settings()?;
-            modes::inject::run(
-                &args.files,
-                &settings,
-                args.all,
-                &mut std::io::stdin().lock(),
-                &mut std::io::stdout().lock(),
-                &mut std::io::stderr().lock(),
-            )?;
-            Ok(exit::OK)
-        }
-        Command::Webhook(args) => {
-            let settings = overlay(&args.inject, &file.inject)?.settings()?;
-            let serve = overlay(&args.serve, &file.webhook)?;
-            let (listen, cert, key) = serve.resolve()?;
-            let config = modes::webhook::Config {
-                listen,
-                cert,
-                key,
-                drain: serve
-                    .shutdown_delay
-                    .map_or(std::time::Duration::from_secs(5), |d| d.0),
-            };
-            // Reviews come in parallel from every API server replica: use the cores.
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(async move {
-                    let cancel = shutdown::on_signals();
-                    modes::webhook::run(config, settings, cancel).await
-                })?;
-            Ok(exit::OK)
-        }
+        Command::Probe(args) => modes::probe::command(args, &file),
+        Command::Login(args) => modes::login::command(args, &file),
+        Command::Status(args) => modes::status::command(args),
+        Command::Logout(args) => modes::logout::command(args, &file),
+        Command::Exec(args) => modes::exec::command(args, &file),
+        Command::Token(args) => modes::token::command(args, &file),
+        Command::Init(args) => modes::init::command(args, &file),
+        Command::Sidecar(args) => modes::sidecar::command(args, &file),
+        Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
+        Command::Inject(args) => modes::inject::command(args, &file),
+        Command::Webhook(args) => modes::webhook::command(args, &file),
     }
 }
 
 /// The token modes are I/O-bound and small: one thread keeps memory low.
-fn current_thread<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

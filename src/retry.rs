@@ -27,6 +27,18 @@ pub async fn fetch_until(
     policy: &Policy,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Tokens> {
+    fetch_at_most(source, u32::MAX, deadline, policy, cancel).await
+}
+
+/// [`fetch_until`], but giving up after `attempts` attempts too (the GitHub Action's
+/// `retries` input is `attempts - 1`).
+pub async fn fetch_at_most(
+    source: &TokenSource,
+    attempts: u32,
+    deadline: Duration,
+    policy: &Policy,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Tokens> {
     let started = Instant::now();
     let mut attempt = 0u32;
     loop {
@@ -41,7 +53,7 @@ pub async fn fetch_until(
         };
         let wait = renew::backoff(attempt, err.retry_after(), policy, renew::draw());
         let elapsed = started.elapsed();
-        if elapsed + wait >= deadline {
+        if attempt + 1 >= attempts || elapsed + wait >= deadline {
             return Err(GaveUp {
                 attempts: attempt + 1,
                 elapsed,
@@ -55,5 +67,69 @@ pub async fn fetch_until(
             _ = cancel.cancelled() => return Err(Interrupted.into()),
         }
         attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{Credentials, Sources};
+    use crate::source::{Endpoints, Grant, HttpSettings, Settings, http_client};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback token endpoint that answers every request with 503 and counts them.
+    async fn always_unavailable() -> (url::Url, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicU32::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let issuer = url::Url::parse(&format!("http://{addr}/realms/Polars")).unwrap();
+        (issuer, count)
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_the_allowed_attempts() {
+        let (issuer, count) = always_unavailable().await;
+        let source = TokenSource::new(
+            http_client(&HttpSettings::default()).unwrap(),
+            Settings {
+                endpoints: Endpoints::new(issuer, None).unwrap(),
+                grant: Grant::ServiceAccount,
+                credentials: Credentials::from_sources(Sources {
+                    client_id: Some("sa".into()),
+                    client_secret: Some("secret".into()),
+                    ..Sources::default()
+                }),
+                scope: None,
+                audience: None,
+            },
+        );
+        let policy = Policy {
+            backoff_base: Duration::from_millis(1),
+            ..Policy::default()
+        };
+        let cancel = CancellationToken::new();
+        let err = fetch_at_most(&source, 3, Duration::from_secs(60), &policy, &cancel)
+            .await
+            .unwrap_err();
+        let gave_up = err.downcast_ref::<GaveUp>().expect("a GaveUp error");
+        assert_eq!(gave_up.attempts, 3);
+        assert!(matches!(
+            gave_up.last,
+            FetchError::Unavailable { status: 503, .. }
+        ));
+        assert_eq!(count.load(Ordering::SeqCst), 3);
     }
 }

@@ -343,18 +343,9 @@ impl TokenSource {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.value.expose_secret()),
         ];
-        let creds;
+        let creds = self.client_credentials()?;
         let request = self.http.post(self.settings.endpoints.token.clone());
-        let request = match self.settings.grant {
-            Grant::ServiceAccount => {
-                form.push(("client_id", POLARS_CLIENT_ID));
-                request
-            }
-            Grant::ClientCredentials(auth) => {
-                creds = self.settings.credentials.load()?;
-                authenticate(request, &mut form, auth, &creds.0, &creds.1)
-            }
-        };
+        let request = self.as_client(request, &mut form, &creds);
         self.post(request.form(&form), &[refresh.value.expose_secret()])
             .await
     }
@@ -398,20 +389,93 @@ impl TokenSource {
         request: reqwest::RequestBuilder,
         secrets: &[&str],
     ) -> Result<Tokens, FetchError> {
-        let url = self.settings.endpoints.token.to_string();
-        let sent_at = SystemTime::now();
-        let mut response = request.send().await.map_err(|e| unreachable(&url, &e))?;
-        let status = response.status();
-        let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, &e))? {
-            if body.len() + chunk.len() > MAX_REPLY {
-                return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        classify(status, retry_after, &body, sent_at, secrets)
+        let reply = send(request, self.settings.endpoints.token.as_str()).await?;
+        classify(
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            reply.sent_at,
+            secrets,
+        )
     }
+
+    /// What refresh and revocation requests authenticate with: nothing for the public
+    /// `PolarsCloud` client, the confidential client's credentials (read now) otherwise.
+    fn client_credentials(&self) -> Result<Option<(String, SecretString)>, FetchError> {
+        match self.settings.grant {
+            Grant::ServiceAccount => Ok(None),
+            Grant::ClientCredentials(_) => Ok(Some(self.settings.credentials.load()?)),
+        }
+    }
+
+    /// Identifies the client on a refresh or revocation request.
+    fn as_client<'a>(
+        &self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'a str, &'a str)>,
+        creds: &'a Option<(String, SecretString)>,
+    ) -> reqwest::RequestBuilder {
+        match (self.settings.grant, creds) {
+            (Grant::ClientCredentials(auth), Some((id, secret))) => {
+                authenticate(request, form, auth, id, secret)
+            }
+            _ => {
+                form.push(("client_id", POLARS_CLIENT_ID));
+                request
+            }
+        }
+    }
+
+    /// Revokes `token` at the realm's revocation endpoint (RFC 7009), authenticating the way
+    /// the grant does. `hint` is the `token_type_hint` (`refresh_token`, `access_token`).
+    /// Keycloak ends the whole session when its refresh token is revoked.
+    pub async fn revoke(&self, token: &SecretString, hint: &str) -> Result<(), FetchError> {
+        let url = self.settings.endpoints.revocation();
+        let mut form: Vec<(&str, &str)> =
+            vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+        let creds = self.client_credentials()?;
+        let request = self.as_client(self.http.post(url.clone()), &mut form, &creds);
+        let reply = send(request.form(&form), url.as_str()).await?;
+        if reply.status.is_success() {
+            return Ok(());
+        }
+        Err(failure(
+            reply.status,
+            reply.retry_after,
+            &reply.body,
+            &[token.expose_secret()],
+        ))
+    }
+}
+
+/// A reply read to its end (at most [`MAX_REPLY`] bytes).
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+    pub sent_at: SystemTime,
+}
+
+/// Sends a request to one of the realm's endpoints and reads the whole reply; only a failure
+/// to get an answer is an error here.
+pub(crate) async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<Reply, FetchError> {
+    let sent_at = SystemTime::now();
+    let mut response = request.send().await.map_err(|e| unreachable(url, &e))?;
+    let status = response.status();
+    let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
+        if body.len() + chunk.len() > MAX_REPLY {
+            return Err(FetchError::Malformed("reply larger than 1 MiB".into()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Reply {
+        status,
+        retry_after,
+        body,
+        sent_at,
+    })
 }
 
 fn authenticate<'a>(
@@ -482,14 +546,24 @@ pub(crate) fn classify(
     if status.is_success() {
         return parse_success(body, sent_at);
     }
+    Err(failure(status, retry_after, body, secrets))
+}
+
+/// The classified error for a reply that is not a success.
+pub(crate) fn failure(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    secrets: &[&str],
+) -> FetchError {
     if status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
     {
-        return Err(FetchError::Unavailable {
+        return FetchError::Unavailable {
             status: status.as_u16(),
             retry_after,
-        });
+        };
     }
     let reply: Option<ErrorReply> = serde_json::from_slice(body).ok();
     let (error, description) = reply
@@ -498,12 +572,12 @@ pub(crate) fn classify(
     let error = error.map(|e| scrub(&e, secrets));
     let description = description.map(|d| scrub(&d, secrets));
     let hint = hint(status, error.as_deref()).to_string();
-    Err(FetchError::Rejected {
+    FetchError::Rejected {
         status: status.as_u16(),
         error,
         description,
         hint,
-    })
+    }
 }
 
 fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError> {
@@ -771,6 +845,113 @@ mod tests {
             err.to_string().contains("'my-sa@sa.cloud.pola.rs'"),
             "{err}"
         );
+    }
+
+    /// A loopback server that answers one request with `reply` and hands the request back.
+    async fn one_shot(reply: &'static str) -> (Url, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = Url::parse(&format!("http://{addr}/realms/Polars")).unwrap();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        (issuer, task)
+    }
+
+    fn source_at(issuer: Url, grant: Grant) -> TokenSource {
+        let credentials = Credentials::from_sources(credentials::Sources {
+            client_id: Some("cc".into()),
+            client_secret: Some("cc-secret".into()),
+            ..credentials::Sources::default()
+        });
+        TokenSource::new(
+            http_client(&HttpSettings::default()).unwrap(),
+            Settings {
+                endpoints: Endpoints::new(issuer, None).unwrap(),
+                grant,
+                credentials,
+                scope: None,
+                audience: None,
+            },
+        )
+    }
+
+    fn refresh(value: &str) -> RefreshToken {
+        RefreshToken {
+            value: SecretString::from(value.to_string()),
+            expires_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn revoke_posts_the_refresh_token_to_keycloaks_revocation_endpoint() {
+        let (issuer, server) =
+            one_shot("HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let source = source_at(issuer, Grant::ServiceAccount);
+        source
+            .revoke(&refresh("r-1").value, "refresh_token")
+            .await
+            .unwrap();
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with("POST /realms/Polars/protocol/openid-connect/revoke HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(
+            body,
+            "token=r-1&token_type_hint=refresh_token&client_id=PolarsCloud"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_revocation_is_permanent_and_scrubbed() {
+        let (issuer, server) = one_shot(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 61\r\nconnection: close\r\n\r\n{\"error\":\"invalid_client\",\"error_description\":\"bad r-secret\"}",
+        )
+        .await;
+        let source = source_at(issuer, Grant::ClientCredentials(ClientAuth::Basic));
+        let err = source
+            .revoke(&refresh("r-secret").value, "refresh_token")
+            .await
+            .unwrap_err();
+        assert_eq!(err.class(), FailureClass::Permanent);
+        let text = err.to_string();
+        assert!(
+            text.contains("invalid_client") && !text.contains("r-secret"),
+            "{text}"
+        );
+        let request = server.await.unwrap();
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: basic "),
+            "{request}"
+        );
+        assert!(!request.contains("client_secret="), "{request}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Logging to stderr (stdout belongs to tokens and generated output).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogArgs, LogFormat};
@@ -14,6 +16,7 @@ pub fn init(args: &LogArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match args.log_format.unwrap_or_default() {
         LogFormat::Text => builder.try_init(),

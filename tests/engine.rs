@@ -626,3 +626,107 @@ fn the_real_polars_cloud_client_authenticates_with_our_token() {
     assert_eq!(verdict["bearer"], token.as_str());
     assert_eq!(verdict["source"], "env");
 }
+
+#[test]
+fn https_to_a_private_ca_needs_ca_file_or_ssl_cert_file() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let idp = Idp::start_with(IdpOptions {
+        tls: Some((cert, key)),
+        ..IdpOptions::default()
+    });
+    assert!(
+        idp.issuer.starts_with("https://127.0.0.1:"),
+        "{}",
+        idp.issuer
+    );
+
+    // Not trusted: a transient failure (the CA may be fixed by a rollout), named clearly.
+    let out = run(cmd(&idp).args(["token", "--timeout", "1s", "--max-backoff", "100ms"]));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).to_lowercase().contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(cmd(&idp).args(["token", "--ca-file"]).arg(&ca));
+    token_stdout(&out);
+    let out = run(cmd(&idp).arg("token").env("SSL_CERT_FILE", &ca));
+    token_stdout(&out);
+
+    let out = run(cmd(&idp).args(["token", "--ca-file", "/nonexistent/ca.pem"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("failed to read CA file '/nonexistent/ca.pem'"));
+}
+
+/// A minimal CONNECT proxy on loopback that counts the tunnels it opened.
+fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tunnels = Arc::new(AtomicUsize::new(0));
+    let count = tunnels.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let upstream = std::net::TcpStream::connect(&target).unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                (&client)
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .unwrap();
+                let (mut a, mut b) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut a, &mut b));
+                let (mut c, mut d) = (upstream, client);
+                let _ = std::io::copy(&mut c, &mut d);
+            });
+        }
+    });
+    (port, tunnels)
+}
+
+#[test]
+fn https_proxy_is_used_and_no_proxy_is_honoured() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let idp = Idp::start_with(IdpOptions {
+        tls: Some((cert, key)),
+        ..IdpOptions::default()
+    });
+    let (port, tunnels) = connect_proxy();
+    let proxy = format!("http://127.0.0.1:{port}");
+    let out = run(cmd(&idp)
+        .args(["token", "--ca-file"])
+        .arg(&ca)
+        .env("HTTPS_PROXY", &proxy)
+        .env("NO_PROXY", ""));
+    token_stdout(&out);
+    assert_eq!(
+        tunnels.load(Ordering::SeqCst),
+        1,
+        "the request did not go through the proxy"
+    );
+
+    let out = run(cmd(&idp)
+        .args(["token", "--ca-file"])
+        .arg(&ca)
+        .env("HTTPS_PROXY", &proxy)
+        .env("NO_PROXY", "127.0.0.1"));
+    token_stdout(&out);
+    assert_eq!(
+        tunnels.load(Ordering::SeqCst),
+        1,
+        "NO_PROXY was not honoured"
+    );
+}

@@ -5,11 +5,33 @@ use std::time::SystemTime;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::InitArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::renew::Policy;
 use crate::retry;
 use crate::sink::TokenFile;
 use crate::source::TokenSource;
 use crate::token::unix_secs;
+
+/// `polars-cloud-auth init`.
+pub fn command(args: InitArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
+    let source = idp.source()?;
+    crate::current_thread(async move {
+        let cancel = crate::shutdown::on_signals();
+        run(
+            &source,
+            &token_file,
+            renew.deadline(),
+            &renew.policy(),
+            &cancel,
+        )
+        .await
+    })?;
+    Ok(crate::exit::OK)
+}
 
 pub async fn run(
     source: &TokenSource,

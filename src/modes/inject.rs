@@ -9,8 +9,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use crate::cli::InjectCmdArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::inject::Settings;
 use crate::inject::workload::{Action, Report, inject_document};
+
+/// `polars-cloud-auth inject`: the settings from flags, environment and config file, then
+/// [`run`] on the standard streams.
+pub fn command(args: InjectCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let settings = overlay(&args.inject, &file.inject)?.settings()?;
+    run(
+        &args.files,
+        &settings,
+        args.all,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )?;
+    Ok(crate::exit::OK)
+}
 
 /// Injects `files` (stdin when empty or `-`) and writes the YAML to `out`, reports to `log`.
 pub fn run(

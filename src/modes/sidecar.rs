@@ -16,6 +16,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::SidecarArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::renew::{self, Policy};
 use crate::sink::TokenFile;
 use crate::source::{FailureClass, TokenSource};
@@ -70,53 +72,54 @@ impl Health {
 
     /// Prometheus text exposition.
     pub fn metrics(&self, now: SystemTime, margin: Duration) -> String {
-        let mut out = String::with_capacity(1024);
-        let _ = writeln!(
-            out,
-            "# HELP polars_cloud_auth_renewals_total Tokens obtained and written."
-        );
-        let _ = writeln!(out, "# TYPE polars_cloud_auth_renewals_total counter");
-        let _ = writeln!(
-            out,
-            "polars_cloud_auth_renewals_total {}",
-            self.renewals.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP polars_cloud_auth_failures_total Failed renewals by class."
-        );
-        let _ = writeln!(out, "# TYPE polars_cloud_auth_failures_total counter");
-        for (class, n) in [
-            ("transient", &self.transient_failures),
-            ("permanent", &self.permanent_failures),
-            ("write", &self.write_failures),
-        ] {
-            let _ = writeln!(
-                out,
-                "polars_cloud_auth_failures_total{{class=\"{class}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP polars_cloud_auth_token_expiry_seconds Seconds until the token on disk expires."
-        );
-        let _ = writeln!(out, "# TYPE polars_cloud_auth_token_expiry_seconds gauge");
+        let count = |n: &AtomicU64| n.load(Ordering::Relaxed).to_string();
         let left = self
             .seconds_left(now)
             .map_or("NaN".to_string(), |s| format!("{s:.0}"));
-        let _ = writeln!(out, "polars_cloud_auth_token_expiry_seconds {left}");
-        let _ = writeln!(
-            out,
-            "# HELP polars_cloud_auth_ready Whether a valid token is on disk with margin."
+        let mut out = String::with_capacity(1024);
+        metric(
+            &mut out,
+            "renewals_total",
+            "counter",
+            "Tokens obtained and written.",
+            &[("", count(&self.renewals))],
         );
-        let _ = writeln!(out, "# TYPE polars_cloud_auth_ready gauge");
-        let _ = writeln!(
-            out,
-            "polars_cloud_auth_ready {}",
-            u8::from(self.ready(now, margin))
+        metric(
+            &mut out,
+            "failures_total",
+            "counter",
+            "Failed renewals by class.",
+            &[
+                ("{class=\"transient\"}", count(&self.transient_failures)),
+                ("{class=\"permanent\"}", count(&self.permanent_failures)),
+                ("{class=\"write\"}", count(&self.write_failures)),
+            ],
+        );
+        metric(
+            &mut out,
+            "token_expiry_seconds",
+            "gauge",
+            "Seconds until the token on disk expires.",
+            &[("", left)],
+        );
+        let ready = u8::from(self.ready(now, margin)).to_string();
+        metric(
+            &mut out,
+            "ready",
+            "gauge",
+            "Whether a valid token is on disk with margin.",
+            &[("", ready)],
         );
         out
+    }
+}
+
+/// Appends one metric family in the Prometheus text format.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
+    let _ = writeln!(out, "# HELP polars_cloud_auth_{name} {help}");
+    let _ = writeln!(out, "# TYPE polars_cloud_auth_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "polars_cloud_auth_{name}{labels} {value}");
     }
 }
 
@@ -126,6 +129,30 @@ pub struct Settings {
     pub policy: Policy,
     pub listen: SocketAddr,
     pub ready_margin: Duration,
+}
+
+/// `polars-cloud-auth sidecar`.
+pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let serve = overlay(&args.serve, &file.sidecar)?;
+    let source = Arc::new(idp.source()?);
+    let settings = Settings {
+        file: overlay(&args.file, &file.token_file)?.pod_token_file(),
+        policy: renew.policy(),
+        listen: serve
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8471))),
+        ready_margin: serve
+            .ready_margin
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+    };
+    crate::current_thread(async move {
+        let cancel = crate::shutdown::on_signals();
+        run(source, settings, cancel).await
+    })?;
+    Ok(crate::exit::OK)
 }
 
 pub async fn run(

@@ -5,9 +5,23 @@ use std::io::Write;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::TokenArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::renew::Policy;
 use crate::retry;
 use crate::source::TokenSource;
+
+/// `polars-cloud-auth token`.
+pub fn command(args: TokenArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let source = idp.source()?;
+    crate::current_thread(async move {
+        let cancel = crate::shutdown::on_signals();
+        run(&source, renew.deadline(), &renew.policy(), &cancel).await
+    })?;
+    Ok(crate::exit::OK)
+}
 
 pub async fn run(
     source: &TokenSource,

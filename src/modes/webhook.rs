@@ -28,6 +28,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, Metrics, Verdict};
+use crate::cli::WebhookCmdArgs;
+use crate::config::{ConfigFile, overlay};
 use crate::inject::Settings;
 use crate::tls::ReloadingCert;
 
@@ -156,6 +158,29 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(out, "{name}{{result=\"failed\"}} {failed}");
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// `polars-cloud-auth webhook`: the settings from flags, environment and config file, then
+/// [`run`] until a signal.
+pub fn command(args: WebhookCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let settings = overlay(&args.inject, &file.inject)?.settings()?;
+    let serve = overlay(&args.serve, &file.webhook)?;
+    let (listen, cert, key) = serve.resolve()?;
+    let config = Config {
+        listen,
+        cert,
+        key,
+        drain: serve.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
+    };
+    // Reviews come in parallel from every API server replica: use the cores.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let cancel = crate::shutdown::on_signals();
+            run(config, settings, cancel).await
+        })?;
+    Ok(crate::exit::OK)
 }
 
 /// The server's settings besides the injection settings.

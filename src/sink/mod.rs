@@ -1,6 +1,8 @@
-//! Where tokens go: a file (atomically replaced) or standard output. The GitHub Actions
-//! sinks live with that mode's file-command writer.
+//! Where tokens go: a file (atomically replaced), standard output, or GitHub Actions'
+//! file commands (`github`).
 
+pub mod client_config;
 pub mod file;
+pub mod github;
 
 pub use file::TokenFile;

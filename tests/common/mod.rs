@@ -14,8 +14,12 @@ pub const SA_ID: &str = "test-sa";
 /// Distinctive, so a leak is easy to find in any output.
 pub const SA_SECRET: &str = "s3cr3t-Zq8vXw-never-print-me";
 
+/// The binary under test; `PCA_BIN` names a copy instead (a target dir shared with other
+/// checkouts may have its binary replaced by their builds while the tests run).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_polars-cloud-auth"))
+    std::env::var_os("PCA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_polars-cloud-auth")))
 }
 
 pub fn repo() -> PathBuf {
@@ -35,6 +39,8 @@ pub struct IdpOptions {
     pub refresh_ttl: u64,
     pub device_ttl: u64,
     pub device_interval: u64,
+    /// Serve https with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for IdpOptions {
@@ -44,6 +50,7 @@ impl Default for IdpOptions {
             refresh_ttl: 1800,
             device_ttl: 600,
             device_interval: 1,
+            tls: None,
         }
     }
 }
@@ -66,7 +73,11 @@ impl Idp {
             dir.join("node_modules/oidc-provider").exists(),
             "the test IdP is not installed: run `npm ci --prefix tests/idp` (scripts/setup.sh does)"
         );
-        let mut child = Command::new("node")
+        let mut node = Command::new("node");
+        if let Some((cert, key)) = &o.tls {
+            node.env("IDP_TLS_CERT", cert).env("IDP_TLS_KEY", key);
+        }
+        let mut child = node
             .arg(dir.join("server.mjs"))
             .env("IDP_PORT", "0")
             .env("IDP_TOKEN_TTL", o.token_ttl.to_string())
@@ -159,6 +170,33 @@ impl Idp {
             .iter()
             .map(|r| r["params"]["grant_type"].as_str().unwrap_or("").to_string())
             .collect()
+    }
+
+    /// A refresh-token grant sent straight to the token endpoint, as anyone holding the
+    /// token could: (status, raw reply).
+    pub fn refresh_with(&self, refresh: &str) -> (u16, String) {
+        let body = format!(
+            "grant_type=refresh_token&client_id=PolarsCloud&refresh_token={}",
+            url::form_urlencoded::byte_serialize(refresh.as_bytes()).collect::<String>()
+        );
+        let path = format!(
+            "{}/protocol/openid-connect/token",
+            self.issuer
+                .split_once(&format!(":{}", self.port))
+                .unwrap()
+                .1
+        );
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, reply)
     }
 
     pub fn set_secret(&self, id: &str, secret: &str) {
@@ -315,4 +353,83 @@ pub fn real_client(env: &[(&str, &Path)], tokens: &[(&str, &str)]) -> Value {
             text(&out.stderr)
         )
     })
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
+/// command: (ca.pem, cert.pem, key.pem).
+pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sh = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS tests (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    sh(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=pca test CA",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    sh(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
 }

@@ -10,7 +10,9 @@
 // SIGTERM/SIGINT.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as querystring from 'node:querystring';
 
 // oidc-provider prints some notices with console.info (stdout); stdout is reserved for the
@@ -227,7 +229,11 @@ function takeFault(endpoint, grantType) {
 // ---------------------------------------------------------------------------------------
 // the provider
 
-const server = http.createServer();
+// IDP_TLS_CERT / IDP_TLS_KEY (PEM files) serve over https instead, for the TLS tests.
+const TLS = process.env.IDP_TLS_CERT && process.env.IDP_TLS_KEY
+  ? { cert: fs.readFileSync(process.env.IDP_TLS_CERT), key: fs.readFileSync(process.env.IDP_TLS_KEY) }
+  : null;
+const server = TLS ? https.createServer(TLS) : http.createServer();
 server.keepAliveTimeout = 5000;
 
 await new Promise((resolve, reject) => {
@@ -239,7 +245,7 @@ await new Promise((resolve, reject) => {
 });
 
 const port = server.address().port;
-const origin = `http://127.0.0.1:${port}`;
+const origin = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
 const issuer = `${origin}${PREFIX}`;
 
 const { privateKey, publicKey } = await keyPairPromise;

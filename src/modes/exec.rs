@@ -1,0 +1,357 @@
+//! `exec -- CMD ARGS...`: run a command with `POLARS_CLOUD_ACCESS_TOKEN` set, for clients
+//! that read only the environment. The token comes from a stored file when it stays valid
+//! long enough (the sidecar's file in a pod, login's files on a laptop), otherwise it is
+//! fetched with the configured credentials. Signals are passed on to the command and its
+//! exit status becomes ours.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ExecArgs;
+use crate::config::{ConfigFile, IdpArgs, overlay};
+use crate::credentials::CLIENT_SECRET_ENV;
+use crate::renew::Policy;
+use crate::sink::TokenFile;
+use crate::sink::client_config::{self, ClientConfig, PERSONAL_MODE};
+use crate::sink::file::DEFAULT_POD_PATH;
+use crate::token::AccessToken;
+
+/// The variable the Polars Cloud client reads first.
+pub const TOKEN_ENV: &str = "POLARS_CLOUD_ACCESS_TOKEN";
+
+/// A place a token may be stored.
+#[derive(Clone, Debug)]
+pub enum Stored {
+    File(TokenFile),
+    Config(ClientConfig),
+}
+
+impl Stored {
+    fn path(&self) -> &Path {
+        match self {
+            Self::File(f) => f.path(),
+            Self::Config(c) => c.path(),
+        }
+    }
+
+    fn read(&self) -> Option<AccessToken> {
+        match self {
+            Self::File(f) => f.read().ok(),
+            Self::Config(c) => {
+                let value = c.read().ok()??.access_token?;
+                AccessToken::from_jwt(value).ok()
+            }
+        }
+    }
+}
+
+/// Where to look: the explicit token file alone, or the sidecar's file, then login's.
+pub fn stored_places(
+    token_file: Option<&Path>,
+    config_dir: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<OsString>,
+) -> Vec<Stored> {
+    if let Some(path) = token_file {
+        return vec![Stored::File(TokenFile::new(path, PERSONAL_MODE))];
+    }
+    let mut places = vec![Stored::File(TokenFile::new(
+        DEFAULT_POD_PATH,
+        PERSONAL_MODE,
+    ))];
+    if let Ok(path) = client_config::seed_token_path(None, env) {
+        places.push(Stored::File(TokenFile::new(path, PERSONAL_MODE)));
+    }
+    if let Ok(dir) = client_config::config_dir(config_dir, env) {
+        places.push(Stored::Config(ClientConfig::in_dir(&dir)));
+    }
+    places
+}
+
+/// The first stored token valid for at least `min_valid`, and where it was.
+pub fn pick(
+    places: &[Stored],
+    now: SystemTime,
+    min_valid: Duration,
+) -> Option<(AccessToken, PathBuf)> {
+    places.iter().find_map(|p| {
+        p.read()
+            .filter(|t| t.valid_for(now, min_valid))
+            .map(|t| (t, p.path().to_path_buf()))
+    })
+}
+
+/// Why the command could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program does not exist (exit 127, as a shell does).
+    #[error("command not found: '{program}'")]
+    NotFound { program: String },
+    /// The program exists but cannot be run (exit 126).
+    #[error("cannot run '{program}'")]
+    CannotRun {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotFound { .. } => 127,
+            Self::CannotRun { .. } => 126,
+        }
+    }
+}
+
+/// `polars-cloud-auth exec`.
+pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let token_file = args.token_file.or_else(|| file.token_file.path.clone());
+    let places = stored_places(token_file.as_deref(), args.config_dir.as_deref(), &|k| {
+        std::env::var_os(k)
+    });
+    let min_valid = args.min_valid.0;
+    let command = args.command;
+    let mut code = crate::exit::OK;
+    crate::current_thread(async {
+        let token = token(&places, min_valid, &idp, renew.deadline(), &renew.policy()).await?;
+        code = run(&command, &token).await?;
+        Ok(())
+    })?;
+    Ok(code)
+}
+
+/// A stored token valid long enough, or a fresh one.
+async fn token(
+    places: &[Stored],
+    min_valid: Duration,
+    idp: &IdpArgs,
+    deadline: Duration,
+    policy: &Policy,
+) -> anyhow::Result<AccessToken> {
+    if let Some((token, path)) = pick(places, SystemTime::now(), min_valid) {
+        tracing::debug!(path = %path.display(), expires_in = token.remaining(SystemTime::now()).as_secs(), "using the stored token");
+        return Ok(token);
+    }
+    let looked: Vec<String> = places
+        .iter()
+        .map(|p| p.path().display().to_string())
+        .collect();
+    let why = || {
+        format!(
+            "no stored token stays valid for {} (looked in {}), and none could be fetched",
+            humantime::format_duration(min_valid),
+            looked.join(", ")
+        )
+    };
+    let source = idp.source().with_context(why)?;
+    let cancel = cancel_on_signals();
+    let tokens = crate::retry::fetch_until(&source, deadline, policy, &cancel)
+        .await
+        .with_context(why)?;
+    Ok(tokens.access)
+}
+
+/// Cancellation for the fetch only: once the command runs, signals are forwarded instead.
+fn cancel_on_signals() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    cancel
+}
+
+/// Runs the command with the token in its environment, passing signals on; answers its
+/// exit code (128 + the signal when a signal ended it).
+pub async fn run(command: &[OsString], token: &AccessToken) -> anyhow::Result<u8> {
+    let (program, args) = command.split_first().ok_or_else(|| {
+        anyhow::anyhow!("no command given: polars-cloud-auth exec -- CMD ARGS...")
+    })?;
+    let name = program.to_string_lossy().into_owned();
+    // Listen before the child exists, so no signal falls between the two.
+    let mut signals = forward::Signals::new()?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env(TOKEN_ENV, token.secret().expose_secret())
+        // The long-lived secret stays with us; the command gets only the short-lived token.
+        .env_remove(CLIENT_SECRET_ENV)
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                program: name.clone(),
+            },
+            _ => Error::CannotRun {
+                program: name.clone(),
+                source,
+            },
+        })?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            signal = signals.recv() => forward::to_child(&child, signal),
+        }
+    };
+    Ok(exit_code(status))
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    if let Some(code) = status.code() {
+        return u8::try_from(code & 0xff).unwrap_or(1);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return u8::try_from(128 + signal).unwrap_or(1);
+        }
+    }
+    crate::exit::FAILURE
+}
+
+#[cfg(unix)]
+mod forward {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::{Pid, getpgrp, tcgetpgrp};
+    use tokio::signal::unix::{SignalKind, signal};
+
+    /// The signals a supervisor passes on (SIGKILL and SIGSTOP cannot be caught).
+    pub struct Signals {
+        hup: tokio::signal::unix::Signal,
+        int: tokio::signal::unix::Signal,
+        quit: tokio::signal::unix::Signal,
+        term: tokio::signal::unix::Signal,
+        usr1: tokio::signal::unix::Signal,
+        usr2: tokio::signal::unix::Signal,
+    }
+
+    impl Signals {
+        pub fn new() -> std::io::Result<Self> {
+            Ok(Self {
+                hup: signal(SignalKind::hangup())?,
+                int: signal(SignalKind::interrupt())?,
+                quit: signal(SignalKind::quit())?,
+                term: signal(SignalKind::terminate())?,
+                usr1: signal(SignalKind::user_defined1())?,
+                usr2: signal(SignalKind::user_defined2())?,
+            })
+        }
+
+        pub async fn recv(&mut self) -> Signal {
+            tokio::select! {
+                _ = self.hup.recv() => Signal::SIGHUP,
+                _ = self.int.recv() => Signal::SIGINT,
+                _ = self.quit.recv() => Signal::SIGQUIT,
+                _ = self.term.recv() => Signal::SIGTERM,
+                _ = self.usr1.recv() => Signal::SIGUSR1,
+                _ = self.usr2.recv() => Signal::SIGUSR2,
+            }
+        }
+    }
+
+    pub fn to_child(child: &tokio::process::Child, signal: Signal) {
+        let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
+            return;
+        };
+        // Ctrl-C and Ctrl-\ at a terminal reach the whole foreground process group, the
+        // command included: passing them on would deliver them twice.
+        if matches!(signal, Signal::SIGINT | Signal::SIGQUIT) && in_terminal_foreground() {
+            return;
+        }
+        tracing::debug!(signal = signal.as_str(), "passing the signal on");
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+
+    fn in_terminal_foreground() -> bool {
+        tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == getpgrp())
+    }
+}
+
+#[cfg(not(unix))]
+mod forward {
+    /// Without Unix signals only Ctrl-C exists, and the console delivers it to the command
+    /// as well; there is nothing to pass on.
+    pub struct Signals;
+    pub enum Signal {}
+
+    impl Signals {
+        pub fn new() -> std::io::Result<Self> {
+            Ok(Self)
+        }
+        pub async fn recv(&mut self) -> Signal {
+            std::future::pending().await
+        }
+    }
+
+    pub fn to_child(_child: &tokio::process::Child, signal: Signal) {
+        match signal {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::tests::jwt;
+
+    fn token_at(path: &Path, exp: u64) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, jwt(&serde_json::json!({"exp": exp}))).unwrap();
+    }
+
+    #[test]
+    fn the_first_token_valid_with_margin_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_path_buf();
+        let env = move |k: &str| (k == "HOME").then(|| home.clone().into_os_string());
+        let places = stored_places(None, Some(&dir.path().join("cfg")), &env);
+        assert_eq!(places.len(), 3);
+        assert_eq!(places[0].path(), Path::new(DEFAULT_POD_PATH));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let margin = Duration::from_secs(30);
+        assert!(pick(&places[1..], now, margin).is_none());
+
+        // The seed file's token is too close to expiry; config.toml's is fine.
+        token_at(&dir.path().join(".polars/cloud_access_token"), 1_000_020);
+        let cfg = ClientConfig::in_dir(&dir.path().join("cfg"));
+        let good = jwt(&serde_json::json!({"exp": 1_000_300}));
+        cfg.store(&good.clone().into(), Some(&"r".to_string().into()))
+            .unwrap();
+        let (t, path) = pick(&places[1..], now, margin).unwrap();
+        assert_eq!(path, cfg.path());
+        assert_eq!(t.secret().expose_secret(), good);
+
+        token_at(&dir.path().join(".polars/cloud_access_token"), 1_000_100);
+        let (_, path) = pick(&places[1..], now, margin).unwrap();
+        assert_eq!(path, dir.path().join(".polars/cloud_access_token"));
+    }
+
+    #[test]
+    fn an_explicit_token_file_is_the_only_place() {
+        let places = stored_places(Some(Path::new("/x/token")), None, &|_: &str| None);
+        assert_eq!(places.len(), 1);
+        assert_eq!(places[0].path(), Path::new("/x/token"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(15)), 143);
+        assert_eq!(
+            Error::NotFound {
+                program: "x".into()
+            }
+            .exit_code(),
+            127
+        );
+    }
+}
