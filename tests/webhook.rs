@@ -700,3 +700,129 @@ fn the_webhook_refuses_to_start_without_a_usable_certificate() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("POLARS_CLOUD_WEBHOOK_TLS_CERT"));
 }
+
+/// The chart's webhook Deployment (rendered by real Helm through tests/py/k8s.py) sets
+/// exactly what the binary reads: its args and every environment variable are accepted,
+/// and the injected pod carries the chart's injection values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_helm_charts_webhook_settings_are_what_the_binary_reads() {
+    let script = r#"
+import json, k8s
+values = {"injection": {
+    "mode": "classic", "image": {"repository": "mirror/polars-cloud-auth", "tag": "0.2.0"},
+    "secretName": "other-creds", "tokenPath": "/run/tokens/polars",
+    "cpuRequest": 0.01, "memoryRequest": "24Mi", "memoryLimit": 50331648,
+    "domain": "eu.cloud.example", "issuer": "https://auth.cloud.example/realms/x"}}
+(c,) = k8s.pod_spec(k8s.one(k8s.render(values), "Deployment"))["containers"]
+print(json.dumps({"args": c["args"], "env": c["env"], "command": c.get("command")}))
+"#;
+    let out = Command::new(common::python())
+        .current_dir(repo().join("tests/py"))
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["args"], json!(["webhook"]));
+    assert!(c["command"].is_null(), "the image ENTRYPOINT is the binary");
+    let mut env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The chart's listen address and TLS paths are the pod's; this test uses loopback and
+    // its own files, and checks the names.
+    let own = [
+        "POLARS_CLOUD_WEBHOOK_LISTEN",
+        "POLARS_CLOUD_WEBHOOK_TLS_CERT",
+        "POLARS_CLOUD_WEBHOOK_TLS_KEY",
+    ];
+    for name in own {
+        assert!(
+            env.iter().any(|(k, _)| k == name),
+            "the chart sets no {name}"
+        );
+    }
+    env.retain(|(k, _)| !own.contains(&k.as_str()));
+    let get = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("the chart sets no {name}"))
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    write_pair(dir.path(), &cert, &key);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut hook = Webhook::start(dir.path(), &pairs);
+    let c = client(&ca.pem(), &hook, false);
+    wait_healthy(&c, &mut hook).await;
+    let review = fixture("create-pod");
+    let answer = post_review(&c, &hook, &review).await;
+    let pod = check_answer("create-pod", &review, &answer, Expect::Injected).unwrap();
+
+    let spec = &pod["spec"];
+    let sidecar = spec["containers"].as_array().unwrap().last().unwrap();
+    assert_eq!(sidecar["name"], "polars-cloud-auth", "mode classic");
+    assert_eq!(
+        sidecar["image"].as_str().unwrap(),
+        get("POLARS_CLOUD_INJECT_IMAGE")
+    );
+    assert_eq!(sidecar["image"], "mirror/polars-cloud-auth:0.2.0");
+    assert_eq!(
+        sidecar["resources"],
+        json!({"requests": {"cpu": get("POLARS_CLOUD_INJECT_CPU_REQUEST"),
+                            "memory": get("POLARS_CLOUD_INJECT_MEMORY_REQUEST")},
+               "limits": {"memory": get("POLARS_CLOUD_INJECT_MEMORY_LIMIT")}})
+    );
+    let vars: Vec<(String, String)> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let has = |k: &str, v: &str| vars.iter().any(|(a, b)| a == k && b == v);
+    assert!(
+        has("POLARS_CLOUD_DOMAIN", &get("POLARS_CLOUD_INJECT_DOMAIN")),
+        "{vars:?}"
+    );
+    assert!(
+        has("POLARS_CLOUD_ISSUER", &get("POLARS_CLOUD_INJECT_ISSUER")),
+        "{vars:?}"
+    );
+    assert!(has(
+        "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        &get("POLARS_CLOUD_INJECT_TOKEN_PATH")
+    ));
+    let creds = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "polars-cloud-credentials")
+        .unwrap();
+    assert_eq!(
+        creds["secret"]["secretName"].as_str().unwrap(),
+        get("POLARS_CLOUD_INJECT_SECRET_NAME")
+    );
+    assert!(
+        hook.log().starts_with('{'),
+        "POLARS_CLOUD_LOG_FORMAT=json from the chart"
+    );
+}
