@@ -366,7 +366,13 @@ impl InjectArgs {
         ) -> Result<Option<T>, Error> {
             value
                 .as_deref()
-                .map(|v| check(v).map_err(|e| Error::Invalid(format!("--{name} ({env}): {e}"))))
+                .map(|v| {
+                    check(v).map_err(|e| {
+                        Error::Invalid(format!(
+                            "--{name} ({env}, or inject.{name} in the config file): {e}"
+                        ))
+                    })
+                })
                 .transpose()
         }
         let d = inject::Settings::default();
@@ -763,6 +769,37 @@ mod tests {
         assert_eq!(
             source.settings().endpoints.token.as_str(),
             "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
+        );
+    }
+
+    #[test]
+    fn injection_settings_from_the_file_are_checked_like_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "inject:\n  mode: init-only\n  memory-limit: 64Mi\n").unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let flags = InjectArgs {
+            secret_name: Some("from-flag".into()),
+            ..InjectArgs::default()
+        };
+        let s = overlay(&flags, &file.inject).unwrap().settings().unwrap();
+        assert_eq!(s.mode, inject::Mode::InitOnly);
+        assert_eq!(s.memory_limit, "64Mi");
+        assert_eq!(s.secret_name, "from-flag");
+        std::fs::write(&path, "inject:\n  cpu-request: lots\n").unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let e = file.inject.settings().unwrap_err().to_string();
+        assert!(e.contains("inject.cpu-request in the config file"), "{e}");
+        let e = InjectArgs {
+            memory_request: Some("1Gi".into()),
+            ..InjectArgs::default()
+        }
+        .settings()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("memory request 1Gi is above the memory limit 32Mi"),
+            "{e}"
         );
     }
 
