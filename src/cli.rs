@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
-use crate::config::{FileArgs, HumanDuration, IdpArgs, LogArgs, RenewArgs, ServeArgs};
+use crate::config::{
+    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RenewArgs, ServeArgs, WebhookArgs,
+};
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
 /// service-account secret stays in one place.
@@ -52,6 +54,11 @@ pub enum Command {
         #[arg(value_enum)]
         step: crate::modes::github_action::Step,
     },
+    /// Add the token setup to the pods and pod templates of Kubernetes manifests (YAML
+    /// from files or stdin) and print them, like `linkerd inject`.
+    Inject(InjectCmdArgs),
+    /// Serve the mutating admission webhook that adds the token setup to pods.
+    Webhook(WebhookCmdArgs),
 }
 
 #[derive(Args, Debug)]
@@ -223,4 +230,25 @@ pub struct ExecArgs {
     pub idp: IdpArgs,
     #[command(flatten)]
     pub renew: RenewArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InjectCmdArgs {
+    /// Manifest files (multi-document YAML); `-` or none reads stdin.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Inject every Pod and workload, not only those whose pod template carries the label
+    /// polars.cloud/inject: "true".
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub inject: InjectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WebhookCmdArgs {
+    #[command(flatten)]
+    pub serve: WebhookArgs,
+    #[command(flatten)]
+    pub inject: InjectArgs,
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
 use crate::credentials::{self, Credentials};
+use crate::inject;
 use crate::renew::Policy;
 use crate::sink::TokenFile;
 use crate::source::{self, ClientAuth, Endpoints, Grant, HttpSettings};
@@ -302,6 +303,193 @@ pub struct ServeArgs {
     pub ready_margin: Option<HumanDuration>,
 }
 
+/// What to inject into pods: the defaults that a pod's `polars.cloud/*` annotations
+/// override. Shared by `inject` and `webhook`.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Injection")]
+pub struct InjectArgs {
+    /// Image of the injected containers [default: polars-cloud-auth:<this version>].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_IMAGE", value_name = "IMAGE", value_parser = inject::check::image)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Credentials Secret (keys `client_id`, `client_secret`) in the pod's namespace
+    /// [default: polars-cloud-credentials].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_SECRET_NAME", value_name = "NAME", value_parser = inject::check::secret_name)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// How the token gets into pods [default: native].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_MODE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<inject::Mode>,
+    /// Token file path in the pods; its directory becomes the token volume's mount point
+    /// [default: /var/run/polars-cloud/token].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_TOKEN_PATH", value_name = "PATH", value_parser = token_path)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_path: Option<String>,
+    /// CPU request of the injected containers [default: 5m].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_CPU_REQUEST", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_request: Option<String>,
+    /// Memory request of the injected containers [default: 16Mi].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_MEMORY_REQUEST", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<String>,
+    /// Memory limit of the injected containers [default: 32Mi].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_MEMORY_LIMIT", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// Polars Cloud domain of the injected containers (their POLARS_CLOUD_DOMAIN)
+    /// [default: theirs].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_DOMAIN", value_parser = inject::check::domain)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Issuer URL of the injected containers (their POLARS_CLOUD_ISSUER) [default: theirs].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_ISSUER", value_name = "URL", value_parser = inject::check::issuer)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+}
+
+fn token_path(s: &str) -> Result<String, String> {
+    inject::check::token_path(s).map(|p| p.as_str().to_string())
+}
+
+impl InjectArgs {
+    /// The injection settings, every value checked (the config file's too).
+    pub fn settings(&self) -> Result<inject::Settings, Error> {
+        use inject::check;
+        fn checked<T>(
+            name: &str,
+            env: &str,
+            value: &Option<String>,
+            check: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Option<T>, Error> {
+            value
+                .as_deref()
+                .map(|v| check(v).map_err(|e| Error::Invalid(format!("--{name} ({env}): {e}"))))
+                .transpose()
+        }
+        let d = inject::Settings::default();
+        let settings = inject::Settings {
+            image: checked(
+                "image",
+                "POLARS_CLOUD_INJECT_IMAGE",
+                &self.image,
+                check::image,
+            )?
+            .unwrap_or(d.image),
+            secret_name: checked(
+                "secret-name",
+                "POLARS_CLOUD_INJECT_SECRET_NAME",
+                &self.secret_name,
+                check::secret_name,
+            )?
+            .unwrap_or(d.secret_name),
+            mode: self.mode.unwrap_or(d.mode),
+            token_path: checked(
+                "token-path",
+                "POLARS_CLOUD_INJECT_TOKEN_PATH",
+                &self.token_path,
+                check::token_path,
+            )?
+            .unwrap_or(d.token_path),
+            cpu_request: checked(
+                "cpu-request",
+                "POLARS_CLOUD_INJECT_CPU_REQUEST",
+                &self.cpu_request,
+                check::quantity,
+            )?
+            .unwrap_or(d.cpu_request),
+            memory_request: checked(
+                "memory-request",
+                "POLARS_CLOUD_INJECT_MEMORY_REQUEST",
+                &self.memory_request,
+                check::quantity,
+            )?
+            .unwrap_or(d.memory_request),
+            memory_limit: checked(
+                "memory-limit",
+                "POLARS_CLOUD_INJECT_MEMORY_LIMIT",
+                &self.memory_limit,
+                check::quantity,
+            )?
+            .unwrap_or(d.memory_limit),
+            domain: checked(
+                "domain",
+                "POLARS_CLOUD_INJECT_DOMAIN",
+                &self.domain,
+                check::domain,
+            )?,
+            issuer: checked(
+                "issuer",
+                "POLARS_CLOUD_INJECT_ISSUER",
+                &self.issuer,
+                check::issuer,
+            )?,
+            min_valid: d.min_valid,
+            renew_at: d.renew_at,
+        };
+        if inject::check_limits(&settings).is_err() {
+            return Err(Error::Invalid(format!(
+                "the memory request {} is above the memory limit {}; raise --memory-limit (POLARS_CLOUD_INJECT_MEMORY_LIMIT) or lower --memory-request (POLARS_CLOUD_INJECT_MEMORY_REQUEST)",
+                settings.memory_request, settings.memory_limit
+            )));
+        }
+        Ok(settings)
+    }
+}
+
+/// The admission webhook's HTTPS server.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Webhook")]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on: /mutate, /healthz, /readyz, /metrics
+    /// [default: 0.0.0.0:8443].
+    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// TLS certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_TLS_CERT", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); re-read when it changes.
+    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_TLS_KEY", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// After SIGTERM, keep serving this long with /readyz failing, so the API server stops
+    /// sending reviews before the port closes [default: 5s].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_WEBHOOK_SHUTDOWN_DELAY",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<HumanDuration>,
+}
+
+impl WebhookArgs {
+    /// The address, certificate and key; the last two are required.
+    pub fn resolve(&self) -> Result<(std::net::SocketAddr, PathBuf, PathBuf), Error> {
+        let missing = |flag: &str, env: &str| {
+            Error::Invalid(format!(
+                "the webhook needs a TLS {flag}: set --tls-{flag} or {env} (a PEM file)"
+            ))
+        };
+        Ok((
+            self.listen
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8443))),
+            self.tls_cert
+                .clone()
+                .ok_or_else(|| missing("cert", "POLARS_CLOUD_WEBHOOK_TLS_CERT"))?,
+            self.tls_key
+                .clone()
+                .ok_or_else(|| missing("key", "POLARS_CLOUD_WEBHOOK_TLS_KEY"))?,
+        ))
+    }
+}
+
 /// Logging.
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -334,6 +522,10 @@ pub struct ConfigFile {
     pub sidecar: ServeArgs,
     #[serde(default)]
     pub log: LogArgs,
+    #[serde(default)]
+    pub inject: InjectArgs,
+    #[serde(default)]
+    pub webhook: WebhookArgs,
 }
 
 impl ConfigFile {

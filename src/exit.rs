@@ -9,7 +9,8 @@ use crate::source::{FailureClass, FetchError};
 pub const OK: u8 = 0;
 /// Any other failure (a probe that finds no valid token, an unexpected I/O error).
 pub const FAILURE: u8 = 1;
-/// Bad usage or configuration: a flag, the config file, missing credentials.
+/// Bad usage or configuration: a flag, the config file, missing credentials, an unusable
+/// webhook certificate.
 pub const USAGE: u8 = 2;
 /// The identity provider rejected the credentials or the request.
 pub const REJECTED: u8 = 3;
@@ -35,7 +36,10 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 (_, FailureClass::Transient) => UNREACHABLE,
             };
         }
-        if cause.is::<crate::config::Error>() || cause.is::<crate::credentials::Error>() {
+        if cause.is::<crate::config::Error>()
+            || cause.is::<crate::credentials::Error>()
+            || cause.is::<crate::tls::Error>()
+        {
             return USAGE;
         }
         if let Some(e) = cause.downcast_ref::<crate::device::Error>() {

@@ -4,11 +4,13 @@
 //! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
 
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod device;
 pub mod exit;
+pub mod inject;
 pub mod modes;
 pub mod renew;
 pub mod retry;
@@ -16,6 +18,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 use cli::{Cli, Command};
@@ -45,6 +48,8 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::Init(args) => modes::init::command(args, &file),
         Command::Sidecar(args) => modes::sidecar::command(args, &file),
         Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
+        Command::Inject(args) => modes::inject::command(args, &file),
+        Command::Webhook(args) => modes::webhook::command(args, &file),
     }
 }
 

@@ -3,9 +3,11 @@
 pub mod exec;
 pub mod github_action;
 pub mod init;
+pub mod inject;
 pub mod login;
 pub mod logout;
 pub mod probe;
 pub mod sidecar;
 pub mod status;
 pub mod token;
+pub mod webhook;

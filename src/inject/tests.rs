@@ -1,0 +1,526 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Runs the injection on a pod given as JSON and returns the patched pod.
+fn run(pod: &Value, settings: &Settings) -> Result<(Value, Outcome), InjectError> {
+    let meta: ObjectMeta = serde_json::from_value(pod["metadata"].clone()).unwrap();
+    let spec: PodSpec = serde_json::from_value(pod["spec"].clone()).unwrap();
+    let outcome = inject(&meta, &spec, settings)?;
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &outcome.patch.0).unwrap();
+    Ok((patched, outcome))
+}
+
+fn injected(pod: &Value) -> Value {
+    run(pod, &Settings::default()).unwrap().0
+}
+
+fn err(pod: &Value) -> String {
+    run(pod, &Settings::default()).unwrap_err().to_string()
+}
+
+fn pod(annotations: Value, spec: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "p",
+            "labels": {"polars.cloud/inject": "true"},
+            "annotations": annotations,
+        },
+        "spec": spec,
+    })
+}
+
+fn app() -> Value {
+    json!({"containers": [{"name": "app", "image": "busybox"}]})
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .map(|l| l.iter().map(|c| c["name"].as_str().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn env_of<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    c["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+}
+
+#[test]
+fn native_sidecar_by_default() {
+    let (p, outcome) = run(&pod(json!({}), app()), &Settings::default()).unwrap();
+    assert_eq!(outcome.mode, Mode::Native);
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+    let spec = &p["spec"];
+    assert_eq!(names(&spec["initContainers"]), ["polars-cloud-auth"]);
+    let ours = &spec["initContainers"][0];
+    assert_eq!(ours["restartPolicy"], "Always");
+    assert_eq!(ours["args"], json!(["sidecar"]));
+    assert!(
+        ours.get("command").is_none(),
+        "the image ENTRYPOINT runs the binary"
+    );
+    assert_eq!(ours["image"], default_image());
+    assert_eq!(
+        ours["startupProbe"]["exec"]["command"],
+        json!([ENTRYPOINT, "probe", "--min-valid", "30s"])
+    );
+    assert_eq!(ours["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(ours["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(ours["ports"][0]["containerPort"], 8471);
+    assert_eq!(
+        ours["resources"],
+        json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})
+    );
+    assert_eq!(
+        ours["securityContext"],
+        json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "privileged": false,
+            "readOnlyRootFilesystem": true,
+            "runAsGroup": 65532,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}
+        })
+    );
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_CREDENTIALS_DIR"),
+        Some(CREDENTIALS_DIR)
+    );
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
+        Some("/var/run/polars-cloud/token")
+    );
+    assert_eq!(env_of(ours, "POLARS_CLOUD_TOKEN_FILE_MODE"), Some("0644"));
+    assert_eq!(env_of(ours, "POLARS_CLOUD_LISTEN"), Some("0.0.0.0:8471"));
+    assert_eq!(env_of(ours, "POLARS_CLOUD_DOMAIN"), None);
+    assert_eq!(
+        ours["volumeMounts"],
+        json!([
+            {"name": "polars-cloud-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true},
+            {"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud"}
+        ])
+    );
+    // The app container: the token volume read-only and the path, never the credentials.
+    let app = &spec["containers"][0];
+    assert_eq!(
+        app["volumeMounts"],
+        json!([{"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud", "readOnly": true}])
+    );
+    assert_eq!(
+        env_of(app, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
+        Some("/var/run/polars-cloud/token")
+    );
+    assert_eq!(
+        spec["volumes"],
+        json!([
+            {"name": "polars-cloud-token", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "polars-cloud-credentials",
+             "secret": {"secretName": "polars-cloud-credentials", "defaultMode": 0o444}}
+        ])
+    );
+    assert_eq!(
+        p["metadata"]["annotations"]["polars.cloud/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+}
+
+#[test]
+fn classic_mode_adds_an_init_container_and_a_sidecar() {
+    let (p, outcome) = run(
+        &pod(json!({"polars.cloud/mode": "classic"}), app()),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(outcome.mode, Mode::Classic);
+    assert_eq!(
+        names(&p["spec"]["initContainers"]),
+        ["polars-cloud-auth-init"]
+    );
+    assert_eq!(
+        names(&p["spec"]["containers"]),
+        ["app", "polars-cloud-auth"]
+    );
+    let init = &p["spec"]["initContainers"][0];
+    assert_eq!(init["args"], json!(["init"]));
+    assert!(init.get("restartPolicy").is_none());
+    assert!(init.get("startupProbe").is_none() && init.get("ports").is_none());
+    assert_eq!(env_of(init, "POLARS_CLOUD_LISTEN"), None);
+    let sidecar = &p["spec"]["containers"][1];
+    assert_eq!(sidecar["args"], json!(["sidecar"]));
+    assert!(sidecar.get("restartPolicy").is_none());
+    assert!(sidecar.get("startupProbe").is_none());
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], "pca-http");
+    // Only the app container gets the read-only mount.
+    assert_eq!(
+        p["spec"]["containers"][0]["volumeMounts"][0]["readOnly"],
+        true
+    );
+}
+
+#[test]
+fn init_only_mode_adds_one_init_container() {
+    let (p, _) = run(
+        &pod(json!({"polars.cloud/mode": "init-only"}), app()),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(names(&p["spec"]["initContainers"]), ["polars-cloud-auth"]);
+    assert_eq!(names(&p["spec"]["containers"]), ["app"]);
+    let init = &p["spec"]["initContainers"][0];
+    assert_eq!(init["args"], json!(["init"]));
+    assert!(init.get("ports").is_none() && init.get("readinessProbe").is_none());
+}
+
+#[test]
+fn the_mode_setting_is_the_default_for_pods_without_the_annotation() {
+    let s = Settings {
+        mode: Mode::InitOnly,
+        ..Settings::default()
+    };
+    let (p, _) = run(&pod(json!({}), app()), &s).unwrap();
+    assert_eq!(p["spec"]["initContainers"][0]["args"], json!(["init"]));
+}
+
+#[test]
+fn a_second_pass_adds_nothing_in_every_mode() {
+    for mode in ["native", "classic", "init-only"] {
+        let once = injected(&pod(json!({"polars.cloud/mode": mode}), app()));
+        let (twice, outcome) = run(&once, &Settings::default()).unwrap();
+        assert!(outcome.patch.0.is_empty(), "{mode}: {:?}", outcome.patch);
+        assert_eq!(twice, once);
+    }
+}
+
+#[test]
+fn a_reinvocation_serves_containers_added_since() {
+    let mut once = injected(&pod(json!({}), app()));
+    once["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "late", "image": "x", "env": [{"name": "A", "value": "1"}]}));
+    let (twice, outcome) = run(&once, &Settings::default()).unwrap();
+    assert_eq!(outcome.patch.0.len(), 2, "{:?}", outcome.patch);
+    let late = &twice["spec"]["containers"][1];
+    assert_eq!(late["env"][0]["name"], "A");
+    assert_eq!(
+        env_of(late, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
+        Some("/var/run/polars-cloud/token")
+    );
+    assert_eq!(
+        names(&twice["spec"]["initContainers"]),
+        ["polars-cloud-auth"]
+    );
+}
+
+#[test]
+fn existing_init_containers_and_volumes_are_kept_and_ours_go_first() {
+    let spec = json!({
+        "initContainers": [{"name": "migrate", "image": "m",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "env": [{"name": "X", "value": "y"}]}],
+        "containers": [{"name": "app", "image": "a",
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+        "volumes": [{"name": "data", "emptyDir": {}}]
+    });
+    let p = injected(&pod(json!({"team": "a"}), spec));
+    let s = &p["spec"];
+    assert_eq!(
+        names(&s["initContainers"]),
+        ["polars-cloud-auth", "migrate"]
+    );
+    assert_eq!(
+        names(&s["volumes"]),
+        ["data", "polars-cloud-token", "polars-cloud-credentials"]
+    );
+    let migrate = &s["initContainers"][1];
+    assert_eq!(
+        names(&migrate["volumeMounts"]),
+        ["data", "polars-cloud-token"]
+    );
+    assert_eq!(
+        names(&migrate["env"]),
+        ["X", "POLARS_CLOUD_ACCESS_TOKEN_PATH"]
+    );
+    assert_eq!(
+        names(&s["containers"][0]["volumeMounts"]),
+        ["data", "polars-cloud-token"]
+    );
+    assert_eq!(p["metadata"]["annotations"]["team"], "a");
+}
+
+#[test]
+fn pods_without_annotations_get_the_marker() {
+    let mut p = pod(json!({}), app());
+    p["metadata"].as_object_mut().unwrap().remove("annotations");
+    let p = injected(&p);
+    assert_eq!(
+        p["metadata"]["annotations"],
+        json!({"polars.cloud/injected": env!("CARGO_PKG_VERSION")})
+    );
+}
+
+#[test]
+fn skipped_containers_get_nothing() {
+    let spec = json!({"containers": [
+        {"name": "app", "image": "a"}, {"name": "proxy", "image": "p"}, {"name": "log", "image": "l"}
+    ]});
+    let p = injected(&pod(
+        json!({"polars.cloud/skip-containers": "proxy, log"}),
+        spec,
+    ));
+    let c = &p["spec"]["containers"];
+    assert!(c[0]["volumeMounts"].is_array());
+    assert!(c[1].get("volumeMounts").is_none() && c[1].get("env").is_none());
+    assert!(c[2].get("volumeMounts").is_none());
+
+    let (_, outcome) = run(
+        &pod(json!({"polars.cloud/skip-containers": "app"}), app()),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert!(
+        outcome.warnings[0].contains("no container"),
+        "{:?}",
+        outcome.warnings
+    );
+}
+
+#[test]
+fn an_fs_group_narrows_the_file_modes() {
+    let mut spec = app();
+    spec["securityContext"] = json!({"fsGroup": 2000});
+    let p = injected(&pod(json!({}), spec));
+    let ours = &p["spec"]["initContainers"][0];
+    assert_eq!(env_of(ours, "POLARS_CLOUD_TOKEN_FILE_MODE"), Some("0640"));
+    assert_eq!(p["spec"]["volumes"][1]["secret"]["defaultMode"], 0o440);
+}
+
+#[test]
+fn annotations_override_the_settings() {
+    let s = Settings {
+        domain: Some("eu.cloud.example".into()),
+        issuer: Some("https://auth.cloud.example/realms/x".into()),
+        ..Settings::default()
+    };
+    let (p, outcome) = run(
+        &pod(
+            json!({
+                "polars.cloud/secret-name": "team-creds",
+                "polars.cloud/token-path": "/run/tokens/polars",
+                "polars.cloud/image": "mirror.example:5000/polars-cloud-auth@sha256:abc",
+                "polars.cloud/cpu-request": "10m",
+                "polars.cloud/memory-request": "24Mi",
+                "polars.cloud/memory-limit": "48Mi",
+                "polars.cloud/min-valid": "2m",
+                "polars.cloud/renew-at": "0.5",
+            }),
+            app(),
+        ),
+        &s,
+    )
+    .unwrap();
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+    let ours = &p["spec"]["initContainers"][0];
+    assert_eq!(
+        ours["image"],
+        "mirror.example:5000/polars-cloud-auth@sha256:abc"
+    );
+    assert_eq!(
+        ours["resources"],
+        json!({"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "48Mi"}})
+    );
+    assert_eq!(ours["startupProbe"]["exec"]["command"][3], "2m");
+    assert_eq!(env_of(ours, "POLARS_CLOUD_RENEW_AT"), Some("0.5"));
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_DOMAIN"),
+        Some("eu.cloud.example")
+    );
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_ISSUER"),
+        Some("https://auth.cloud.example/realms/x")
+    );
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
+        Some("/run/tokens/polars")
+    );
+    assert_eq!(ours["volumeMounts"][1]["mountPath"], "/run/tokens");
+    assert_eq!(
+        p["spec"]["volumes"][1]["secret"]["secretName"],
+        "team-creds"
+    );
+    let app = &p["spec"]["containers"][0];
+    assert_eq!(app["volumeMounts"][0]["mountPath"], "/run/tokens");
+    assert_eq!(
+        env_of(app, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
+        Some("/run/tokens/polars")
+    );
+}
+
+#[test]
+fn an_app_container_that_already_names_the_token_path_keeps_it() {
+    let spec = json!({"containers": [{"name": "app", "image": "a",
+        "env": [{"name": "POLARS_CLOUD_ACCESS_TOKEN_PATH", "value": "/var/run/polars-cloud/token"}]}]});
+    let p = injected(&pod(json!({}), spec));
+    assert_eq!(
+        p["spec"]["containers"][0]["env"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[test]
+fn conflicts_are_refused_saying_what_to_fix() {
+    let taken_volume = pod(
+        json!({}),
+        json!({"containers": [{"name": "app", "image": "a"}],
+               "volumes": [{"name": "polars-cloud-token", "emptyDir": {}}]}),
+    );
+    let e = err(&taken_volume);
+    assert!(
+        e.contains("volume named 'polars-cloud-token'") && e.contains("rename"),
+        "{e}"
+    );
+
+    let taken_container = pod(
+        json!({}),
+        json!({"containers": [{"name": "polars-cloud-auth", "image": "a"}]}),
+    );
+    assert!(err(&taken_container).contains("container named 'polars-cloud-auth'"));
+
+    let mount = pod(
+        json!({}),
+        json!({"containers": [{"name": "app", "image": "a",
+            "volumeMounts": [{"name": "run", "mountPath": "/var/run/polars-cloud/"}]}]}),
+    );
+    let e = err(&mount);
+    assert!(
+        e.contains("container 'app' already mounts a volume at /var/run/polars-cloud"),
+        "{e}"
+    );
+    assert!(e.contains("polars.cloud/token-path"), "{e}");
+
+    let env = pod(
+        json!({}),
+        json!({"containers": [{"name": "app", "image": "a",
+            "env": [{"name": "POLARS_CLOUD_ACCESS_TOKEN_PATH", "value": "/tmp/t"}]}]}),
+    );
+    let e = err(&env);
+    assert!(
+        e.contains("'/tmp/t'") && e.contains("polars.cloud/token-path"),
+        "{e}"
+    );
+
+    let port = pod(
+        json!({}),
+        json!({"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 8471}]}]}),
+    );
+    assert!(err(&port).contains("port 8471"));
+    // init-only runs no server, so the port is free to use.
+    let mut init_only = port.clone();
+    init_only["metadata"]["annotations"]["polars.cloud/mode"] = json!("init-only");
+    assert!(run(&init_only, &Settings::default()).is_ok());
+
+    let skip = pod(json!({"polars.cloud/skip-containers": "sidecar"}), app());
+    let e = err(&skip);
+    assert!(
+        e.contains("'sidecar'") && e.contains("its containers: app"),
+        "{e}"
+    );
+
+    let windows = pod(
+        json!({}),
+        json!({"os": {"name": "windows"}, "containers": [{"name": "app", "image": "a"}]}),
+    );
+    assert!(err(&windows).contains("linux only"));
+}
+
+#[test]
+fn malformed_annotations_are_refused_naming_annotation_and_value() {
+    let cases = [
+        (
+            "polars.cloud/mode",
+            "sometimes",
+            "native, classic or init-only",
+        ),
+        (
+            "polars.cloud/secret-name",
+            "Team_Creds",
+            "not a Secret name",
+        ),
+        ("polars.cloud/token-path", "token", "absolute file path"),
+        ("polars.cloud/token-path", "/token", "below a directory"),
+        (
+            "polars.cloud/token-path",
+            "/var/run/secrets/polars-cloud/t",
+            "overlaps",
+        ),
+        ("polars.cloud/image", "", "image reference"),
+        ("polars.cloud/cpu-request", "lots", "quantity"),
+        ("polars.cloud/memory-limit", "-1Mi", "negative"),
+        ("polars.cloud/min-valid", "soon", "duration"),
+        ("polars.cloud/min-valid", "0s", "between 1s and 24h"),
+        ("polars.cloud/renew-at", "2", "fraction"),
+    ];
+    for (key, value, hint) in cases {
+        let e = err(&pod(json!({ key: value }), app()));
+        assert!(e.starts_with(&format!("annotation {key}: ")), "{e}");
+        assert!(e.contains(hint), "{key}={value}: {e}");
+    }
+    let e = err(&pod(
+        json!({"polars.cloud/memory-request": "64Mi", "polars.cloud/memory-limit": "32Mi"}),
+        app(),
+    ));
+    assert!(
+        e.contains("request 64Mi") && e.contains("limit 32Mi"),
+        "{e}"
+    );
+}
+
+#[test]
+fn warnings_for_unknown_annotations_and_classic_jobs() {
+    let mut spec = app();
+    spec["restartPolicy"] = json!("Never");
+    let (_, outcome) = run(
+        &pod(
+            json!({"polars.cloud/mode": "classic", "polars.cloud/secretname": "x"}),
+            spec,
+        ),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert_eq!(outcome.warnings.len(), 2, "{:?}", outcome.warnings);
+    assert_eq!(
+        outcome.warnings[0],
+        "annotation polars.cloud/secretname is not known to polars-cloud-auth and has no effect; did you mean polars.cloud/secret-name?"
+    );
+    assert!(outcome.warnings[1].contains("never completes"));
+}
+
+#[test]
+fn opt_in_needs_the_label_true() {
+    let mut meta = ObjectMeta::default();
+    assert!(!opted_in(&meta));
+    meta.labels = Some(BTreeMap::from([(INJECT_LABEL.into(), "false".into())]));
+    assert!(!opted_in(&meta));
+    meta.labels = Some(BTreeMap::from([(INJECT_LABEL.into(), "true".into())]));
+    assert!(opted_in(&meta));
+}
+
+#[test]
+fn unknown_annotations_far_from_any_known_one_list_the_known_ones() {
+    let (_, outcome) = run(
+        &pod(json!({"polars.cloud/owner": "team-a"}), app()),
+        &Settings::default(),
+    )
+    .unwrap();
+    let w = &outcome.warnings[0];
+    assert!(w.contains("known: secret-name, token-path, mode,"), "{w}");
+    assert!(w.len() < 256, "kubectl may truncate longer warnings: {w}");
+}

@@ -1,0 +1,702 @@
+//! The admission webhook: its router driven in-process with the AdmissionReview fixtures
+//! in tests/data/admission (shaped like kube-apiserver's requests), and the real binary
+//! over real HTTPS: the returned JSON patches are applied and the mutated pods checked
+//! with kubernetes-validate (strict) for Kubernetes 1.29 and the newest bundled version;
+//! the certificate is rotated while serving; SIGTERM drains and exits cleanly.
+//!
+//! No Kubernetes API server can run on these machines: the tests work at the wire level
+//! with real payloads and Kubernetes' own schemas instead.
+
+mod common;
+mod kube;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use polars_cloud_auth::inject::Settings;
+use polars_cloud_auth::modes::webhook::{AppState, MAX_BODY, router};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use common::{bin, free_port, repo};
+
+/// The Service DNS name the API server calls (release `pca`, namespace
+/// `polars-cloud-system`), as in the chart's certificate.
+const SVC: &str = "pca-polars-cloud-auth.polars-cloud-system.svc";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    Injected,
+    Skipped,
+    Denied(&'static str),
+}
+
+/// Every fixture and what the webhook must answer.
+const FIXTURES: &[(&str, Expect)] = &[
+    ("create-pod", Expect::Injected),
+    ("create-dry-run", Expect::Injected),
+    ("create-generate-name", Expect::Injected),
+    ("create-init-containers", Expect::Injected),
+    ("create-job-pod", Expect::Injected),
+    ("create-classic-overrides", Expect::Injected),
+    ("create-not-labelled", Expect::Skipped),
+    ("create-deployment", Expect::Skipped),
+    ("update-pod", Expect::Skipped),
+    ("update-ephemeral-containers", Expect::Skipped),
+    ("delete-pod", Expect::Skipped),
+    (
+        "conflict-volume",
+        Expect::Denied("the pod already has a volume named 'polars-cloud-token'"),
+    ),
+    (
+        "conflict-annotation",
+        Expect::Denied(
+            "annotation polars.cloud/mode: 'sidecar' is not a mode; use native, classic or init-only",
+        ),
+    ),
+];
+
+fn fixture_dir() -> PathBuf {
+    repo().join("tests/data/admission")
+}
+
+fn fixture(name: &str) -> Value {
+    let path = fixture_dir().join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_fixture_has_an_expectation() {
+    let mut files: Vec<String> = std::fs::read_dir(fixture_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = FIXTURES.iter().map(|(n, _)| format!("{n}.json")).collect();
+    listed.sort();
+    assert_eq!(files, listed);
+}
+
+/// Checks an AdmissionReview answer against the expectation; returns the patched object
+/// for injections.
+fn check_answer(name: &str, request: &Value, answer: &Value, expect: Expect) -> Option<Value> {
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1", "{name}");
+    assert_eq!(answer["kind"], "AdmissionReview", "{name}");
+    let res = &answer["response"];
+    assert_eq!(res["uid"], request["request"]["uid"], "{name}: uid echoed");
+    match expect {
+        Expect::Skipped => {
+            assert_eq!(res["allowed"], true, "{name}: {res}");
+            assert!(res.get("patch").is_none(), "{name}: {res}");
+            None
+        }
+        Expect::Denied(message) => {
+            assert_eq!(res["allowed"], false, "{name}: {res}");
+            assert_eq!(res["status"]["code"], 400, "{name}");
+            let got = res["status"]["message"].as_str().unwrap();
+            assert!(got.starts_with(message), "{name}: {got}");
+            assert!(res.get("patch").is_none());
+            None
+        }
+        Expect::Injected => {
+            assert_eq!(res["allowed"], true, "{name}: {res}");
+            assert_eq!(res["patchType"], "JSONPatch", "{name}");
+            let patch = base64::engine::general_purpose::STANDARD
+                .decode(res["patch"].as_str().unwrap())
+                .unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+            let mut pod = request["request"]["object"].clone();
+            json_patch::patch(&mut pod, &patch.0)
+                .unwrap_or_else(|e| panic!("{name}: the patch does not apply: {e}"));
+            Some(pod)
+        }
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, body.to_vec())
+}
+
+#[tokio::test]
+async fn router_answers_every_fixture() {
+    let state = AppState::new(Settings::default());
+    let app = router(state.clone());
+    for (name, expect) in FIXTURES {
+        let request = fixture(name);
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/mutate",
+            serde_json::to_vec(&request).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        check_answer(name, &request, &answer, *expect);
+    }
+    let m = state.metrics();
+    use polars_cloud_auth::admission::Verdict;
+    assert_eq!(m.reviews(Verdict::Injected), 6);
+    assert_eq!(m.reviews(Verdict::Skipped), 5);
+    assert_eq!(m.reviews(Verdict::Denied), 2);
+}
+
+#[tokio::test]
+async fn unreadable_requests_get_a_clear_error_not_a_crash() {
+    let state = AppState::new(Settings::default());
+    let app = router(state.clone());
+    for (body, want) in [
+        (b"{\"apiVersion\": ".to_vec(), "the body is not an AdmissionReview"),
+        (b"null".to_vec(), "the body is not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#.to_vec(),
+            "AdmissionReview apiVersion 'admission.k8s.io/v1beta1' is not served",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "the AdmissionReview has no request",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#
+                .to_vec(),
+            "the body is not an AdmissionReview",
+        ),
+    ] {
+        let (status, text) = call(&app, "POST", "/mutate", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with(want), "{text}");
+    }
+    // A pod spec that is not one: the review is readable, so it gets a denial.
+    let mut review = fixture("create-pod");
+    review["request"]["object"]["spec"]["containers"] = json!("app");
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/mutate",
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(
+                "the pod cannot be read: invalid type: string \"app\", expected a sequence"
+            )
+    );
+    // Oversized: refused before it is read whole.
+    let (status, text) = call(&app, "POST", "/mutate", vec![b' '; MAX_BODY + 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8(text).unwrap().contains("larger than"));
+    // Wrong method and path.
+    assert_eq!(
+        call(&app, "GET", "/mutate", vec![]).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call(&app, "POST", "/validate", vec![]).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        state
+            .metrics()
+            .reviews(polars_cloud_auth::admission::Verdict::Invalid),
+        6
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let state = AppState::new(Settings::default());
+    let app = router(state.clone());
+    assert_eq!(
+        call(&app, "GET", "/healthz", vec![]).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(call(&app, "GET", "/readyz", vec![]).await.0, StatusCode::OK);
+    let review = serde_json::to_vec(&fixture("create-pod")).unwrap();
+    call(&app, "POST", "/mutate", review).await;
+    let (status, text) = call(&app, "GET", "/metrics", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("polars_cloud_auth_webhook_reviews_total{result=\"injected\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("polars_cloud_auth_webhook_review_duration_seconds_count 1\n"));
+    state.drain();
+    assert_eq!(
+        call(&app, "GET", "/readyz", vec![]).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        call(&app, "GET", "/healthz", vec![]).await.0,
+        StatusCode::OK
+    );
+}
+
+// --- the real binary over HTTPS ------------------------------------------------------
+
+/// A test CA that issues serving certificates for the webhook Service.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "polars-cloud-auth test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A serving certificate and key (PEM) and the certificate's DER.
+    fn leaf(&self) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![SVC.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// The `webhook` binary on a loopback port; killed when dropped.
+struct Webhook {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Webhook {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = dir.join("webhook.log");
+        let mut c = Command::new(bin());
+        c.arg("webhook");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("POLARS_CLOUD") {
+                c.env_remove(k);
+            }
+        }
+        c.env("POLARS_CLOUD_WEBHOOK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("POLARS_CLOUD_WEBHOOK_TLS_CERT", dir.join("tls.crt"))
+            .env("POLARS_CLOUD_WEBHOOK_TLS_KEY", dir.join("tls.key"))
+            .env("POLARS_CLOUD_LOG_FORMAT", "json");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let child = c
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, port, log }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{SVC}:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "still running after {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTPS client that trusts only `ca` and resolves the Service name to the webhook;
+/// with `fresh`, every request opens a new connection (and sees the current certificate).
+fn client(ca: &str, hook: &Webhook, fresh: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+        .resolve(SVC, hook.addr())
+        .tls_info(true)
+        .timeout(Duration::from_secs(5));
+    if fresh {
+        b = b.pool_max_idle_per_host(0);
+    }
+    b.build().unwrap()
+}
+
+async fn wait_healthy(c: &reqwest::Client, hook: &mut Webhook) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = c.get(hook.url("/healthz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(hook.alive(), "the webhook exited:\n{}", hook.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not healthy:\n{}",
+            hook.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn write_pair(dir: &Path, cert: &str, key: &str) {
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+}
+
+async fn post_review(c: &reqwest::Client, hook: &Webhook, review: &Value) -> Value {
+    let r = c
+        .post(hook.url("/mutate"))
+        .json(review)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// The mutated pod wrapped as a new CREATE review (a reinvocation of the webhook).
+fn again(review: &Value, pod: &Value) -> Value {
+    let mut next = review.clone();
+    next["request"]["uid"] = json!("a11ce000-0000-4000-8000-000000000001");
+    next["request"]["object"] = pod.clone();
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_over_https_patches_pods_that_kubernetes_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    write_pair(dir.path(), &cert, &key);
+    let mut hook = Webhook::start(
+        dir.path(),
+        &[("POLARS_CLOUD_WEBHOOK_SHUTDOWN_DELAY", "1500ms")],
+    );
+    let c = client(&ca.pem(), &hook, false);
+    wait_healthy(&c, &mut hook).await;
+
+    let out = dir.path().join("mutated");
+    std::fs::create_dir(&out).unwrap();
+    let mut injected = 0;
+    for (name, expect) in FIXTURES {
+        let review = fixture(name);
+        let answer = post_review(&c, &hook, &review).await;
+        let Some(pod) = check_answer(name, &review, &answer, *expect) else {
+            continue;
+        };
+        injected += 1;
+        check_pod(name, &pod);
+        std::fs::write(
+            out.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&pod).unwrap(),
+        )
+        .unwrap();
+        // Injecting twice equals injecting once: a second review gets no patch.
+        let second = post_review(&c, &hook, &again(&review, &pod)).await;
+        assert_eq!(second["response"]["allowed"], true);
+        assert!(
+            second["response"].get("patch").is_none(),
+            "{name}: {second}"
+        );
+        // A reinvocation after another webhook added a container: only it is served.
+        let mut more = pod.clone();
+        more["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "added-later", "image": "busybox:1.36"}));
+        let third = post_review(&c, &hook, &again(&review, &more)).await;
+        let patched = check_answer(name, &again(&review, &more), &third, Expect::Injected).unwrap();
+        let added = patched["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(added["name"], "added-later");
+        assert_eq!(
+            added["env"][0]["name"], "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+            "{name}"
+        );
+        assert_eq!(added["volumeMounts"][0]["name"], "polars-cloud-token");
+        let mut without = patched.clone();
+        without["spec"]["containers"].as_array_mut().unwrap().pop();
+        assert_eq!(without, pod, "{name}: a reinvocation touches nothing else");
+    }
+    assert_eq!(injected, 6);
+    kube::validate(&[&out]);
+
+    let metrics = c
+        .get(hook.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("polars_cloud_auth_webhook_reviews_total{result=\"injected\"} 12\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("polars_cloud_auth_webhook_reviews_total{result=\"denied\"} 2\n"));
+    assert!(
+        metrics.contains("polars_cloud_auth_webhook_certificate_reloads_total{result=\"ok\"} 0\n")
+    );
+
+    // SIGTERM: /readyz fails at once while reviews are still answered, then a clean exit.
+    hook.terminate();
+    let start = Instant::now();
+    loop {
+        let r = c.get(hook.url("/readyz")).send().await.unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "/readyz still passes"
+        );
+    }
+    let answer = post_review(&c, &hook, &fixture("create-pod")).await;
+    assert!(
+        answer["response"]["patch"].is_string(),
+        "serves while draining"
+    );
+    drop(c);
+    assert_eq!(hook.wait_exit(Duration::from_secs(10)), 0, "{}", hook.log());
+    let log = hook.log();
+    assert!(log.contains("\"message\":\"pod injected\""), "{log}");
+    assert!(log.contains("webhook stopped"), "{log}");
+}
+
+/// Checks beyond the schema that depend on the fixture.
+fn check_pod(name: &str, pod: &Value) {
+    let spec = &pod["spec"];
+    let names = |list: &str| -> Vec<String> {
+        spec[list]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|c| c["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        pod["metadata"]["annotations"]["polars.cloud/injected"],
+        env!("CARGO_PKG_VERSION"),
+        "{name}"
+    );
+    let env = |c: &Value, key: &str| -> Option<String> {
+        c["env"].as_array()?.iter().find(|e| e["name"] == key)?["value"]
+            .as_str()
+            .map(String::from)
+    };
+    match name {
+        "create-init-containers" => {
+            assert_eq!(
+                names("initContainers"),
+                ["polars-cloud-auth", "migrate", "log-shipper"]
+            );
+            let ours = &spec["initContainers"][0];
+            assert_eq!(
+                env(ours, "POLARS_CLOUD_TOKEN_FILE_MODE").as_deref(),
+                Some("0640")
+            );
+            assert!(env(&spec["initContainers"][1], "POLARS_CLOUD_ACCESS_TOKEN_PATH").is_some());
+            assert!(env(&spec["initContainers"][2], "POLARS_CLOUD_ACCESS_TOKEN_PATH").is_none());
+            assert_eq!(names("volumes")[..2], ["data", "config"]);
+        }
+        "create-job-pod" => {
+            assert_eq!(names("initContainers"), ["polars-cloud-auth"]);
+            assert_eq!(spec["initContainers"][0]["args"], json!(["init"]));
+            assert_eq!(names("containers"), ["report"]);
+        }
+        "create-classic-overrides" => {
+            assert_eq!(names("initContainers"), ["polars-cloud-auth-init"]);
+            assert_eq!(names("containers"), ["app", "worker", "polars-cloud-auth"]);
+            let sidecar = &spec["containers"][2];
+            assert_eq!(
+                sidecar["image"],
+                "mirror.example:5000/polars-cloud-auth:0.1.0"
+            );
+            assert_eq!(
+                env(sidecar, "POLARS_CLOUD_RENEW_AT").as_deref(),
+                Some("0.7")
+            );
+            assert_eq!(
+                env(&spec["containers"][1], "POLARS_CLOUD_ACCESS_TOKEN_PATH").as_deref(),
+                Some("/run/polars/token")
+            );
+        }
+        _ => {
+            assert_eq!(names("initContainers")[0], "polars-cloud-auth");
+            assert_eq!(spec["initContainers"][0]["restartPolicy"], "Always");
+        }
+    }
+}
+
+/// The DER of the certificate a new connection is shown.
+async fn served_cert(ca: &str, hook: &Webhook) -> Vec<u8> {
+    let c = client(ca, hook, true);
+    let r = c.get(hook.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .expect("no peer certificate")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotates_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert1, key1, der1) = ca.leaf();
+    write_pair(dir.path(), &cert1, &key1);
+    let mut hook = Webhook::start(dir.path(), &[]);
+    let keep = client(&ca.pem(), &hook, false);
+    wait_healthy(&keep, &mut hook).await;
+    assert_eq!(served_cert(&ca.pem(), &hook).await, der1);
+
+    // Renewed in place, file by file, as a naive writer would: a half-written
+    // certificate, then the new certificate beside the old key. Neither is served, and
+    // the server keeps running on the old pair.
+    let (cert2, key2, der2) = ca.leaf();
+    std::fs::write(dir.path().join("tls.crt"), &cert2[..cert2.len() / 2]).unwrap();
+    assert_eq!(served_cert(&ca.pem(), &hook).await, der1);
+    std::fs::write(dir.path().join("tls.crt"), &cert2).unwrap();
+    assert_eq!(served_cert(&ca.pem(), &hook).await, der1);
+    std::fs::write(dir.path().join("tls.key"), &key2).unwrap();
+    assert_eq!(served_cert(&ca.pem(), &hook).await, der2);
+
+    // Replaced by rename, as cert-manager's and the kubelet's atomic writers do.
+    let (cert3, key3, der3) = ca.leaf();
+    for (file, text) in [("tls.key", &key3), ("tls.crt", &cert3)] {
+        let tmp = dir.path().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.path().join(file)).unwrap();
+    }
+    assert_eq!(served_cert(&ca.pem(), &hook).await, der3);
+
+    // The connection opened before the rotations still works, and the server never died.
+    let r = keep.get(hook.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(hook.alive());
+    let metrics = keep
+        .get(hook.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("certificate_reloads_total{result=\"ok\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("certificate_reloads_total{result=\"failed\"} 2\n"),
+        "{metrics}"
+    );
+    let log = hook.log();
+    assert!(
+        log.contains("TLS certificate reload failed; serving the previous certificate"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn the_webhook_refuses_to_start_without_a_usable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("webhook")
+        .env(
+            "POLARS_CLOUD_WEBHOOK_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("POLARS_CLOUD_WEBHOOK_TLS_CERT", dir.path().join("tls.crt"))
+        .env("POLARS_CLOUD_WEBHOOK_TLS_KEY", dir.path().join("tls.key"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed to load the webhook's TLS certificate: failed to read TLS file"),
+        "{err}"
+    );
+    let out = Command::new(bin())
+        .arg("webhook")
+        .env_remove("POLARS_CLOUD_WEBHOOK_TLS_CERT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("POLARS_CLOUD_WEBHOOK_TLS_CERT"));
+}
