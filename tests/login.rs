@@ -685,7 +685,7 @@ mod terminal {
         let scale = 4;
         let light = |x: usize, y: usize| {
             let c = rows[y / 2].get(x).copied().unwrap_or(' ');
-            if y % 2 == 0 {
+            if y.is_multiple_of(2) {
                 c == '█' || c == '▀'
             } else {
                 c == '█' || c == '▄'
