@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -269,7 +269,10 @@ pub async fn run(
                     return;
                 }
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // With a timer, hyper drops a client that sends headers too slowly (30s).
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             if let Err(e) = watcher.watch(conn).await {
