@@ -6,6 +6,7 @@
 //!
 //! No Kubernetes API server can run on these machines: the tests work at the wire level
 //! with real payloads and Kubernetes' own schemas instead.
+#![cfg(unix)]
 
 mod common;
 mod kube;
@@ -342,12 +343,8 @@ impl Webhook {
     }
 
     fn terminate(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     }
 
     fn wait_exit(&mut self, limit: Duration) -> i32 {
