@@ -51,6 +51,7 @@ TOKEN_CONTAINER_ENV = frozenset({
     "POLARS_CLOUD_CREDENTIALS_DIR", "POLARS_CLOUD_ACCESS_TOKEN_PATH",
     "POLARS_CLOUD_TOKEN_FILE_MODE", "POLARS_CLOUD_LISTEN", "POLARS_CLOUD_DOMAIN",
     "POLARS_CLOUD_ISSUER", "POLARS_CLOUD_GRANT", "POLARS_CLOUD_LOG_FORMAT",
+    "POLARS_CLOUD_RENEW_AT",
 })
 WEBHOOK_ENV = frozenset({
     "POLARS_CLOUD_WEBHOOK_LISTEN", "POLARS_CLOUD_WEBHOOK_TLS_CERT",
@@ -328,7 +329,8 @@ def metadata_problems(doc: dict) -> list[str]:
     """What the API server's ObjectMeta validation would reject (schemas don't check it)."""
     meta = doc.get("metadata", {})
     problems = []
-    name = meta.get("name", "")
+    # A pod created by a controller has only generateName; the API server adds a suffix.
+    name = meta.get("name") or (meta.get("generateName", "") + "x")
     if doc["kind"] in _LABEL_NAMED:
         if len(name) > 63 or not _DNS_LABEL.match(name):
             problems.append(f"name {name!r} is not a DNS label")
@@ -503,9 +505,13 @@ def token_contract_problems(spec: dict, secret_name: str = CREDENTIALS_SECRET,
         if res != want:
             p.append(f"{n}: resources {res} are not {want}")
         others = {_uid(a, spec) for a in apps} - {_uid(c, spec)}
-        if others and env.get("POLARS_CLOUD_TOKEN_FILE_MODE") != "0644":
+        # With a pod fsGroup the emptyDir belongs to that group, which every container has,
+        # so 0640 is enough; without one, other users need 0644.
+        fs_group = (spec.get("securityContext") or {}).get("fsGroup") is not None
+        wanted = ("0640", "0644") if fs_group else ("0644",)
+        if others and env.get("POLARS_CLOUD_TOKEN_FILE_MODE") not in wanted:
             p.append(f"{n}: app containers run as other users {others} but "
-                     "POLARS_CLOUD_TOKEN_FILE_MODE is not 0644")
+                     f"POLARS_CLOUD_TOKEN_FILE_MODE is not {' or '.join(wanted)}")
     for c in apps:
         n = c["name"]
         if cred_vol and cred_vol in mounts(c):

@@ -20,11 +20,6 @@ import k8s
 
 INJECTED = "polars.cloud/injected"
 
-# Where the binary's contract (as the project states it) is wider than k8s.py's checks:
-# - the sidecar gets POLARS_CLOUD_RENEW_AT from the annotation polars.cloud/renew-at;
-# - with a pod fsGroup the token file is 0640: the emptyDir is group-owned by the
-#   fsGroup, which every container of the pod has, so other users can read it.
-TOKEN_CONTAINER_ENV = k8s.TOKEN_CONTAINER_ENV | {"POLARS_CLOUD_RENEW_AT"}
 
 
 def template(doc: dict) -> dict:
@@ -46,23 +41,15 @@ def contract_problems(doc: dict) -> list[str]:
     checked = dict(spec)
     for field in ("initContainers", "containers"):
         checked[field] = [c for c in spec.get(field, []) if c["name"] not in skipped]
-    fs_group = (spec.get("securityContext") or {}).get("fsGroup") is not None
-    saved = k8s.TOKEN_CONTAINER_ENV
-    k8s.TOKEN_CONTAINER_ENV = TOKEN_CONTAINER_ENV
-    try:
-        problems = k8s.token_contract_problems(
-            checked,
-            secret_name=annotations.get("polars.cloud/secret-name", k8s.CREDENTIALS_SECRET),
-            token_path=annotations.get("polars.cloud/token-path", k8s.TOKEN_PATH),
-        )
-    finally:
-        k8s.TOKEN_CONTAINER_ENV = saved
+    problems = k8s.token_contract_problems(
+        checked,
+        secret_name=annotations.get("polars.cloud/secret-name", k8s.CREDENTIALS_SECRET),
+        token_path=annotations.get("polars.cloud/token-path", k8s.TOKEN_PATH),
+    )
     # Resources and image are the annotations' when given (k8s.py expects the defaults).
     if any(a in annotations for a in ("polars.cloud/cpu-request", "polars.cloud/memory-request",
                                       "polars.cloud/memory-limit")):
         problems = [p for p in problems if ": resources " not in p]
-    if fs_group:
-        problems = [p for p in problems if "POLARS_CLOUD_TOKEN_FILE_MODE is not 0644" not in p]
     for c in k8s.all_containers(spec):
         if k8s.is_token_container(c) or c["name"] in skipped:
             continue
