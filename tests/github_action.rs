@@ -402,11 +402,7 @@ fn main_hands_the_token_on_and_post_revokes_and_deletes() {
     let post = runner.post(&main, &inputs);
     assert_eq!(post.code, Some(0), "log:\n{}", post.log());
     assert!(!path.exists(), "the token file must be deleted");
-    let revocations: Vec<Value> = idp
-        .requests()
-        .into_iter()
-        .filter(|r| r["endpoint"] == "revocation")
-        .collect();
+    let revocations = idp.revocations();
     assert_eq!(revocations.len(), 1, "{revocations:?}");
     assert_eq!(revocations[0]["params"]["token"], refresh.as_str());
     assert_eq!(revocations[0]["params"]["client_id"], "PolarsCloud");

@@ -455,11 +455,7 @@ fn logout_revokes_the_session_and_removes_what_login_stored() {
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("the session was revoked"), "{stderr}");
-    let revocations: Vec<Value> = idp
-        .requests()
-        .into_iter()
-        .filter(|r| r["endpoint"] == "revocation")
-        .collect();
+    let revocations = idp.revocations();
     assert_eq!(revocations.len(), 1, "{revocations:?}");
     let p = &revocations[0]["params"];
     assert_eq!(p["token"], refresh.as_str());
@@ -517,11 +513,7 @@ fn logout_with_a_broken_config_toml_still_revokes_and_removes_the_other_files() 
     assert!(stderr.contains("is not valid TOML"), "{stderr}");
     assert!(stderr.contains("the session was revoked"), "{stderr}");
     // Revoked with the older clients' copy of the refresh token.
-    let revoked: Vec<Value> = idp
-        .requests()
-        .into_iter()
-        .filter(|r| r["endpoint"] == "revocation")
-        .collect();
+    let revoked = idp.revocations();
     assert_eq!(revoked[0]["params"]["token"], refresh.as_str());
     assert!(!home.legacy("cloud_access_token").exists());
     assert!(!home.legacy("cloud_refresh_token").exists());

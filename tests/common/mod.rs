@@ -165,6 +165,13 @@ impl Idp {
             .collect()
     }
 
+    pub fn revocations(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["endpoint"] == "revocation")
+            .collect()
+    }
+
     pub fn grant_types(&self) -> Vec<String> {
         self.token_requests()
             .iter()
