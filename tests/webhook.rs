@@ -403,6 +403,17 @@ async fn wait_healthy(c: &reqwest::Client, hook: &mut Webhook) {
     }
 }
 
+/// The webhook's /metrics page, over the given client.
+async fn metrics(c: &reqwest::Client, hook: &Webhook) -> String {
+    c.get(hook.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn write_pair(dir: &Path, cert: &str, key: &str) {
     std::fs::write(dir.join("tls.crt"), cert).unwrap();
     std::fs::write(dir.join("tls.key"), key).unwrap();
@@ -490,14 +501,7 @@ async fn webhook_over_https_patches_pods_that_kubernetes_accepts() {
     assert_eq!(injected, 6);
     kube::validate(&[&out]);
 
-    let metrics = c
-        .get(hook.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&c, &hook).await;
     assert!(
         metrics.contains("polars_cloud_auth_webhook_reviews_total{result=\"injected\"} 12\n"),
         "{metrics}"
@@ -646,14 +650,7 @@ async fn certificate_rotates_while_serving() {
     let r = keep.get(hook.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(hook.alive());
-    let metrics = keep
-        .get(hook.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&keep, &hook).await;
     assert!(
         metrics.contains("certificate_reloads_total{result=\"ok\"} 2\n"),
         "{metrics}"
