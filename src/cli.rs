@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::{
-    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RenewArgs, ServeArgs, WebhookArgs,
+    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
+    WebhookArgs,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -77,6 +78,8 @@ pub struct InitArgs {
     pub file: FileArgs,
     #[command(flatten)]
     pub renew: RenewArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +92,8 @@ pub struct SidecarArgs {
     pub renew: RenewArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 #[derive(Args, Debug)]
