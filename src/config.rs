@@ -323,7 +323,8 @@ pub struct RelayArgs {
     /// auth.{domain} [default: polars-cloud-auth.internal].
     #[arg(long = "relay-domain", env = "POLARS_CLOUD_RELAY_DOMAIN", value_parser = inject::check::domain)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    #[serde(rename = "domain")]
+    pub relay_domain: Option<String>,
     /// Where the relay keeps its CA and handle keys; mounted by our container only
     /// [default: /var/run/polars-cloud-auth].
     #[arg(
@@ -332,7 +333,8 @@ pub struct RelayArgs {
         value_name = "DIR"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state_dir: Option<PathBuf>,
+    #[serde(rename = "state-dir")]
+    pub relay_state_dir: Option<PathBuf>,
     /// The CA bundle the apps trust (their SSL_CERT_FILE): the system roots plus the
     /// relay's CA [default: ca-bundle.pem beside the token file].
     #[arg(
@@ -341,7 +343,8 @@ pub struct RelayArgs {
         value_name = "PATH"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_bundle: Option<PathBuf>,
+    #[serde(rename = "ca-bundle")]
+    pub relay_ca_bundle: Option<PathBuf>,
     /// Address of the relay's TLS listener (sidecar) [default: 127.0.0.1:443, the port
     /// the client always uses].
     #[arg(
@@ -351,7 +354,8 @@ pub struct RelayArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
-    pub listen: Option<std::net::SocketAddr>,
+    #[serde(rename = "listen")]
+    pub relay_listen: Option<std::net::SocketAddr>,
 }
 
 impl RelayArgs {
@@ -364,16 +368,16 @@ impl RelayArgs {
         let bundle_dir = token_file.path().parent().unwrap_or(Path::new("/"));
         Some(relay::Settings {
             domain: self
-                .domain
+                .relay_domain
                 .clone()
                 .unwrap_or_else(|| relay::DEFAULT_DOMAIN.to_string()),
             state_dir: self
-                .state_dir
+                .relay_state_dir
                 .clone()
                 .unwrap_or_else(|| relay::DEFAULT_STATE_DIR.into()),
             client_configs: self.client_configs.clone(),
             ca_bundle: self
-                .ca_bundle
+                .relay_ca_bundle
                 .clone()
                 .unwrap_or_else(|| bundle_dir.join(relay::CA_BUNDLE_FILE)),
             system_roots: std::env::var_os("SSL_CERT_FILE")
@@ -385,7 +389,7 @@ impl RelayArgs {
     }
 
     pub fn listen(&self) -> std::net::SocketAddr {
-        self.listen
+        self.relay_listen
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 443)))
     }
 }

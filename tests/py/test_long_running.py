@@ -1,0 +1,237 @@
+"""Injected pods whose REAL polars-cloud 0.12 client runs for many token lives.
+
+The pod spec is what `polars-cloud-auth inject` writes (the webhook calls the same
+function); tests/py/kubelet.py runs it as a kubelet would (network and mount namespaces,
+uids, fsGroup, hostAliases, sysctls, native-sidecar start order). The test identity
+provider runs on the pod's loopback with 20 s tokens and a 45 s session maximum, so a
+100 s run spans five token lives and at least two ends of the IdP session. The app's
+client calls the API once a second; the stand-in API accepts only tokens the IdP signed
+and that have not expired (tests/py/client/long_client.py).
+
+Slow: runs under `scripts/test.sh --slow` (POLARS_CLOUD_AUTH_SLOW=1), which CI uses; the
+duration can be set with POLARS_CLOUD_AUTH_LONG_RUN (seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+
+import kubelet  # noqa: E402
+
+SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
+BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
+PYTHON = ROOT / ".venv" / "bin" / "python"
+LONG_CLIENT = HERE / "client" / "long_client.py"
+SECRET = "Zq9+UNIQUE/SECRET=77&x"
+TOKEN_TTL = 20
+SESSION_MAX = 45
+DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "100"))
+
+pytestmark = pytest.mark.skipif(
+    not SLOW, reason="slow: runs with scripts/test.sh --slow (POLARS_CLOUD_AUTH_SLOW=1)"
+)
+
+
+def require_peers() -> None:
+    why = kubelet.available()
+    if why:
+        pytest.fail(why)
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run cargo build first (scripts/test.sh does)")
+
+
+class Idp:
+    """The test IdP (tests/idp) inside the pod's network namespace."""
+
+    def __init__(self, net: kubelet.Network, **env: str) -> None:
+        full = dict(os.environ)
+        full.update(
+            IDP_TOKEN_TTL=str(TOKEN_TTL),
+            IDP_SESSION_MAX=str(SESSION_MAX),
+            IDP_REFRESH_TTL=str(SESSION_MAX),
+            IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
+        )
+        full.update(env)
+        self.net = net
+        self.proc = net.popen(
+            ["node", str(ROOT / "tests" / "idp" / "server.mjs")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=full,
+        )
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.issuer: str = ready["issuer"]
+        self.port: int = ready["port"]
+
+    def requests(self) -> list[dict[str, Any]]:
+        out = self.net.run(["curl", "-sf", f"http://127.0.0.1:{self.port}/__test/requests"])
+        body = json.loads(out.stdout)
+        return body["requests"] if isinstance(body, dict) else body
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def app_container(name: str, duration: float, jwks: str, processes: int = 1) -> dict[str, Any]:
+    client = [str(PYTHON), str(LONG_CLIENT), "--duration", str(duration), "--jwks", jwks]
+    if processes == 1:
+        command = client
+    else:
+        # Several client processes in one container, sharing its config directory.
+        one = " ".join(client)
+        command = ["/bin/sh", "-c", " & ".join([one] * processes) + " & wait"]
+    return {"name": name, "image": "python:3.12-slim", "command": command}
+
+
+def injected(manifest: dict[str, Any], issuer: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [str(BINARY), "inject", "--issuer", issuer, "-"],
+        input=yaml.safe_dump(manifest).encode(),
+        capture_output=True,
+        check=True,
+    )
+    return yaml.safe_load(out.stdout)
+
+
+def pod_manifest(
+    name: str,
+    containers: list[dict[str, Any]],
+    mode: str,
+    run_as: int,
+    fs_group: int | None,
+) -> dict[str, Any]:
+    security: dict[str, Any] = {"runAsUser": run_as, "runAsGroup": run_as}
+    if fs_group is not None:
+        security["fsGroup"] = fs_group
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"polars.cloud/inject": "true"},
+            "annotations": {"polars.cloud/mode": mode, "polars.cloud/min-valid": "10s"},
+        },
+        "spec": {"securityContext": security, "containers": containers},
+    }
+
+
+def jwt_payload(token: str | None) -> str:
+    import base64
+
+    try:
+        part = (token or "").split(".")[1]
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+    except (IndexError, ValueError):
+        return ""
+
+
+def results(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def run_pod(name: str, mode: str, run_as: int, fs_group: int | None, processes: int = 1):
+    """Runs one injected pod to the end of its app container; returns what was seen."""
+    net = kubelet.Network()
+    idp = Idp(net)
+    try:
+        jwks = f"{idp.issuer}/protocol/openid-connect/certs"
+        manifest = pod_manifest(
+            name, [app_container("app", DURATION, jwks, processes)], mode, run_as, fs_group
+        )
+        spec = injected(manifest, idp.issuer)
+        images = {c["image"]: str(BINARY) for c in spec["spec"]["initContainers"]}
+        creds = {"client_id": "test-sa", "client_secret": SECRET}
+        pod = kubelet.Pod(
+            spec, images=images, secrets={"polars-cloud-credentials": creds}, network=net
+        )
+        try:
+            pod.start()
+            rc = pod.wait("app", DURATION + 90)
+            app = pod.container("app")
+            return {
+                "rc": rc,
+                "results": results(app.stdout()),
+                "app_stderr": app.stderr(),
+                "ours": {c.name: c.stderr() for c in pod.containers if c.name != "app"},
+                "requests": idp.requests(),
+                "spec": spec,
+                "files": snapshot(pod, "app"),
+            }
+        finally:
+            pod.cleanup()
+    finally:
+        idp.stop()
+        net.close()
+
+
+def snapshot(pod: kubelet.Pod, container: str) -> dict[str, bytes]:
+    """Every file the container can see through its volumes."""
+    out: dict[str, bytes] = {}
+    spec = next(c for c in pod.spec["containers"] + pod.spec.get("initContainers", []) if c["name"] == container)
+    for m in spec.get("volumeMounts", []):
+        root = pod.volume_dirs[m["name"]]
+        for p in root.rglob("*"):
+            if p.is_file():
+                out[f"{m['mountPath']}/{p.relative_to(root)}"] = p.read_bytes()
+    return out
+
+
+def check(seen: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+    """The assertions every run must pass; returns figures for the report."""
+    res = seen["results"]
+    assert seen["rc"] == 0 and len(res) == processes, (
+        f"app exited {seen['rc']} with {res}\n--- app stderr\n{seen['app_stderr'][-3000:]}"
+        + "".join(f"\n--- {k}\n{v[-3000:]}" for k, v in seen["ours"].items())
+    )
+    for r in res:
+        assert r["failed"] == 0 and r["calls"] >= DURATION * 0.8, r
+        assert r["outside"] == [], r
+        # The client really moved through tokens: one per life at least.
+        assert r["bearers"] >= int(DURATION // TOKEN_TTL), r
+    token_requests = [q for q in seen["requests"] if q["path"].endswith("/token")]
+    grants = [q["params"].get("grant_type") for q in token_requests]
+    # The IdP session ended (SSO Session Max) at least once: a new password grant.
+    assert grants.count("password") >= 2, grants
+    # The app's handles never reach the IdP (they are worth nothing there anyway).
+    for q in token_requests:
+        assert "pod-local refresh handle" not in jwt_payload(q["params"].get("refresh_token")), q
+    # The app container never holds the client secret: not in its environment, its
+    # files or what it printed.
+    app = next(c for c in seen["spec"]["spec"]["containers"] if c["name"] == "app")
+    assert all(SECRET not in str(e.get("value", "")) for e in app.get("env", []))
+    for path, data in seen["files"].items():
+        assert SECRET.encode() not in data, path
+    assert SECRET not in seen["app_stderr"]
+    for text in seen["ours"].values():
+        assert SECRET not in text
+    return {
+        "calls": sum(r["calls"] for r in res),
+        "failed": sum(r["failed"] for r in res),
+        "idp_token_requests": len(token_requests),
+        "password_grants": grants.count("password"),
+        "refreshes": grants.count("refresh_token"),
+    }
+
+
+def test_one_pod_quick_debug():
+    require_peers()
+    seen = run_pod("debug", "native", 1000, None)
+    print(json.dumps(check(seen)))
