@@ -147,15 +147,24 @@ def results(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def run_pod(name: str, mode: str, run_as: int, fs_group: int | None, processes: int = 1):
+def run_pod(
+    name: str,
+    mode: str,
+    run_as: int,
+    fs_group: int | None,
+    processes: int = 1,
+    duration: float = DURATION,
+    annotations: dict[str, str] | None = None,
+):
     """Runs one injected pod to the end of its app container; returns what was seen."""
     net = kubelet.Network()
     idp = Idp(net)
     try:
         jwks = f"{idp.issuer}/protocol/openid-connect/certs"
         manifest = pod_manifest(
-            name, [app_container("app", DURATION, jwks, processes)], mode, run_as, fs_group
+            name, [app_container("app", duration, jwks, processes)], mode, run_as, fs_group
         )
+        manifest["metadata"]["annotations"].update(annotations or {})
         spec = injected(manifest, idp.issuer)
         images = {c["image"]: str(BINARY) for c in spec["spec"]["initContainers"]}
         creds = {"client_id": "test-sa", "client_secret": SECRET}
@@ -164,7 +173,7 @@ def run_pod(name: str, mode: str, run_as: int, fs_group: int | None, processes: 
         )
         try:
             pod.start()
-            rc = pod.wait("app", DURATION + 90)
+            rc = pod.wait("app", duration + 90)
             app = pod.container("app")
             return {
                 "rc": rc,
@@ -231,7 +240,45 @@ def check(seen: dict[str, Any], processes: int = 1) -> dict[str, Any]:
     }
 
 
-def test_one_pod_quick_debug():
+# (name, mode, app uid, fsGroup, client processes in the app container)
+PODS = [
+    ("native-uid1000", "native", 1000, None, 1),
+    ("native-fsgroup", "native", 1000, 2000, 1),
+    ("classic-uid1000", "classic", 1000, None, 1),
+    ("classic-fsgroup", "classic", 1000, 2000, 1),
+    ("native-4-processes", "native", 1000, None, 4),
+]
+
+
+def test_injected_pods_keep_their_real_client_working_across_token_lives_and_session_ends():
+    """Five pods at once (the run takes one DURATION): native and classic, with and
+    without fsGroup, and one with four client processes sharing a config directory."""
     require_peers()
-    seen = run_pod("debug", "native", 1000, None)
-    print(json.dumps(check(seen)))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(PODS)) as ex:
+        futures = {name: ex.submit(run_pod, name, mode, uid, fsg, n) for name, mode, uid, fsg, n in PODS}
+        seen = {name: f.result() for name, f in futures.items()}
+    figures = {}
+    for name, mode, uid, fsg, n in PODS:
+        figures[name] = check(seen[name], processes=n)
+    # One IdP session per pod, not per process: four processes cost the IdP what one
+    # does (the same renewal schedule; allow one renewal of difference for timing).
+    one, four = figures["native-uid1000"], figures["native-4-processes"]
+    assert abs(four["idp_token_requests"] - one["idp_token_requests"]) <= 2, figures
+    print("\nlong-running pods:", json.dumps(figures))
+
+
+def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the_first_token():
+    """The controls, and init-only's documented limit: with `polars.cloud/relay: "false"`
+    the 0.12 client finds no token at all (it ignores the token file); in init-only mode
+    (no sidecar to refresh through) it works until its first token nears expiry."""
+    require_peers()
+    off = run_pod("relay-off", "native", 1000, None, duration=5,
+                  annotations={"polars.cloud/relay": "false"})
+    [r] = off["results"]
+    assert r["ok"] == 0 and any("not found" in e for e in r["errors"]), r
+    init_only = run_pod("init-only", "init-only", 1000, None, duration=TOKEN_TTL + 10)
+    [r] = init_only["results"]
+    assert r["ok"] >= 5 and r["failed"] > 0, r
+    assert r["first_error_at_s"] <= TOKEN_TTL, r
