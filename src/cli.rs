@@ -197,6 +197,11 @@ pub struct LogoutArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// Only put one token into POLARS_CLOUD_ACCESS_TOKEN, as before the relay: the client
+    /// cannot renew it, so the command must end within the token's life. By default the
+    /// command's client renews its token through polars-cloud-auth (the relay).
+    #[arg(long, env = "POLARS_CLOUD_EXEC_ENV_TOKEN")]
+    pub env_token: bool,
     /// A stored token is used only when it stays valid at least this long; otherwise a new
     /// one is fetched with the configured credentials.
     #[arg(

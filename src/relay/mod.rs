@@ -15,6 +15,7 @@
 
 pub mod endpoint;
 pub mod handle;
+pub mod local;
 pub mod pki;
 pub mod proxy;
 

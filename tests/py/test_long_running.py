@@ -282,3 +282,103 @@ def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the
     [r] = init_only["results"]
     assert r["ok"] >= 5 and r["failed"] > 0, r
     assert r["first_error_at_s"] <= TOKEN_TTL, r
+
+
+class HostIdp:
+    """The test IdP on this machine's loopback (for `exec`, which runs outside pods)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            IDP_TOKEN_TTL=str(TOKEN_TTL),
+            IDP_SESSION_MAX=str(SESSION_MAX),
+            IDP_REFRESH_TTL=str(SESSION_MAX),
+            IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
+        )
+        self.proc = subprocess.Popen(
+            ["node", str(ROOT / "tests" / "idp" / "server.mjs")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        self.issuer: str = ready["issuer"]
+        self.port: int = ready["port"]
+
+    def requests(self) -> list[dict[str, Any]]:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__test/requests") as r:
+            return json.load(r)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLARS_CLOUD")}
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(k, None)
+    env.update(extra)
+    return env
+
+
+def test_exec_keeps_its_child_working_across_token_lives_and_session_ends(tmp_path):
+    """`exec` with service-account credentials (it renews itself) and `exec` next to a
+    sidecar's token file (it follows the file), each running the real client for
+    DURATION; the child holds neither the secret nor anything the IdP accepts."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run cargo build first")
+    idp = HostIdp()
+    sidecar = None
+    try:
+        jwks = f"{idp.issuer}/protocol/openid-connect/certs"
+        client = [str(PYTHON), str(LONG_CLIENT), "--duration", str(DURATION), "--jwks", jwks]
+        base = clean_env(
+            POLARS_CLOUD_ISSUER=idp.issuer,
+            POLARS_CLOUD_CLIENT_ID="test-sa",
+            POLARS_CLOUD_CLIENT_SECRET=SECRET,
+            HOME=str(tmp_path),
+        )
+        token_file = tmp_path / "sidecar" / "token"
+        sidecar = subprocess.Popen(
+            [str(BINARY), "sidecar", "--token-file", str(token_file), "--listen", "127.0.0.1:0"],
+            env=base, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for _ in range(100):
+            if token_file.exists():
+                break
+            time.sleep(0.1)
+        # The child of the second exec gets no credentials at all: only the file.
+        file_env = {k: v for k, v in base.items() if k != "POLARS_CLOUD_CLIENT_SECRET"}
+        runs = {
+            "credentials": subprocess.Popen(
+                [str(BINARY), "exec", "--", *client],
+                env=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            ),
+            "token-file": subprocess.Popen(
+                [str(BINARY), "exec", "--min-valid", "5s", "--token-file", str(token_file), "--", *client],
+                env=file_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            ),
+        }
+        figures = {}
+        for name, p in runs.items():
+            out, err = p.communicate(timeout=DURATION + 90)
+            text = err.decode(errors="replace")
+            assert p.returncode == 0, f"{name}: exit {p.returncode}\n{out.decode()}\n{text[-4000:]}"
+            [r] = results(out.decode())
+            assert r["failed"] == 0 and r["calls"] >= DURATION * 0.8, (name, r)
+            assert r["bearers"] >= int(DURATION // TOKEN_TTL), (name, r)
+            assert SECRET not in text and SECRET not in out.decode()
+            figures[name] = r
+        grants = [q["params"].get("grant_type") for q in idp.requests() if q["path"].endswith("/token")]
+        assert grants.count("password") >= 3, grants  # the session ended for both renewers
+        print("\nexec:", json.dumps(figures))
+    finally:
+        if sidecar is not None:
+            sidecar.terminate()
+            sidecar.wait(10)
+        idp.stop()
