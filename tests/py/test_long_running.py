@@ -382,3 +382,113 @@ def test_exec_keeps_its_child_working_across_token_lives_and_session_ends(tmp_pa
             sidecar.terminate()
             sidecar.wait(10)
         idp.stop()
+
+
+def read_file_commands(path: Path) -> dict[str, str]:
+    """A GITHUB_ENV / GITHUB_STATE file as the runner reads it (heredoc entries)."""
+    out: dict[str, str] = {}
+    lines = path.read_text().split("\n") if path.exists() else []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line:
+            name, delim = line.split("<<", 1)
+            j = lines.index(delim, i + 1)
+            out[name] = "\n".join(lines[i + 1 : j])
+            i = j + 1
+        elif "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = v
+            i += 1
+        else:
+            i += 1
+    return out
+
+
+def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry(tmp_path):
+    """The action's main step with `long-running: true`; a later step starting after the
+    first token expired runs the real client for DURATION (across session ends); the post
+    step stops the relay and revokes its session. The default export is the control: the
+    same later step fails with the exported token."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run cargo build first")
+    idp = HostIdp()
+    try:
+        jwks = f"{idp.issuer}/protocol/openid-connect/certs"
+        runner = tmp_path / "runner"
+        temp = runner / "_temp"
+        temp.mkdir(parents=True)
+        files = {n: runner / n.lower() for n in ("GITHUB_ENV", "GITHUB_STATE", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY")}
+
+        def step_env(**extra: str) -> dict[str, str]:
+            env = clean_env(RUNNER_TEMP=str(temp), GITHUB_WORKSPACE=str(runner / "work"), HOME=str(tmp_path))
+            env.update({k: str(v) for k, v in files.items()})
+            env.update(extra)
+            return env
+
+        inputs = {
+            "INPUT_CLIENT-ID": "test-sa",
+            "INPUT_CLIENT-SECRET": SECRET,
+            "INPUT_ISSUER": idp.issuer,
+            "INPUT_EXPORT-ENV": "true",
+            "INPUT_RETRIES": "2",
+        }
+        def main(long_running: bool) -> tuple[str, dict[str, str]]:
+            for f in files.values():
+                f.write_text("")
+            out = subprocess.run(
+                [str(BINARY), "github-action", "main"],
+                env=step_env(**inputs, **{"INPUT_LONG-RUNNING": str(long_running).lower()}),
+                capture_output=True, timeout=60,
+            )
+            log = out.stdout.decode() + out.stderr.decode()
+            assert out.returncode == 0, log
+            assert SECRET not in log
+            return log, read_file_commands(files["GITHUB_ENV"])
+
+        def later_step(exported: dict[str, str], duration: float) -> dict[str, Any]:
+            out = subprocess.run(
+                [str(PYTHON), str(LONG_CLIENT), "--duration", str(duration), "--jwks", jwks],
+                env=step_env(**exported), capture_output=True, timeout=duration + 90,
+            )
+            [r] = results(out.stdout.decode())
+            return r
+
+        # The control: the default export is one token; a later step after its expiry fails.
+        log, exported = main(long_running=False)
+        assert "POLARS_CLOUD_ACCESS_TOKEN" in exported
+        assert "long-running: true" in files["GITHUB_STEP_SUMMARY"].read_text()
+        assert "long-running: true" in log
+        time.sleep(TOKEN_TTL + 1)
+        r = later_step(exported, 3)
+        assert r["ok"] == 0 and any("expired" in e for e in r["errors"]), r
+
+        # long-running: the later step starts after the first token's life and runs on.
+        log, exported = main(long_running=True)
+        assert "POLARS_CLOUD_ACCESS_TOKEN" not in exported, exported
+        assert {"POLARS_CLOUD_CONFIG_DIR", "POLARS_CLOUD_DOMAIN", "HTTPS_PROXY", "SSL_CERT_FILE"} <= set(exported)
+        state = read_file_commands(files["GITHUB_STATE"])
+        pid = int(state["relay_pid"])
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert SECRET.encode() not in environ, "the relay's environment holds the secret"
+        time.sleep(TOKEN_TTL + 1)
+        r = later_step(exported, DURATION)
+        assert r["failed"] == 0 and r["calls"] >= DURATION * 0.8, r
+        assert r["bearers"] >= int(DURATION // TOKEN_TTL), r
+        config_dir = Path(exported["POLARS_CLOUD_CONFIG_DIR"])
+        assert SECRET.encode() not in (config_dir / "config.toml").read_bytes()
+
+        post = subprocess.run(
+            [str(BINARY), "github-action", "post"],
+            env=step_env(**inputs, **{f"STATE_{k}": v for k, v in state.items()}),
+            capture_output=True, timeout=60,
+        )
+        assert post.returncode == 0, post.stderr.decode()
+        assert not Path(f"/proc/{pid}").exists(), "the relay still runs after post"
+        assert not config_dir.exists(), "the relay's directory outlived post"
+        revokes = [q for q in idp.requests() if q["path"].endswith("/revoke")]
+        assert len(revokes) >= 2, revokes  # main's session, and the relay's own
+        relay_log = (temp / "polars-cloud-auth-relay.log").read_text()
+        assert SECRET not in relay_log
+    finally:
+        idp.stop()
