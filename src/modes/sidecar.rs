@@ -35,6 +35,8 @@ pub struct Health {
     write_failures: AtomicU64,
     rejected: AtomicBool,
     expires_at: Mutex<Option<SystemTime>>,
+    /// The relay, when the app's client refreshes through us (its counters).
+    relay: std::sync::OnceLock<Arc<Relay>>,
 }
 
 impl Health {
@@ -105,6 +107,18 @@ impl Health {
             "Seconds until the token on disk expires.",
             &[("", left)],
         );
+        if let Some(relay) = self.relay.get() {
+            metric(
+                &mut out,
+                "relay_requests_total",
+                "counter",
+                "Token requests of the app's clients at the relay, by result.",
+                &[
+                    ("{result=\"served\"}", count(&relay.served)),
+                    ("{result=\"refused\"}", count(&relay.refused)),
+                ],
+            );
+        }
         let ready = u8::from(self.ready(now, margin)).to_string();
         metric(
             &mut out,
@@ -200,6 +214,7 @@ pub async fn run(
                 "relay started"
             );
             let served = Relay::new(prepared.clone(), current);
+            let _ = health.relay.set(served.clone());
             tokio::spawn(endpoint::serve(relay_listener, served, cancel.clone()));
             Some((relay_settings, prepared))
         }
