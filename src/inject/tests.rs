@@ -647,3 +647,39 @@ fn init_only_pods_get_the_relay_files_but_no_port_sysctl() {
         Some("/var/run/polars-cloud-client/app")
     );
 }
+
+/// Every variable the injector gives our containers is read by an argument of the mode
+/// that container runs (clap's `env`), so a renamed flag cannot leave a dead variable.
+#[test]
+fn our_containers_get_only_variables_their_mode_reads() {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let reads = |mode: &str| -> BTreeSet<String> {
+        let sub = cli.find_subcommand(mode).unwrap();
+        sub.get_arguments()
+            .chain(cli.get_arguments())
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    };
+    for mode in ["native", "classic", "init-only"] {
+        let p = injected(&pod(json!({"polars.cloud/mode": mode}), app()));
+        let ours = p["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(p["spec"]["containers"].as_array().unwrap())
+            .filter(|c| c["name"].as_str().unwrap().starts_with("polars-cloud-auth"));
+        for c in ours {
+            let subcommand = c["args"][0].as_str().unwrap();
+            let known = reads(subcommand);
+            for e in c["env"].as_array().unwrap() {
+                let name = e["name"].as_str().unwrap();
+                assert!(
+                    known.contains(name),
+                    "{mode}: `{subcommand}` reads no {name}"
+                );
+            }
+        }
+    }
+}
