@@ -51,9 +51,10 @@ pub mod annotation {
     pub const MIN_VALID: &str = "polars.cloud/min-valid";
     pub const RENEW_AT: &str = "polars.cloud/renew-at";
     pub const RELAY: &str = "polars.cloud/relay";
+    pub const ALLOW_SHARED_PROCESSES: &str = "polars.cloud/allow-shared-processes";
 
     /// Every annotation we read, for the warning about unknown ones.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SECRET_NAME,
         TOKEN_PATH,
         MODE,
@@ -65,6 +66,7 @@ pub mod annotation {
         MIN_VALID,
         RENEW_AT,
         RELAY,
+        ALLOW_SHARED_PROCESSES,
     ];
 }
 
@@ -148,11 +150,28 @@ impl TokenPath {
             return Err(bad());
         }
         let path = Self(s.to_string());
-        let (dir, creds) = (path.dir(), CREDENTIALS_DIR);
+        let dir = path.dir();
         let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
-        if inside(dir, creds) || inside(creds, dir) {
+        for ours in [
+            CREDENTIALS_DIR,
+            relay::CLIENT_DIR,
+            crate::relay::DEFAULT_STATE_DIR,
+        ] {
+            if inside(dir, ours) || inside(ours, dir) {
+                return Err(format!(
+                    "'{s}' puts the token volume at {dir}, which overlaps polars-cloud-auth's mount {ours}; choose another directory"
+                ));
+            }
+        }
+        // A volume mounted there would hide the image's own files: programs (ours among
+        // them), libraries, the CA bundle, or the kernel's interfaces.
+        const SYSTEM: [&str; 12] = [
+            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc",
+            "/dev", "/sys", "/boot",
+        ];
+        if let Some(system) = SYSTEM.iter().find(|sys| inside(dir, sys)) {
             return Err(format!(
-                "'{s}' puts the token volume at {dir}, which overlaps the credentials mount {creds}; choose another directory"
+                "'{s}' puts the token volume at {dir}, inside {system}, where it would hide the image's own files; choose a directory such as /var/run/polars-cloud"
             ));
         }
         Ok(path)
@@ -372,6 +391,12 @@ pub enum InjectError {
         "the pod sets the sysctl net.ipv4.ip_unprivileged_port_start to {found}, but polars-cloud-auth's relay needs it at most 443 to serve the app's token refreshes on port 443; lower it, or set the annotation polars.cloud/relay: \"false\""
     )]
     SysctlConflict { found: String },
+    /// The pod shares process namespaces, so its other containers could read our
+    /// container's files, the credentials among them, through /proc.
+    #[error(
+        "the pod sets {field}: true, so its other containers can read the polars-cloud-auth container's files, the client secret among them, through /proc/<pid>/root; remove {field}, or accept that risk with the annotation polars.cloud/allow-shared-processes: \"true\""
+    )]
+    SharedProcesses { field: &'static str },
     /// The pod is not for Linux.
     #[error(
         "the pod is for {0} (spec.os.name) but polars-cloud-auth runs on linux only; remove the label polars.cloud/inject"
@@ -561,6 +586,31 @@ pub fn inject(
         && os.name != "linux"
     {
         return Err(InjectError::UnsupportedOs(os.name.clone()));
+    }
+    let allow_shared = match ann.get(annotation::ALLOW_SHARED_PROCESSES) {
+        Some(v) => check::switch(v.trim()).map_err(|reason| InjectError::Annotation {
+            key: annotation::ALLOW_SHARED_PROCESSES,
+            reason,
+        })?,
+        None => false,
+    };
+    for (field, set) in [
+        ("spec.shareProcessNamespace", spec.share_process_namespace),
+        ("spec.hostPID", spec.host_pid),
+    ] {
+        if set == Some(true) {
+            if !allow_shared {
+                return Err(InjectError::SharedProcesses { field });
+            }
+            warnings.push(format!(
+                "{field} is true and polars.cloud/allow-shared-processes accepts it: the pod's other containers can read the client secret through /proc"
+            ));
+        }
+    }
+    if spec.host_network == Some(true) {
+        warnings.push(format!(
+            "hostNetwork pods get the sidecar's listener on the node's port {SIDECAR_PORT}: two such pods on one node collide; set polars.cloud/mode: init-only, or run the pod without hostNetwork"
+        ));
     }
     let marked = ann.contains_key(INJECTED_ANNOTATION);
     let init = spec.init_containers.as_deref().unwrap_or_default();

@@ -683,3 +683,46 @@ fn our_containers_get_only_variables_their_mode_reads() {
         }
     }
 }
+
+#[test]
+fn shared_process_namespaces_are_refused_unless_accepted() {
+    for field in ["shareProcessNamespace", "hostPID"] {
+        let mut p = pod(json!({}), app());
+        p["spec"][field] = json!(true);
+        let e = err(&p);
+        assert!(e.contains(field) && e.contains("client secret"), "{e}");
+        let mut ok = pod(
+            json!({"polars.cloud/allow-shared-processes": "true"}),
+            app(),
+        );
+        ok["spec"][field] = json!(true);
+        let (_, outcome) = run(&ok, &Settings::default()).unwrap();
+        assert!(
+            outcome.warnings.iter().any(|w| w.contains("/proc")),
+            "{:?}",
+            outcome.warnings
+        );
+    }
+}
+
+#[test]
+fn token_paths_that_would_hide_system_files_or_ours_are_refused() {
+    for bad in [
+        "/usr/local/bin/token",
+        "/etc/ssl/token",
+        "/proc/x/token",
+        "/dev/shm/token",
+        "/var/run/polars-cloud-auth/token",
+        "/var/run/polars-cloud-client/token",
+        "/var/run/secrets/polars-cloud/token",
+    ] {
+        assert!(TokenPath::parse(bad).is_err(), "{bad}");
+    }
+    for good in [
+        "/var/run/polars-cloud/token",
+        "/run/tokens/polars",
+        "/tmp/t/token",
+    ] {
+        assert!(TokenPath::parse(good).is_ok(), "{good}");
+    }
+}
