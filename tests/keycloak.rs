@@ -543,6 +543,12 @@ fn sidecar_refreshes_then_signs_in_again_when_the_session_reaches_its_max() {
                 c["exp"].as_f64().unwrap() > now_secs(),
                 "the file held an expired token"
             );
+            // Refreshing near the session's max would bring tokens cut short by its end.
+            assert_eq!(
+                c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+                6,
+                "a token cut short by the session's end: {c}"
+            );
             let sid = c["sid"].as_str().unwrap().to_string();
             let jti = c["jti"].as_str().unwrap().to_string();
             match sessions.last_mut() {
