@@ -548,12 +548,10 @@ fn sidecar_refreshes_then_signs_in_again_when_the_session_reaches_its_max() {
     while start.elapsed() < Duration::from_secs(60) {
         if let Ok(token) = std::fs::read_to_string(&path) {
             let c = claims(&token);
-            // Refreshing near the session's max would bring tokens cut short by its end.
-            assert_eq!(
-                c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
-                6,
-                "a token cut short by the session's end: {c}"
-            );
+            // Refreshing near the session's max would bring tokens cut short by its end
+            // (to 3.5 s or less here); a second of slack for a slow answer on a busy machine.
+            let life = c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap();
+            assert!(life >= 5, "a token cut short by the session's end: {c}");
             let sid = c["sid"].as_str().unwrap().to_string();
             let jti = c["jti"].as_str().unwrap().to_string();
             match sessions.last_mut() {
