@@ -28,5 +28,17 @@ echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, lint
 if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
   # Each slow peer adds its block here: install or start it (cached), run its suite.
-  :
+
+  echo "== Keycloak conformance (tests/keycloak.rs, real Keycloak; tests/keycloak/README.md)"
+  # A subshell of its own: one Keycloak for the block, stopped by the trap whatever happens.
+  (
+    POLARS_CLOUD_AUTH_KEYCLOAK_RUN=$(mktemp -d)
+    export POLARS_CLOUD_AUTH_KEYCLOAK_RUN
+    trap 'bash scripts/keycloak.sh stop || true; rm -rf "$POLARS_CLOUD_AUTH_KEYCLOAK_RUN"' EXIT
+    kc_env=$(bash scripts/keycloak.sh start)
+    eval "$kc_env"
+    cargo test --locked --test keycloak -- --ignored --test-threads=1
+    # Suites that need Keycloak too run here; they find it through the same variables
+    # (tests/py/keycloak_peer.py).
+  )
 fi
