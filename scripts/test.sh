@@ -38,6 +38,7 @@ if [ "$slow" = 1 ]; then
     kc_env=$(bash scripts/keycloak.sh start)
     eval "$kc_env"
     cargo test --locked --test keycloak -- --ignored --test-threads=1
+    .venv/bin/pytest -q tests/py/test_keycloak_long_running.py
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).
   )

@@ -84,6 +84,14 @@ pub fn after_rejection(policy: &Policy, draw: f64) -> Duration {
         .mul_f64(0.9 + 0.2 * draw.clamp(0.0, 1.0))
 }
 
+/// The margin a readiness check can ask of `token`: `wanted`, but never more than a tenth
+/// of the token's life. A token is renewed when a fifth to three tenths of its life are
+/// left, so with short tokens a fixed margin (30 s) would fail between renewals, and a
+/// token living less than the margin would never pass at all.
+pub fn margin_for(lifetime: Duration, wanted: Duration) -> Duration {
+    wanted.min(lifetime.mul_f64(0.1))
+}
+
 /// A uniform draw in [0, 1) for the functions above.
 pub fn draw() -> f64 {
     rand::random::<f64>()
@@ -116,6 +124,17 @@ mod tests {
             next_renewal(&token(1000, 300), secs(1100), &p, 0.0),
             Duration::from_secs(140)
         );
+    }
+
+    #[test]
+    fn readiness_margins_shrink_with_short_tokens() {
+        let wanted = Duration::from_secs(30);
+        assert_eq!(margin_for(token(0, 300).lifetime(), wanted), wanted);
+        assert_eq!(
+            margin_for(token(0, 40).lifetime(), wanted),
+            Duration::from_secs(4)
+        );
+        assert_eq!(margin_for(token(0, 3600).lifetime(), wanted), wanted);
     }
 
     #[test]

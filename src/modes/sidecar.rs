@@ -35,6 +35,8 @@ pub struct Health {
     write_failures: AtomicU64,
     rejected: AtomicBool,
     expires_at: Mutex<Option<SystemTime>>,
+    /// The life of the token on disk, for the readiness margin.
+    lifetime: Mutex<Option<Duration>>,
     /// The relay, when the app's client refreshes through us (its counters).
     relay: std::sync::OnceLock<Arc<Relay>>,
 }
@@ -45,6 +47,9 @@ impl Health {
         self.rejected.store(false, Ordering::Relaxed);
         if let Ok(mut at) = self.expires_at.lock() {
             *at = Some(token.expires_at());
+        }
+        if let Ok(mut life) = self.lifetime.lock() {
+            *life = Some(token.lifetime());
         }
     }
 
@@ -66,9 +71,12 @@ impl Health {
         })
     }
 
-    /// Ready: the token on disk is valid for at least `margin`, and the last attempt was
-    /// not a rejection of the credentials.
+    /// Ready: the token on disk is valid for at least `margin` (at most a tenth of its
+    /// life, see [`renew::margin_for`]), and the last attempt was not a rejection of the
+    /// credentials.
     pub fn ready(&self, now: SystemTime, margin: Duration) -> bool {
+        let life = self.lifetime.lock().ok().and_then(|l| *l);
+        let margin = life.map_or(margin, |l| renew::margin_for(l, margin));
         !self.rejected.load(Ordering::Relaxed)
             && self
                 .seconds_left(now)
@@ -371,6 +379,17 @@ mod tests {
         assert!(!h.ready(now, Duration::from_secs(30)));
         h.renewed(&token(100, 300));
         assert!(h.ready(now, Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn short_tokens_stay_ready_between_renewals() {
+        let h = Health::default();
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        h.renewed(&token(100, 40));
+        // Renewal comes at 80% (8 s left): with a fixed 30 s margin the sidecar would be
+        // unready from 10 s on; a tenth of the life (4 s) keeps it ready.
+        assert!(h.ready(now + Duration::from_secs(32), Duration::from_secs(30)));
+        assert!(!h.ready(now + Duration::from_secs(37), Duration::from_secs(30)));
     }
 
     #[test]
