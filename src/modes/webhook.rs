@@ -45,36 +45,47 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Bounds against slow, stalled and too many clients, so that memory stays bounded and
 /// `/healthz` keeps answering whatever the clients do (with `failurePolicy: Fail`, a
 /// stuck webhook stops pod creation). Documented in docs/kubernetes.md.
-pub mod limits {
-    use std::time::Duration;
-
+#[derive(Clone, Debug)]
+pub struct Limits {
     /// A client that has not finished its TLS handshake by then is dropped.
-    pub const HANDSHAKE: Duration = Duration::from_secs(10);
+    pub handshake: Duration,
     /// A connection on which no byte moved either way for this long is closed: silent
     /// after the handshake, idle between requests (HTTP/1 keep-alive, HTTP/2), or
     /// stalled in the middle of a body. HTTP/2 clients get a GOAWAY first.
-    pub const IDLE: Duration = Duration::from_secs(20);
-    /// HTTP/1 request headers must arrive within this.
-    pub const HEADERS: Duration = Duration::from_secs(10);
-    /// A request body must arrive whole within this (however slowly it trickles).
-    pub const BODY: Duration = Duration::from_secs(10);
-    /// After a graceful close (idle, shutdown) a connection gets this long to finish.
-    pub const GRACE: Duration = Duration::from_secs(2);
-    /// Open connections at most; more are closed at once, before TLS. Stays well below
-    /// the usual 1,024-descriptor limit so that accepting never fails for lack of one.
-    pub const CONNECTIONS: usize = 256;
+    pub idle: Duration,
+    /// HTTP/1 request headers, and then the body, must each arrive within this.
+    pub request: Duration,
+    /// After a graceful close for idleness a connection gets this long to finish.
+    pub grace: Duration,
+    /// Open connections at most; more are closed at once, before TLS. Below the usual
+    /// 1,024-descriptor limit, so that accepting never fails for lack of one.
+    pub connections: usize,
     /// Request bodies held in memory at once, in bytes, over all connections. A review
     /// waits (not reading, so the kernel holds the rest) until there is room.
-    pub const BODY_BUDGET: usize = 12 * 1024 * 1024;
-    /// A body over the limit is read and thrown away up to this much, so the client gets
-    /// its 413 instead of a reset connection; beyond it the connection is closed.
-    pub const DRAIN: usize = 32 * 1024 * 1024;
-    /// HTTP/2 flow-control windows (per stream and per connection): what one connection
-    /// can make us buffer before we read it. The protocol's default, not hyper's 1 MiB.
-    pub const H2_WINDOW: u32 = 64 * 1024;
-    /// HTTP/2 streams per connection.
-    pub const H2_STREAMS: u32 = 32;
+    pub body_budget: usize,
 }
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            idle: Duration::from_secs(20),
+            request: Duration::from_secs(10),
+            grace: Duration::from_secs(2),
+            connections: 256,
+            body_budget: 12 * 1024 * 1024,
+        }
+    }
+}
+
+/// A body over the limit is read and thrown away up to this much, so the client gets its
+/// 413 instead of a reset connection; beyond it the connection is closed.
+const DRAIN: usize = 32 * 1024 * 1024;
+/// HTTP/2 flow-control windows (per stream and per connection): what one connection can
+/// make us buffer before we read it. The protocol's default, not hyper's 1 MiB.
+const H2_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 streams per connection.
+const H2_STREAMS: u32 = 32;
 
 /// The budget of request-body bytes, in KiB permits.
 const BUDGET_UNIT: usize = 1024;
@@ -101,7 +112,12 @@ impl Connections {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         };
-        family("connections", "gauge", "Open client connections.", self.open());
+        family(
+            "connections",
+            "gauge",
+            "Open client connections.",
+            self.open(),
+        );
         family(
             "connections_refused_total",
             "counter",
@@ -134,17 +150,23 @@ pub struct AppState {
     connections: Arc<Connections>,
     /// Permits of [`BUDGET_UNIT`] bytes for request bodies in memory.
     bodies: Arc<Semaphore>,
+    limits: Arc<Limits>,
 }
 
 impl AppState {
     pub fn new(settings: Settings) -> Self {
+        Self::with_limits(settings, Limits::default())
+    }
+
+    pub fn with_limits(settings: Settings, limits: Limits) -> Self {
         Self {
             settings: Arc::new(settings),
             metrics: Arc::new(Metrics::default()),
             draining: CancellationToken::new(),
             cert: None,
             connections: Arc::new(Connections::default()),
-            bodies: Arc::new(Semaphore::new(limits::BODY_BUDGET / BUDGET_UNIT)),
+            bodies: Arc::new(Semaphore::new((limits.body_budget / BUDGET_UNIT).max(1))),
+            limits: Arc::new(limits),
         }
     }
 
@@ -188,7 +210,7 @@ enum BodyError {
 }
 
 impl BodyError {
-    fn into_response(self) -> Response {
+    fn into_response(self, limits: &Limits) -> Response {
         let (status, message) = match self {
             Self::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -198,7 +220,7 @@ impl BodyError {
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within {}s\n",
-                    limits::BODY.as_secs()
+                    limits.request.as_secs()
                 ),
             ),
             Self::Busy => (
@@ -216,9 +238,8 @@ impl BodyError {
 }
 
 /// Reads a request body into one buffer sized from `Content-Length` (no regrowth and
-/// copies), within [`limits::BODY`], holding budget permits for its size for as long as
-/// the bytes live. A body over [`MAX_BODY`] is read on and dropped, up to
-/// [`limits::DRAIN`], so that the client can read its 413 instead of a reset.
+/// copies), within [`Limits::request`], holding budget permits for its size for as long as
+/// the bytes live. A body over [`MAX_BODY`] is read on and dropped, up to [`DRAIN`], so that the client can read its 413 instead of a reset.
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
@@ -227,24 +248,22 @@ async fn read_body(
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let deadline = tokio::time::Instant::now() + limits::BODY;
+    let deadline = tokio::time::Instant::now() + state.limits.request;
     if declared.is_some_and(|n| n > MAX_BODY) {
-        return match tokio::time::timeout_at(deadline, drain(body, limits::DRAIN)).await {
+        return match tokio::time::timeout_at(deadline, drain(body, DRAIN)).await {
             Ok(_) => Err(BodyError::TooLarge),
             Err(_) => Err(BodyError::TimedOut),
         };
     }
     let reserve = declared.unwrap_or(MAX_BODY);
     let units = u32::try_from(reserve.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
-    let permit = match tokio::time::timeout_at(
-        deadline,
-        state.bodies.clone().acquire_many_owned(units),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        Ok(Err(_)) | Err(_) => return Err(BodyError::Busy),
-    };
+    let permit =
+        match tokio::time::timeout_at(deadline, state.bodies.clone().acquire_many_owned(units))
+            .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) | Err(_) => return Err(BodyError::Busy),
+        };
     let read = async {
         let mut buf = bytes::BytesMut::with_capacity(reserve);
         let mut body = body;
@@ -256,7 +275,7 @@ async fn read_body(
             if buf.len() + data.len() > reserve.min(MAX_BODY) {
                 // Longer than declared or than the limit: throw the rest away.
                 drop(buf);
-                drain(body, limits::DRAIN).await;
+                drain(body, DRAIN).await;
                 return Err(BodyError::TooLarge);
             }
             buf.extend_from_slice(&data);
@@ -294,7 +313,7 @@ async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Err(e) => {
             state.metrics.observe(Verdict::Invalid, started.elapsed());
             tracing::warn!(problem = ?e, "unreadable review");
-            return e.into_response();
+            return e.into_response(&state.limits);
         }
     };
     match admission::review(&body, &state.settings) {
@@ -370,6 +389,15 @@ pub fn command(args: WebhookCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         cert,
         key,
         drain: serve.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
+        limits: {
+            let d = Limits::default();
+            Limits {
+                idle: serve.idle_timeout.map_or(d.idle, |t| t.0),
+                request: serve.request_timeout.map_or(d.request, |t| t.0),
+                connections: serve.max_connections.map_or(d.connections, |n| n.get()),
+                ..d
+            }
+        },
     };
     // Reviews come in parallel from every API server replica: use the cores.
     tokio::runtime::Builder::new_multi_thread()
@@ -389,6 +417,7 @@ pub struct Config {
     pub key: std::path::PathBuf,
     /// How long to keep serving after the first signal, with `/readyz` failing.
     pub drain: Duration,
+    pub limits: Limits,
 }
 
 /// Connections still open this long after the drain are dropped.
@@ -413,7 +442,8 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    let state = AppState::new(settings).with_cert(cert);
+    let limits = config.limits.clone();
+    let state = AppState::with_limits(settings, config.limits).with_cert(cert);
     let app = router(state.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -438,7 +468,7 @@ pub async fn run(
     };
     let drainer = tokio::spawn(drain);
 
-    let slots = Arc::new(Semaphore::new(limits::CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.connections));
     let closing = CancellationToken::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -461,11 +491,15 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, closing, state) =
-            (acceptor.clone(), app.clone(), closing.clone(), state.clone());
+        let (acceptor, app, closing, state) = (
+            acceptor.clone(),
+            app.clone(),
+            closing.clone(),
+            state.clone(),
+        );
         tokio::spawn(async move {
             state.connections.open.fetch_add(1, Ordering::Relaxed);
-            serve_one(tcp, peer, acceptor, app, &closing, &state.connections).await;
+            serve_one(tcp, peer, acceptor, app, &closing, &state).await;
             state.connections.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -473,7 +507,7 @@ pub async fn run(
     drop(listener);
     drainer.abort();
     closing.cancel();
-    let all = u32::try_from(limits::CONNECTIONS).unwrap_or(u32::MAX);
+    let all = u32::try_from(limits.connections).unwrap_or(u32::MAX);
     tokio::select! {
         _ = slots.acquire_many(all) => {}
         _ = tokio::time::sleep(CLOSE_LIMIT) => {
@@ -484,23 +518,24 @@ pub async fn run(
     Ok(())
 }
 
-/// One client connection: TLS within [`limits::HANDSHAKE`], then HTTP/1 or HTTP/2 (by
-/// ALPN) until the client leaves, the connection idles past [`limits::IDLE`], or
-/// shutdown; a graceful close that does not finish within [`limits::GRACE`] is cut.
+/// One client connection: TLS within [`Limits::handshake`], then HTTP/1 or HTTP/2 (by
+/// ALPN) until the client leaves, the connection idles past [`Limits::idle`], or
+/// shutdown; a graceful close that does not finish within [`Limits::grace`] is cut.
 async fn serve_one(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: Router,
     closing: &CancellationToken,
-    connections: &Connections,
+    state: &AppState,
 ) {
+    let (limits, connections) = (&state.limits, &state.connections);
     let activity = Activity::new();
     let tcp = Watched {
         inner: tcp,
         activity: activity.clone(),
     };
-    let stream = match tokio::time::timeout(limits::HANDSHAKE, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -516,13 +551,13 @@ async fn serve_one(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits::HEADERS);
+        .header_read_timeout(limits.request);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .initial_stream_window_size(limits::H2_WINDOW)
-        .initial_connection_window_size(limits::H2_WINDOW)
-        .max_concurrent_streams(limits::H2_STREAMS);
+        .initial_stream_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
+        .max_concurrent_streams(H2_STREAMS);
     // ALPN decided the protocol: without it, the auto builder would wait, unbounded, for
     // the first bytes to guess.
     let builder = if h2 {
@@ -541,11 +576,11 @@ async fn serve_one(
                 }
                 return;
             }
-            _ = activity.idle_for(limits::IDLE), if cut_at.is_none() => {
+            _ = activity.idle_for(limits.idle), if cut_at.is_none() => {
                 connections.idle_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "connection idle, closing it");
                 conn.as_mut().graceful_shutdown();
-                cut_at = Some(tokio::time::Instant::now() + limits::GRACE);
+                cut_at = Some(tokio::time::Instant::now() + limits.grace);
             }
             _ = closing.cancelled(), if cut_at.is_none() => {
                 conn.as_mut().graceful_shutdown();
