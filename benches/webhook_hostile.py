@@ -102,13 +102,13 @@ class Client:
 
 
 def still_open(s):
-    """True while the server has not closed the connection."""
+    """True while the server has not closed the connection (reads what it sent)."""
     s.setblocking(False)
     try:
-        return s.recv(1) != b""
-    except ssl.SSLWantReadError:
-        return True
-    except BlockingIOError:
+        while True:
+            if s.recv(65536) == b"":
+                return False
+    except (ssl.SSLWantReadError, BlockingIOError):
         return True
     except (OSError, ssl.SSLError):
         return False

@@ -981,10 +981,20 @@ async fn stalled_and_idle_clients_are_disconnected_and_health_keeps_answering() 
     kept.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {SVC}\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    // Five open now; with one more the limit (6) is reached, and the next is closed at once.
+    // Five open now; with one more the limit (6) is reached. Health still answers (a few
+    // connections beyond the limit are let in on tight limits, enough for a probe)...
     let _sixth = tls_connect(&pem, &hook, b"http/1.1").await;
-    let mut over = tokio::net::TcpStream::connect(hook.addr()).await.unwrap();
-    until_closed(&mut over, bound).await;
+    let r = c.get(hook.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // ...and beyond those, new connections are closed at once; the squatters among the
+    // let-in ones (no TLS at all here) are dropped soon.
+    let mut over = Vec::new();
+    for _ in 0..40 {
+        over.push(tokio::net::TcpStream::connect(hook.addr()).await.unwrap());
+    }
+    for s in &mut over {
+        until_closed(s, bound).await;
+    }
 
     until_closed(&mut h1, bound).await;
     until_closed(&mut h2, bound).await;

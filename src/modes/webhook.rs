@@ -86,6 +86,16 @@ const DRAIN: usize = 32 * 1024 * 1024;
 const H2_WINDOW: u32 = 64 * 1024;
 /// HTTP/2 streams per connection.
 const H2_STREAMS: u32 = 32;
+/// HTTP/1 read buffer per connection, at most (hyper's default is about 400 KiB).
+const H1_BUFFER: usize = 64 * 1024;
+/// Connections let in beyond the limit, on [`TIGHT`] limits.
+const OVERFLOW: usize = 32;
+/// Every phase limit of an overflow connection: enough for a probe, not for a squatter.
+const TIGHT: Duration = Duration::from_secs(1);
+/// Reviews larger than this are decided one at a time: decoding a pod takes several
+/// times its JSON's size, and 2.8 MiB many-container reviews in parallel on every worker
+/// thread drove memory past the chart's limit. Usual reviews (a few KiB) are unaffected.
+const LARGE_REVIEW: usize = 256 * 1024;
 
 /// The budget of request-body bytes, in KiB permits.
 const BUDGET_UNIT: usize = 1024;
@@ -150,6 +160,8 @@ pub struct AppState {
     connections: Arc<Connections>,
     /// Permits of [`BUDGET_UNIT`] bytes for request bodies in memory.
     bodies: Arc<Semaphore>,
+    /// One permit: large reviews are decided one at a time.
+    large: Arc<Semaphore>,
     limits: Arc<Limits>,
 }
 
@@ -166,6 +178,7 @@ impl AppState {
             cert: None,
             connections: Arc::new(Connections::default()),
             bodies: Arc::new(Semaphore::new((limits.body_budget / BUDGET_UNIT).max(1))),
+            large: Arc::new(Semaphore::new(1)),
             limits: Arc::new(limits),
         }
     }
@@ -315,6 +328,11 @@ async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -
             tracing::warn!(problem = ?e, "unreadable review");
             return e.into_response(&state.limits);
         }
+    };
+    let _lane = if body.len() > LARGE_REVIEW {
+        state.large.clone().acquire_owned().await.ok()
+    } else {
+        None
     };
     match admission::review(&body, &state.settings) {
         Ok(reviewed) => {
@@ -469,6 +487,14 @@ pub async fn run(
     let drainer = tokio::spawn(drain);
 
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let overflow = Arc::new(Semaphore::new(OVERFLOW));
+    let tight_limits = Limits {
+        handshake: TIGHT,
+        idle: TIGHT,
+        request: TIGHT,
+        grace: TIGHT,
+        ..limits.clone()
+    };
     let closing = CancellationToken::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -483,12 +509,20 @@ pub async fn run(
                 }
             },
         };
-        // Over the limit: close at once, before spending a handshake on it.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            state.connections.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "connection limit reached, closing a new connection");
-            drop(tcp);
-            continue;
+        // At the limit, a few more are let in on tight limits: a probe (handshake, one
+        // quick request) gets through while a flood of silent clients holds the rest.
+        // Beyond those: close at once, before spending a handshake on it.
+        let (slot, tight) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, false),
+            Err(_) => match overflow.clone().try_acquire_owned() {
+                Ok(slot) => (slot, true),
+                Err(_) => {
+                    state.connections.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "connection limit reached, closing a new connection");
+                    drop(tcp);
+                    continue;
+                }
+            },
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, app, closing, state) = (
@@ -497,9 +531,14 @@ pub async fn run(
             closing.clone(),
             state.clone(),
         );
+        let limits = if tight {
+            tight_limits.clone()
+        } else {
+            limits.clone()
+        };
         tokio::spawn(async move {
             state.connections.open.fetch_add(1, Ordering::Relaxed);
-            serve_one(tcp, peer, acceptor, app, &closing, &state).await;
+            serve_one(tcp, peer, acceptor, app, &closing, &state, &limits).await;
             state.connections.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -509,7 +548,10 @@ pub async fn run(
     closing.cancel();
     let all = u32::try_from(limits.connections).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = slots.acquire_many(all) => {}
+        _ = async {
+            let _all = slots.acquire_many(all).await;
+            let _extra = overflow.acquire_many(OVERFLOW as u32).await;
+        } => {}
         _ = tokio::time::sleep(CLOSE_LIMIT) => {
             tracing::warn!("connections still open after {}s; closing them", CLOSE_LIMIT.as_secs());
         }
@@ -528,8 +570,9 @@ async fn serve_one(
     app: Router,
     closing: &CancellationToken,
     state: &AppState,
+    limits: &Limits,
 ) {
-    let (limits, connections) = (&state.limits, &state.connections);
+    let connections = &state.connections;
     let activity = Activity::new();
     let tcp = Watched {
         inner: tcp,
@@ -551,7 +594,8 @@ async fn serve_one(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.request);
+        .header_read_timeout(limits.request)
+        .max_buf_size(H1_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
