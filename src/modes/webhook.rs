@@ -92,9 +92,8 @@ const H1_BUFFER: usize = 64 * 1024;
 const OVERFLOW: usize = 32;
 /// Every phase limit of an overflow connection: enough for a probe, not for a squatter.
 const TIGHT: Duration = Duration::from_secs(1);
-/// Reviews larger than this are decided one at a time: decoding a pod takes several
-/// times its JSON's size, and 2.8 MiB many-container reviews in parallel on every worker
-/// thread drove memory past the chart's limit. Usual reviews (a few KiB) are unaffected.
+/// Reviews larger than this go to the [`LargeLane`]; usual ones (a few KiB) are decided
+/// on the worker that read them.
 const LARGE_REVIEW: usize = 256 * 1024;
 
 /// The budget of request-body bytes, in KiB permits.
@@ -160,8 +159,7 @@ pub struct AppState {
     connections: Arc<Connections>,
     /// Permits of [`BUDGET_UNIT`] bytes for request bodies in memory.
     bodies: Arc<Semaphore>,
-    /// One permit: large reviews are decided one at a time.
-    large: Arc<Semaphore>,
+    large: Arc<LargeLane>,
     limits: Arc<Limits>,
 }
 
@@ -178,7 +176,7 @@ impl AppState {
             cert: None,
             connections: Arc::new(Connections::default()),
             bodies: Arc::new(Semaphore::new((limits.body_budget / BUDGET_UNIT).max(1))),
-            large: Arc::new(Semaphore::new(1)),
+            large: Arc::new(LargeLane::start()),
             limits: Arc::new(limits),
         }
     }
@@ -308,6 +306,60 @@ async fn read_body(
     }
 }
 
+/// The review decided and its answer encoded: the CPU- and memory-heavy part.
+type Decided = Result<(admission::Reviewed, serde_json::Result<Vec<u8>>), admission::ReviewError>;
+
+fn decide(body: &[u8], settings: &Settings) -> Decided {
+    let reviewed = admission::review(body, settings)?;
+    let encoded = admission::encode(&reviewed.response);
+    Ok((reviewed, encoded))
+}
+
+/// Large reviews are decided one at a time on one thread of their own. Decoding a pod
+/// takes several times its JSON's size, and the allocator keeps a heap per thread that
+/// allocated in it: 2.8 MiB many-container reviews on every worker thread left each
+/// thread's heap at its high-water mark. Here only one heap grows, once.
+struct LargeLane {
+    jobs: std::sync::Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+impl LargeLane {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        // Ends when the last sender (the last AppState) is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("large-reviews".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the large-review thread; deciding them inline");
+        }
+        Self {
+            jobs: std::sync::Mutex::new(tx),
+        }
+    }
+
+    async fn decide(&self, body: Bytes, settings: Arc<Settings>) -> Decided {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let fallback = (body.clone(), settings.clone());
+        let job = Box::new(move || {
+            let _ = tx.send(decide(&body, &settings));
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .map(|jobs| jobs.send(job).is_ok())
+            .unwrap_or(false);
+        match rx.await {
+            Ok(decided) if sent => decided,
+            _ => decide(&fallback.0, &fallback.1),
+        }
+    }
+}
+
 /// Reads and drops up to `limit` bytes of `body`.
 async fn drain(mut body: Body, limit: usize) {
     let mut seen = 0usize;
@@ -329,14 +381,14 @@ async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -
             return e.into_response(&state.limits);
         }
     };
-    let _lane = if body.len() > LARGE_REVIEW {
-        state.large.clone().acquire_owned().await.ok()
+    let decided = if body.len() > LARGE_REVIEW {
+        state.large.decide(body, state.settings.clone()).await
     } else {
-        None
+        decide(&body, &state.settings)
     };
-    match admission::review(&body, &state.settings) {
-        Ok(reviewed) => {
-            let response = match admission::encode(&reviewed.response) {
+    match decided {
+        Ok((reviewed, encoded)) => {
+            let response = match encoded {
                 Ok(json) => ([(CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => {
                     tracing::error!(error = %e, "failed to encode the AdmissionReview");
