@@ -570,6 +570,30 @@ pub struct WebhookArgs {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_delay: Option<HumanDuration>,
+    /// Close a connection on which no byte moved for this long: silent after the TLS
+    /// handshake, idle between requests (HTTP/1 keep-alive or HTTP/2), or stalled in a
+    /// body [default: 20s].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_WEBHOOK_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<HumanDuration>,
+    /// A request's headers, and then its body, must each arrive whole within this, however
+    /// slowly they trickle in [default: 10s].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_WEBHOOK_REQUEST_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<HumanDuration>,
+    /// Open connections at most; new ones over the limit are closed at once
+    /// [default: 256].
+    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_MAX_CONNECTIONS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<std::num::NonZeroUsize>,
 }
 
 impl WebhookArgs {

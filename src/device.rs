@@ -166,13 +166,16 @@ fn parse_authorization(body: &[u8]) -> Result<Authorization, String> {
         .filter(|s| !s.trim().is_empty());
     let expires_in = reply
         .expires_in
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| "no expires_in".to_string())?;
+        .ok_or_else(|| "no expires_in".to_string())
+        .and_then(|s| {
+            crate::token::life(s).ok_or_else(|| format!("expires_in {s} is out of range"))
+        })?;
+    // A wild interval (1e300) is as good as none: the server's slow_down corrects us.
     let interval = reply
         .interval
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|s| *s >= 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| *d <= Duration::from_secs(3600))
         .unwrap_or(DEFAULT_INTERVAL);
     Ok(Authorization {
         device_code,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod credentials;
 pub mod device;
 pub mod exit;
+pub mod hardening;
 pub mod inject;
 pub mod modes;
 pub mod relay;

@@ -4,6 +4,7 @@ use clap::Parser;
 use polars_cloud_auth::{cli::Cli, exit, load_config, run, telemetry};
 
 fn main() -> ExitCode {
+    polars_cloud_auth::hardening::no_core_dumps();
     let cli = Cli::parse();
     let file = match load_config(&cli) {
         Ok(file) => file,

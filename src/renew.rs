@@ -58,8 +58,9 @@ pub fn next_renewal(token: &AccessToken, now: SystemTime, policy: &Policy, draw:
 }
 
 /// The wait before retry number `attempt` (0 for the first) after a transient failure:
-/// capped exponential backoff with full jitter, but never shorter than what the server
-/// asked for with `Retry-After`.
+/// capped exponential backoff with full jitter, but not shorter than what the server
+/// asked for with `Retry-After`. That is advice: it never stretches the wait past
+/// `backoff_cap` (`--max-backoff`), so one `Retry-After: 100000` cannot park us for hours.
 pub fn backoff(
     attempt: u32,
     retry_after: Option<Duration>,
@@ -72,8 +73,25 @@ pub fn backoff(
         .min(policy.backoff_cap);
     let jittered = ceiling.mul_f64(draw.clamp(0.0, 1.0));
     match retry_after {
-        Some(asked) => jittered.max(asked),
+        Some(asked) => jittered.max(asked.min(policy.backoff_cap)),
         None => jittered,
+    }
+}
+
+/// [`backoff`] for a renewer that holds a token with `token_left` to live: the wait never
+/// outlasts that token, so a healthy-again provider is asked before the file expires.
+/// Once the token has expired (zero or none left), plain [`backoff`] spaces the retries.
+pub fn retry_wait(
+    attempt: u32,
+    retry_after: Option<Duration>,
+    policy: &Policy,
+    draw: f64,
+    token_left: Option<Duration>,
+) -> Duration {
+    let wait = backoff(attempt, retry_after, policy, draw);
+    match token_left {
+        Some(left) if !left.is_zero() => wait.min(left),
+        _ => wait,
     }
 }
 
@@ -233,6 +251,23 @@ mod tests {
             backoff(8, Some(Duration::from_secs(1)), &p, 1.0),
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_bounded_by_max_backoff_and_the_tokens_life() {
+        let p = Policy::default();
+        let asked = Some(Duration::from_secs(100_000));
+        assert_eq!(backoff(0, asked, &p, 0.0), Duration::from_secs(30));
+        assert_eq!(
+            retry_wait(0, asked, &p, 0.0, Some(Duration::from_secs(4))),
+            Duration::from_secs(4)
+        );
+        // An expired token no longer bounds it; the cap still does.
+        assert_eq!(
+            retry_wait(0, asked, &p, 0.0, Some(Duration::ZERO)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(retry_wait(0, asked, &p, 0.0, None), Duration::from_secs(30));
     }
 
     #[test]

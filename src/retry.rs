@@ -30,8 +30,15 @@ pub async fn fetch_until(
     fetch_at_most(source, u32::MAX, deadline, policy, cancel).await
 }
 
+/// Below this much time left, another attempt is not worth starting.
+const LEAST_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// [`fetch_until`], but giving up after `attempts` attempts too (the GitHub Action's
 /// `retries` input is `attempts - 1`).
+///
+/// `deadline` is a deadline: each attempt is cut off at it (however long `--http-timeout`
+/// would allow), and a backoff or `Retry-After` that would pass it is shortened to half
+/// the time left, so the attempts go on until the deadline instead of stopping early.
 pub async fn fetch_at_most(
     source: &TokenSource,
     attempts: u32,
@@ -40,10 +47,20 @@ pub async fn fetch_at_most(
     cancel: &CancellationToken,
 ) -> anyhow::Result<Tokens> {
     let started = Instant::now();
+    let ends = started.checked_add(deadline);
+    let left = || {
+        ends.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
+    };
     let mut attempt = 0u32;
     loop {
         let result = tokio::select! {
             r = source.fetch() => r,
+            _ = tokio::time::sleep(left()) => Err(FetchError::Unreachable {
+                url: source.settings().endpoints.token.to_string(),
+                reason: format!("no answer before the --timeout of {}s", deadline.as_secs()),
+            }),
             _ = cancel.cancelled() => return Err(Interrupted.into()),
         };
         let err = match result {
@@ -51,12 +68,15 @@ pub async fn fetch_at_most(
             Err(e) if e.class() == FailureClass::Permanent => return Err(e.into()),
             Err(e) => e,
         };
-        let wait = renew::backoff(attempt, err.retry_after(), policy, renew::draw());
-        let elapsed = started.elapsed();
-        if attempt + 1 >= attempts || elapsed + wait >= deadline {
+        let mut wait = renew::backoff(attempt, err.retry_after(), policy, renew::draw());
+        let remaining = left();
+        if wait + LEAST_ATTEMPT > remaining {
+            wait = remaining / 2;
+        }
+        if attempt + 1 >= attempts || remaining.saturating_sub(wait) < LEAST_ATTEMPT {
             return Err(GaveUp {
                 attempts: attempt + 1,
-                elapsed,
+                elapsed: started.elapsed(),
                 last: err,
             }
             .into());

@@ -4,7 +4,12 @@
 use tokio_util::sync::CancellationToken;
 
 /// Spawns the signal listener and returns the token it cancels.
+///
+/// It also takes SIGXFSZ away from its default action (end the process, leaving a
+/// half-written temporary file and no message): with a handler installed, a write past
+/// the file-size limit fails with EFBIG instead, which is reported like any write error.
 pub fn on_signals() -> CancellationToken {
+    catch_file_size_signal();
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -34,4 +39,55 @@ async fn signal() -> std::io::Result<()> {
 #[cfg(not(unix))]
 async fn signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
+}
+
+#[cfg(unix)]
+fn catch_file_size_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // tokio keeps the handler for the life of the process; the stream itself is not needed.
+    let xfsz = SignalKind::from_raw(nix::sys::signal::Signal::SIGXFSZ as i32);
+    if let Err(e) = signal(xfsz) {
+        tracing::debug!(error = %e, "could not catch SIGXFSZ");
+    }
+}
+
+#[cfg(not(unix))]
+fn catch_file_size_signal() {}
+
+/// SIGHUP for loops that give it a meaning (the sidecar renews at once). Creating it
+/// replaces the default action, which would end the process without a word.
+pub struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                signal: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The next SIGHUP; never, where there is none.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+impl Default for Hangup {
+    fn default() -> Self {
+        Self::new()
+    }
 }

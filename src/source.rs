@@ -15,7 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::credentials::{self, Credentials};
-use crate::token::{AccessToken, JwtError, RefreshToken, Tokens};
+use crate::token::{AccessToken, JwtError, RefreshToken, Tokens, life};
 
 /// Polars Cloud's production domain.
 pub const DEFAULT_DOMAIN: &str = "prd.cloud.pola.rs";
@@ -379,8 +379,14 @@ impl TokenSource {
         let creds = self.client_credentials()?;
         let request = self.http.post(self.settings.endpoints.token.clone());
         let request = self.as_client(request, &mut form, &creds);
-        self.post(request.form(&form), &[refresh.value.expose_secret()])
-            .await
+        let basic = creds
+            .as_ref()
+            .map(|(id, secret)| basic_credential(id, secret.expose_secret()));
+        let mut secrets = vec![refresh.value.expose_secret()];
+        if let (Some((_, secret)), Some(basic)) = (&creds, &basic) {
+            secrets.extend([secret.expose_secret(), basic.as_str()]);
+        }
+        self.post(request.form(&form), &secrets).await
     }
 
     async fn grant(&self) -> Result<Tokens, FetchError> {
@@ -413,8 +419,9 @@ impl TokenSource {
         if let Some(audience) = &self.settings.audience {
             form.push(("audience", audience));
         }
+        let basic = basic_credential(&id, secret.expose_secret());
         let result = self
-            .post(request.form(&form), &[secret.expose_secret()])
+            .post(request.form(&form), &[secret.expose_secret(), &basic])
             .await
             .map_err(|e| with_grant_hint(e, self.settings.grant, &id));
         self.remember_refusal(&result, &id, &secret);
@@ -531,11 +538,18 @@ impl TokenSource {
         if reply.status.is_success() {
             return Ok(());
         }
+        let basic = creds
+            .as_ref()
+            .map(|(id, secret)| basic_credential(id, secret.expose_secret()));
+        let mut secrets = vec![token.expose_secret()];
+        if let (Some((_, secret)), Some(basic)) = (&creds, &basic) {
+            secrets.extend([secret.expose_secret(), basic.as_str()]);
+        }
         Err(failure(
             reply.status,
             reply.retry_after,
             &reply.body,
-            &[token.expose_secret()],
+            &secrets,
         ))
     }
 }
@@ -579,10 +593,13 @@ fn authenticate<'a>(
 ) -> reqwest::RequestBuilder {
     match auth {
         ClientAuth::Basic => {
-            // RFC 6749 section 2.3.1: both parts are form-encoded before base64.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            request.basic_auth(enc(id), Some(enc(secret.expose_secret())))
+            let mut value = reqwest::header::HeaderValue::from_str(&format!(
+                "Basic {}",
+                basic_credential(id, secret.expose_secret())
+            ))
+            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
+            value.set_sensitive(true);
+            request.header(reqwest::header::AUTHORIZATION, value)
         }
         ClientAuth::Post => {
             form.extend([("client_id", id), ("client_secret", secret.expose_secret())]);
@@ -686,6 +703,7 @@ fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError>
     let value = SecretString::from(raw);
     let access = match AccessToken::from_jwt(value.clone()) {
         Ok(token) => token,
+        Err(e @ JwtError::ExpiryOutOfRange) => return Err(FetchError::Malformed(e.to_string())),
         Err(JwtError::NotJwt | JwtError::BadPayload | JwtError::NoExpiry) => {
             // Opaque tokens are fine as long as the reply says how long they live.
             let Some(secs) = reply.expires_in.filter(|s| *s > 0.0) else {
@@ -693,7 +711,12 @@ fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError>
                     "the access token has no `exp` and the reply no `expires_in`".into(),
                 ));
             };
-            AccessToken::new(value, sent_at, sent_at + Duration::from_secs_f64(secs))
+            let Some(expires_at) = life(secs).and_then(|d| sent_at.checked_add(d)) else {
+                return Err(FetchError::Malformed(format!(
+                    "`expires_in` {secs} is out of range (more than ten years)"
+                )));
+            };
+            AccessToken::new(value, sent_at, expires_at)
         }
     };
     let refresh = reply
@@ -701,23 +724,78 @@ fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError>
         .filter(|t| !t.trim().is_empty())
         .map(|t| RefreshToken {
             value: SecretString::from(t),
+            // Unknown or out of range: treated as no stated expiry (a refused refresh
+            // token falls back to the full grant anyway).
             expires_at: reply
                 .refresh_expires_in
-                .filter(|s| *s > 0.0)
-                .map(|s| sent_at + Duration::from_secs_f64(s)),
+                .and_then(life)
+                .and_then(|d| sent_at.checked_add(d)),
         });
     Ok(Tokens { access, refresh })
 }
 
+/// Removes every form a secret was sent in from text the provider echoed back, then
+/// shortens it. Replacing before shortening keeps a secret cut in half from showing.
 fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out: String = text.chars().take(300).collect();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret, "[redacted]");
+    let mut out = text.to_string();
+    let mut forms: Vec<String> = secrets
+        .iter()
+        .filter(|s| s.len() >= 4)
+        .flat_map(|s| encodings(s))
+        .collect();
+    // Longest first, so a form that contains another is removed whole.
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    for form in &forms {
+        out = replace_ignoring_hex_case(&out, form);
     }
+    out.chars().take(300).collect()
+}
+
+/// The forms a secret travels in: as is, form-encoded (`+` for a space, `%2B` for `+`),
+/// percent-encoded (`%20` for a space), and both escapes of the JSON string.
+fn encodings(secret: &str) -> Vec<String> {
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let percent = form.replace('+', "%20");
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json.trim_matches('"').to_string();
+    vec![secret.to_string(), form, percent, json]
+}
+
+/// `text` with `form` replaced, where the hex digits of its `%XX` escapes may be of either
+/// case (`%2b` is `%2B`).
+fn replace_ignoring_hex_case(text: &str, form: &str) -> String {
+    if !form.contains('%') {
+        return text.replace(form, "[redacted]");
+    }
+    let lower = text.to_ascii_lowercase();
+    let needle = form.to_ascii_lowercase();
+    // Case-folding ASCII keeps byte offsets, so matches in `lower` index `text`.
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        if at < last {
+            continue;
+        }
+        out.push_str(&text[last..at]);
+        out.push_str("[redacted]");
+        last = at + needle.len();
+    }
+    out.push_str(&text[last..]);
     out
 }
 
+/// The `Authorization: Basic` credential for `id` and `secret` as we send it (RFC 6749
+/// section 2.3.1: both form-encoded, then base64), so it can be scrubbed when echoed.
+fn basic_credential(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+}
+
 fn hint(status: StatusCode, error: Option<&str>) -> &'static str {
+    // Whatever a redirect's body says, the URL is what is wrong.
+    let error = error.filter(|_| !status.is_redirection());
     match (status.as_u16(), error) {
         (_, Some("invalid_client")) => {
             "the client id or secret is wrong, or the client does not exist in this realm: check the credentials and --issuer"
@@ -740,7 +818,9 @@ fn hint(status: StatusCode, error: Option<&str>) -> &'static str {
         (_, Some("invalid_target")) => "the requested audience is not allowed: check --audience",
         (404, _) => "no token endpoint at this URL: check --issuer (realm name) or --token-url",
         (401 | 403, _) => "the credentials were not accepted: check the client id and secret",
-        (300..=399, _) => "the token URL redirects elsewhere: check --issuer or --token-url",
+        (300..=399, _) => {
+            "the token URL redirects, so it is not the token endpoint (a wrong --issuer or --token-url, or http where https is needed): check --issuer or --token-url"
+        }
         _ => "check --issuer, --grant and the credentials",
     }
 }
@@ -756,7 +836,9 @@ fn with_grant_hint(e: FetchError, grant: Grant, id: &str) -> FetchError {
                 ..
             },
             Grant::ServiceAccount,
-        ) if matches!(error.as_deref(), Some("invalid_grant") | None) && status < 500 => {
+        ) if matches!(error.as_deref(), Some("invalid_grant") | None)
+            && (400..500).contains(&status) =>
+        {
             FetchError::Rejected {
                 status,
                 error,
@@ -944,6 +1026,83 @@ mod tests {
         let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &["hunter2"]).unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn an_echoed_form_body_or_basic_header_leaks_no_encoding_of_the_secret() {
+        let secret = "Zq9+UNIQUE/SECRET=77&x y";
+        let basic = basic_credential("cc", secret);
+        let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let echoed = format!(
+            "grant_type=password&password={form} lower={} pct={} auth=Basic {basic}",
+            form.to_ascii_lowercase(),
+            form.replace('+', "%20"),
+        );
+        let body = serde_json::json!({"error": "invalid_grant", "error_description": echoed});
+        let err = classify(
+            StatusCode::UNAUTHORIZED,
+            None,
+            body.to_string().as_bytes(),
+            now(),
+            &[secret, &basic],
+        )
+        .unwrap_err();
+        let text = format!("{err} {err:?}");
+        for leak in ["UNIQUE", "SECRET", &basic[..12]] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+        assert!(text.contains("grant_type=password"), "{text}");
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_length_limit_is_still_scrubbed() {
+        let secret = "hunter2-UNIQUE";
+        let description = format!("{}{secret}", "x".repeat(295));
+        let body = serde_json::json!({"error": "invalid_grant", "error_description": description});
+        let err = classify(
+            StatusCode::UNAUTHORIZED,
+            None,
+            body.to_string().as_bytes(),
+            now(),
+            &[secret],
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter"), "{err}");
+    }
+
+    #[test]
+    fn a_redirect_is_reported_as_a_wrong_url_not_a_wrong_secret() {
+        let err = classify(StatusCode::FOUND, None, b"", now(), &[]).unwrap_err();
+        let err = with_grant_hint(err, Grant::ServiceAccount, "my-sa");
+        let text = err.to_string();
+        assert!(text.contains("redirects"), "{text}");
+        assert!(!text.contains("wrong client id or secret"), "{text}");
+        assert_eq!(err.class(), FailureClass::Permanent);
+    }
+
+    #[test]
+    fn extreme_expiry_values_are_refused_or_ignored_not_a_panic() {
+        let sent = now();
+        for body in [
+            r#"{"access_token":"opaque","expires_in":1e300}"#.to_string(),
+            format!(
+                r#"{{"access_token":"{}","expires_in":300}}"#,
+                jwt(&serde_json::json!({"exp": 1e19}))
+            ),
+            format!(
+                r#"{{"access_token":"{}","expires_in":300}}"#,
+                jwt(&serde_json::json!({"exp": 1e300}))
+            ),
+        ] {
+            let err = classify(StatusCode::OK, None, body.as_bytes(), sent, &[]).unwrap_err();
+            assert!(
+                matches!(&err, FetchError::Malformed(m) if m.contains("out of range")),
+                "{err}"
+            );
+        }
+        let body = br#"{"access_token":"opaque","expires_in":60,"refresh_token":"r","refresh_expires_in":1e300}"#;
+        let t = classify(StatusCode::OK, None, body, sent, &[]).unwrap();
+        assert_eq!(t.refresh.unwrap().expires_at, None);
     }
 
     #[test]

@@ -31,8 +31,13 @@ impl AccessToken {
     pub fn from_jwt(value: SecretString) -> Result<Self, JwtError> {
         let claims = claims(value.expose_secret())?;
         let exp = claims.exp.ok_or(JwtError::NoExpiry)?;
-        let expires_at = unix(exp);
-        let issued_at = claims.iat.map(unix).unwrap_or_else(SystemTime::now);
+        let expires_at = unix_time(exp).ok_or(JwtError::ExpiryOutOfRange)?;
+        // A wild `iat` only skews the renewal point; the life is bounded by `exp` anyway.
+        let issued_at = claims
+            .iat
+            .and_then(unix_time)
+            .filter(|at| *at <= expires_at)
+            .unwrap_or_else(SystemTime::now);
         Ok(Self::new(value, issued_at, expires_at))
     }
 
@@ -131,6 +136,11 @@ pub enum JwtError {
     /// No `exp` claim.
     #[error("the token has no `exp` claim")]
     NoExpiry,
+    /// An `exp` that is no time we can represent (past the year 9999).
+    #[error(
+        "the token's `exp` claim is out of range (after the year 9999): the identity provider sent a broken token"
+    )]
+    ExpiryOutOfRange,
 }
 
 /// Decodes a JWT's payload without verifying the signature.
@@ -147,12 +157,32 @@ pub fn claims(jwt: &str) -> Result<Claims, JwtError> {
     serde_json::from_slice(&bytes).map_err(|_| JwtError::BadPayload)
 }
 
-fn unix(secs: f64) -> SystemTime {
-    if secs <= 0.0 {
-        UNIX_EPOCH
-    } else {
-        UNIX_EPOCH + Duration::from_secs_f64(secs)
+/// The latest instant an issuer may name: 9999-12-31T23:59:59Z. Anything later (a JWT
+/// `exp` of 1e19 or 1e300) is refused rather than converted, which would panic.
+pub const MAX_UNIX_SECS: f64 = 253_402_300_799.0;
+
+/// The longest life a reply's `expires_in` or `refresh_expires_in` may state: ten years.
+pub const MAX_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Seconds since the epoch as an instant: `None` past [`MAX_UNIX_SECS`] (or NaN); times
+/// before the epoch are the epoch.
+pub fn unix_time(secs: f64) -> Option<SystemTime> {
+    if secs.is_nan() || secs > MAX_UNIX_SECS {
+        return None;
     }
+    if secs <= 0.0 {
+        return Some(UNIX_EPOCH);
+    }
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
+}
+
+/// A positive life in seconds (`expires_in`) as a duration: `None` when zero, negative,
+/// NaN or longer than [`MAX_LIFE`].
+pub fn life(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs <= 0.0 || secs > MAX_LIFE.as_secs_f64() {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// Seconds since the epoch, for logs, metrics and outputs.
@@ -204,6 +234,28 @@ pub(crate) mod tests {
             AccessToken::from_jwt(no_exp.into()),
             Err(JwtError::NoExpiry)
         ));
+    }
+
+    #[test]
+    fn extreme_exp_values_are_refused_not_a_panic() {
+        for exp in [1e19, 1e300, f64::MAX, MAX_UNIX_SECS + 1.0] {
+            let raw = jwt(&serde_json::json!({ "exp": exp, "iat": 1000 }));
+            assert!(
+                matches!(
+                    AccessToken::from_jwt(raw.into()),
+                    Err(JwtError::ExpiryOutOfRange)
+                ),
+                "{exp}"
+            );
+        }
+        // A wild iat falls back to now instead of panicking.
+        let raw = jwt(&serde_json::json!({ "exp": 2_000_000_000u64, "iat": 1e300 }));
+        let t = AccessToken::from_jwt(raw.into()).unwrap();
+        assert!(t.issued_at() <= SystemTime::now());
+        assert_eq!(life(1e300), None);
+        assert_eq!(life(-1.0), None);
+        assert_eq!(life(300.0), Some(Duration::from_secs(300)));
+        assert_eq!(unix_time(-5.0), Some(UNIX_EPOCH));
     }
 
     #[test]

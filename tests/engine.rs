@@ -119,7 +119,8 @@ fn transient_failures_are_retried_until_a_token_comes() {
         {"kind": "status", "status": 429},
         {"kind": "status", "status": 502, "body": "<html>bad gateway</html>", "content_type": "text/html"},
     ]));
-    let out = run(cmd(&idp).args(["token", "--timeout", "60s", "--max-backoff", "200ms"]));
+    // Retry-After is honoured up to --max-backoff (advice, not an order).
+    let out = run(cmd(&idp).args(["token", "--timeout", "60s", "--max-backoff", "1s"]));
     token_stdout(&out);
     assert_eq!(idp.token_requests().len(), 7);
     let stderr = text(&out.stderr);

@@ -820,3 +820,264 @@ print(json.dumps({"args": c["args"], "env": c["env"], "command": c.get("command"
         "POLARS_CLOUD_LOG_FORMAT=json from the chart"
     );
 }
+
+// --- hostile clients (issue 12, items 1 and 2) ---------------------------------------
+
+/// A TLS connection to the webhook that trusts `ca`, offering `alpn`.
+async fn tls_connect(
+    ca: &str,
+    hook: &Webhook,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(hook.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(SVC).unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection; panics if it is still open after
+/// `limit` (a bound for a hang, not a timing claim). Returns what was read.
+async fn until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection is still open after {limit:?}"),
+        }
+    }
+}
+
+fn metric_value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+/// Item 2: a 10 MiB body got a connection reset instead of the documented 413.
+#[tokio::test]
+async fn a_10_mib_body_gets_the_documented_413_not_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    write_pair(dir.path(), &cert, &key);
+    let mut hook = Webhook::start(dir.path(), &[]);
+    let c = client(&ca.pem(), &hook, true);
+    wait_healthy(&c, &mut hook).await;
+    for size in [MAX_BODY + 1, 10 * 1024 * 1024] {
+        let r = c
+            .post(hook.url("/mutate"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; size])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{size} bytes: {e:?}"));
+        assert_eq!(r.status(), 413, "{size} bytes");
+        assert!(r.text().await.unwrap().contains("larger than"));
+    }
+    // A client that writes the whole request before it reads (as many do): the old
+    // server answered early and closed, so the rest of the body met a reset.
+    use tokio::io::AsyncWriteExt;
+    let size = 10 * 1024 * 1024;
+    let mut s = tls_connect(&ca.pem(), &hook, b"http/1.1").await;
+    s.write_all(
+        format!("POST /mutate HTTP/1.1\r\nhost: {SVC}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..size / chunk.len() {
+        s.write_all(&chunk)
+            .await
+            .expect("the connection was reset while the body was sent");
+    }
+    s.flush().await.unwrap();
+    let answer =
+        String::from_utf8_lossy(&until_closed(&mut s, Duration::from_secs(15)).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    // And a normal review still works afterwards.
+    let answer = post_review(&c, &hook, &fixture("create-pod")).await;
+    assert!(answer["response"]["patch"].is_string());
+}
+
+/// Item 1: connections silent after the TLS handshake (HTTP/1 and HTTP/2), stalled
+/// bodies and idle keep-alive connections stayed open for minutes, and enough of them
+/// starved `/healthz`. Each is now closed, new connections over the limit are closed at
+/// once, and health answers again.
+#[tokio::test]
+async fn stalled_and_idle_clients_are_disconnected_and_health_keeps_answering() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    write_pair(dir.path(), &cert, &key);
+    let mut hook = Webhook::start(
+        dir.path(),
+        &[
+            ("POLARS_CLOUD_WEBHOOK_IDLE_TIMEOUT", "3s"),
+            ("POLARS_CLOUD_WEBHOOK_REQUEST_TIMEOUT", "2s"),
+            ("POLARS_CLOUD_WEBHOOK_MAX_CONNECTIONS", "6"),
+        ],
+    );
+    let pem = ca.pem();
+    let c = client(&pem, &hook, true);
+    wait_healthy(&c, &mut hook).await;
+    let bound = Duration::from_secs(15);
+
+    // Silent after the handshake, one per protocol.
+    let mut h1 = tls_connect(&pem, &hook, b"http/1.1").await;
+    let mut h2 = tls_connect(&pem, &hook, b"h2").await;
+    // A body that stops a third of the way.
+    let mut stalled = tls_connect(&pem, &hook, b"http/1.1").await;
+    stalled
+        .write_all(
+            format!(
+                "POST /mutate HTTP/1.1\r\nhost: {SVC}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                3 * 1024 * 1024
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    stalled.write_all(&vec![b' '; 1024 * 1024]).await.unwrap();
+    // A body that trickles a byte every 300 ms: never idle, but never done.
+    let mut trickle = tls_connect(&pem, &hook, b"http/1.1").await;
+    trickle
+        .write_all(
+            format!("POST /mutate HTTP/1.1\r\nhost: {SVC}\r\ncontent-length: 100000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let trickling = tokio::spawn(async move {
+        for _ in 0..100 {
+            if trickle.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        trickle
+    });
+    // An idle keep-alive connection after one answered request.
+    let mut kept = tls_connect(&pem, &hook, b"http/1.1").await;
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {SVC}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Five open now; with one more the limit (6) is reached. Health still answers (a few
+    // connections beyond the limit are let in on tight limits, enough for a probe)...
+    let _sixth = tls_connect(&pem, &hook, b"http/1.1").await;
+    let r = c.get(hook.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // ...and beyond those, new connections are closed at once; the squatters among the
+    // let-in ones (no TLS at all here) are dropped soon.
+    let mut over = Vec::new();
+    for _ in 0..40 {
+        over.push(tokio::net::TcpStream::connect(hook.addr()).await.unwrap());
+    }
+    for s in &mut over {
+        until_closed(s, bound).await;
+    }
+
+    until_closed(&mut h1, bound).await;
+    until_closed(&mut h2, bound).await;
+    let answer = String::from_utf8_lossy(&until_closed(&mut stalled, bound).await).into_owned();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let answer = String::from_utf8_lossy(&until_closed(&mut kept, bound).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut trickle = trickling.await.unwrap();
+    let answer = String::from_utf8_lossy(&until_closed(&mut trickle, bound).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Health answers again, and the counts say what happened.
+    wait_healthy(&c, &mut hook).await;
+    let m = metrics(&c, &hook).await;
+    // (Silent HTTP/1 connections meet the header timeout first, HTTP/2 the idle one.)
+    for name in [
+        "connections_refused_total",
+        "connections_idle_closed_total",
+        "request_body_timeouts_total",
+    ] {
+        let v = metric_value(&m, &format!("polars_cloud_auth_webhook_{name}"));
+        assert!(v >= 1.0, "{name}: {m}");
+    }
+    assert!(hook.alive());
+}
+
+/// The webhook's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(hook: &Webhook) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hook.child.id())).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// Item 1: 30 connections each holding an unfinished 3 MiB body pushed the webhook to
+/// about 100 MB, over the chart's 64 Mi limit. Bodies in memory are now bounded by a
+/// budget; the rest waits in the kernel's socket buffers.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn thirty_stalled_3_mib_bodies_stay_well_under_the_charts_memory_limit() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf();
+    write_pair(dir.path(), &cert, &key);
+    let mut hook = Webhook::start(dir.path(), &[]);
+    let pem = ca.pem();
+    let c = client(&pem, &hook, true);
+    wait_healthy(&c, &mut hook).await;
+    let size = 3 * 1024 * 1024;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        let mut s = tls_connect(&pem, &hook, b"http/1.1").await;
+        held.push(tokio::spawn(async move {
+            let head = format!(
+                "POST /mutate HTTP/1.1\r\nhost: {SVC}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            // All but the last byte; a writer the server does not read from blocks here.
+            let body = vec![b' '; size - 1];
+            let _ = tokio::time::timeout(Duration::from_secs(4), s.write_all(&body)).await;
+            s
+        }));
+    }
+    let mut streams = Vec::new();
+    for h in held {
+        streams.push(h.await.unwrap());
+    }
+    // Give the server the time to read whatever it will read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peak = peak_rss_mib(&hook);
+    assert!(
+        peak < 48.0,
+        "peak RSS {peak:.1} MiB with 30 stalled 3 MiB bodies"
+    );
+    // Still serving.
+    let r = c.get(hook.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(streams);
+}

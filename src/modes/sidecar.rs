@@ -63,6 +63,12 @@ impl Health {
         };
     }
 
+    /// What the token on disk has left to live, if we wrote one.
+    fn time_left(&self, now: SystemTime) -> Option<Duration> {
+        let at = (*self.expires_at.lock().ok()?)?;
+        Some(at.duration_since(now).unwrap_or_default())
+    }
+
     fn seconds_left(&self, now: SystemTime) -> Option<f64> {
         let at = (*self.expires_at.lock().ok()?)?;
         Some(match at.duration_since(now) {
@@ -254,6 +260,7 @@ async fn renew_loop(
     cancel: &CancellationToken,
 ) {
     let mut attempt = 0u32;
+    let mut hangup = crate::shutdown::Hangup::new();
     loop {
         let result = tokio::select! {
             r = source.fetch() => r,
@@ -289,14 +296,21 @@ async fn renew_loop(
                 health.failed(e.class());
                 let wait = match e.class() {
                     FailureClass::Transient => {
-                        let w = renew::backoff(attempt, e.retry_after(), &s.policy, renew::draw());
+                        let left = health.time_left(SystemTime::now());
+                        let w = renew::retry_wait(
+                            attempt,
+                            e.retry_after(),
+                            &s.policy,
+                            renew::draw(),
+                            left,
+                        );
                         attempt = attempt.saturating_add(1);
                         w
                     }
                     FailureClass::Permanent => renew::after_rejection(&s.policy, renew::draw()),
                 };
                 tracing::warn!(
-                    error = %anyhow::Error::from(e),
+                    error = format!("{:#}", anyhow::Error::from(e)),
                     retry_in_ms = wait.as_millis() as u64,
                     "token renewal failed; the last good token stays in place"
                 );
@@ -305,6 +319,7 @@ async fn renew_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = hangup.recv() => tracing::info!("SIGHUP: re-reading the credentials and renewing now"),
             _ = cancel.cancelled() => return,
         }
     }

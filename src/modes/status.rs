@@ -154,10 +154,7 @@ pub fn describe(token: &str, now: SystemTime) -> (String, bool) {
         (None, Some(sub)) => format!("sub {sub}"),
         (None, None) => "no subject".into(),
     };
-    let Some(exp) = c
-        .exp
-        .map(|e| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(e.max(0.0)))
-    else {
+    let Some(exp) = c.exp.and_then(crate::token::unix_time) else {
         return (format!("{who}, no expiry"), false);
     };
     let (when, ok) = expiry(exp, now);
@@ -167,9 +164,10 @@ pub fn describe(token: &str, now: SystemTime) -> (String, bool) {
 fn describe_refresh(token: &SecretString, now: SystemTime) -> String {
     match claims(token.expose_secret()).ok().and_then(|c| c.exp) {
         // Keycloak's offline tokens carry exp 0: no expiry.
-        Some(exp) if exp > 0.0 => {
-            expiry(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp), now).0
-        }
+        Some(exp) if exp > 0.0 => match crate::token::unix_time(exp) {
+            Some(at) => expiry(at, now).0,
+            None => "present, with an out-of-range expiry".into(),
+        },
         _ => "present".into(),
     }
 }

@@ -11,6 +11,17 @@ use crate::renew::Policy;
 use crate::retry;
 use crate::source::TokenSource;
 
+/// Why `token` printed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The identity provider handed out a token that has already expired; printing it
+    /// would only move the failure to the API call (`init` refuses the same).
+    #[error(
+        "refusing to print an already expired token (it expired at {at}): check this machine's clock and the identity provider's"
+    )]
+    Expired { at: String },
+}
+
 /// `polars-cloud-auth token`.
 pub fn command(args: TokenArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let idp = overlay(&args.idp, &file.idp)?;
@@ -30,6 +41,12 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let tokens = retry::fetch_until(source, deadline, policy, cancel).await?;
+    if tokens.access.expires_at() <= std::time::SystemTime::now() {
+        return Err(Error::Expired {
+            at: humantime::format_rfc3339_seconds(tokens.access.expires_at()).to_string(),
+        }
+        .into());
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", tokens.access.secret().expose_secret())?;
     out.flush()?;

@@ -96,6 +96,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    remove_stale_temps(&dir, &name.to_string_lossy());
     let tmp = dir.join(format!(
         ".{}.{}.{:08x}.tmp",
         name.to_string_lossy(),
@@ -116,6 +117,54 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A temporary file of ours older than this was left by a writer that died (SIGKILL, a
+/// full disk before the fix for SIGXFSZ): a write takes milliseconds.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Removes temporary files that a killed writer of `name` left in `dir`: only names of
+/// our pattern (`.{name}.{pid}.{8 hex}.tmp`) and only when older than [`STALE_TEMP`], so
+/// a write in progress in another process is left alone. They may hold a token. Best
+/// effort: a failure here must not stop the write.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let ours = rest.split_once('.').is_some_and(|(pid, hex)| {
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && hex.len() == 8
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_TEMP);
+        if ours && stale {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a stale temporary token file")
+                }
+                Err(e) => {
+                    tracing::debug!(path = %entry.path().display(), error = %e, "could not remove a stale temporary file")
+                }
+            }
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -261,6 +310,41 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Expired { .. }));
         assert_eq!(fs::read_to_string(file.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn stale_temp_files_of_killed_writers_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let old = SystemTime::now() - Duration::from_secs(120);
+        let make = |name: &str, at: SystemTime| {
+            let f = File::create(dir.path().join(name)).unwrap();
+            f.set_modified(at).unwrap();
+        };
+        make(".token.4242.deadbeef.tmp", old);
+        make(".token.1.0000abcd.tmp", old);
+        make(".token.4242.cafebabe.tmp", SystemTime::now()); // a write in progress
+        make(".other.4242.deadbeef.tmp", old);
+        make("notes.tmp", old);
+        make(".token.x.deadbeef.tmp", old);
+        TokenFile::new(&path, 0o600)
+            .write(&token(2_000_000_000), SystemTime::now())
+            .unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".other.4242.deadbeef.tmp",
+                ".token.4242.cafebabe.tmp",
+                ".token.x.deadbeef.tmp",
+                "notes.tmp",
+                "token"
+            ]
+        );
     }
 
     #[test]

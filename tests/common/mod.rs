@@ -146,6 +146,11 @@ impl Idp {
         );
     }
 
+    /// Drops the faults still queued.
+    pub fn clear_faults(&self) {
+        self.call("DELETE", "/__test/faults", None);
+    }
+
     /// Every token-endpoint and revocation request so far.
     pub fn requests(&self) -> Vec<Value> {
         match self.call("GET", "/__test/requests", None) {

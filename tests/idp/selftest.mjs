@@ -79,11 +79,11 @@ async function verifyJwt(srv, token) {
   return jwt;
 }
 
-async function post(srv, path, form, { basic, signal } = {}) {
+async function post(srv, path, form, { basic, signal, redirect } = {}) {
   const headers = { 'content-type': 'application/x-www-form-urlencoded' };
   if (basic) headers.authorization = `Basic ${Buffer.from(`${basic[0]}:${basic[1]}`).toString('base64')}`;
   const res = await fetch(srv.url(path), {
-    method: 'POST', headers, body: new URLSearchParams(form).toString(), signal,
+    method: 'POST', headers, body: new URLSearchParams(form).toString(), signal, redirect: redirect ?? 'follow',
   });
   const text = await res.text();
   let json;
@@ -380,6 +380,24 @@ describe('test IdP', () => {
       assert.equal(res.headers.get('retry-after'), '2');
       assert.match(res.headers.get('content-type'), /^text\/plain/);
       assert.equal((await ok()).status, 200, 'a fault is used once');
+    });
+
+    it('status fault with extra headers (a redirect)', async () => {
+      await hook(srv, 'POST', '/__test/faults', { faults: [{ kind: 'status', status: 302, headers: { Location: 'https://elsewhere.invalid/login' } }] });
+      const res = await token(srv, { grant_type: 'client_credentials', client_id: 'cc-post', client_secret: 'cc-post-secret' }, { redirect: 'manual' });
+      assert.equal(res.status, 302);
+      assert.equal(res.headers.get('location'), 'https://elsewhere.invalid/login');
+    });
+
+    it('echo fault quotes the raw body and the Authorization header', async () => {
+      await hook(srv, 'POST', '/__test/faults', { faults: [{ kind: 'echo' }, { kind: 'echo', status: 400, error: 'invalid_client' }] });
+      const res = await token(srv, { grant_type: 'client_credentials', client_id: 'cc-post', client_secret: 'a+b c/d' });
+      assert.equal(res.status, 401);
+      assert.equal(res.json.error, 'invalid_grant');
+      assert.match(res.json.error_description, /client_secret=a%2Bb(\+|%20)c%2Fd/);
+      const basic = await token(srv, { grant_type: 'client_credentials' }, { basic: ['cc-basic', 'x'] });
+      assert.equal(basic.status, 400);
+      assert.match(basic.json.error_description, /authorization: Basic [A-Za-z0-9+/=]+/);
     });
 
     it('oauth_error fault', async () => {

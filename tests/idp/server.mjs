@@ -219,7 +219,7 @@ const deviceNextPoll = new Map(); // device_code -> earliest ms timestamp of the
 // time (timers and schedulers jitter); a poll straight after another is always too fast.
 const POLL_TOLERANCE_MS = Math.min(250, DEVICE_INTERVAL * 100);
 
-const FAULT_KINDS = new Set(['status', 'reset', 'hang', 'garbage', 'no_access_token', 'oauth_error']);
+const FAULT_KINDS = new Set(['status', 'reset', 'hang', 'garbage', 'no_access_token', 'oauth_error', 'echo']);
 
 function takeFault(endpoint, grantType) {
   const index = faults.findIndex((fault) => (fault.endpoint ?? 'token') === endpoint
@@ -628,7 +628,7 @@ async function handleTestHook(req, res, url) {
 
 const GARBAGE = '<html><body>502 Bad Gateway (this is not JSON)</body></html>';
 
-function applyFault(fault, req, res, entry, proceed) {
+function applyFault(fault, req, res, entry, raw, proceed) {
   entry.fault = fault.kind;
   switch (fault.kind) {
     case 'status': {
@@ -642,8 +642,16 @@ function applyFault(fault, req, res, entry, proceed) {
       body ??= '';
       const headers = { 'content-type': contentType ?? 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body) };
       if (fault.retry_after !== undefined) headers['retry-after'] = String(fault.retry_after);
+      for (const [name, value] of Object.entries(fault.headers ?? {})) headers[name.toLowerCase()] = String(value);
       res.writeHead(status, headers);
       res.end(body);
+      return;
+    }
+    case 'echo': {
+      // A careless IdP that quotes the request back: the raw body as sent on the wire
+      // (form-encoded) and the Authorization header, in error_description.
+      const description = `request body: ${raw.toString('utf8')}; authorization: ${req.headers.authorization ?? ''}`;
+      sendJson(res, fault.status ?? 401, { error: fault.error ?? 'invalid_grant', error_description: description });
       return;
     }
     case 'oauth_error': {
@@ -820,7 +828,7 @@ async function handleRealm(req, res, url) {
     const fault = takeFault(endpoint, typeof params.grant_type === 'string' ? params.grant_type : undefined);
     if (fault) {
       if (VERBOSE) log(`fault ${fault.kind} for ${endpoint} grant_type=${params.grant_type}`);
-      return applyFault(fault, req, res, entry, () => proceed(req, res, rel, raw, params, basic, isForm));
+      return applyFault(fault, req, res, entry, raw, () => proceed(req, res, rel, raw, params, basic, isForm));
     }
   }
   return proceed(req, res, rel, raw, params, basic, isForm);
