@@ -100,14 +100,10 @@ pub struct SidecarArgs {
 pub struct ProbeArgs {
     #[command(flatten)]
     pub file: FileArgs,
-    /// The token must stay valid at least this long.
-    #[arg(
-        long,
-        env = "POLARS_CLOUD_MIN_VALID",
-        default_value = "30s",
-        value_name = "DURATION"
-    )]
-    pub min_valid: HumanDuration,
+    /// The token must stay valid at least this long [default: 30s, but at most a tenth of
+    /// the token's life, so that short tokens pass].
+    #[arg(long, env = "POLARS_CLOUD_MIN_VALID", value_name = "DURATION")]
+    pub min_valid: Option<HumanDuration>,
 }
 
 /// The realm a person signs in to: the identity provider settings of `IdpArgs` without the

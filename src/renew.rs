@@ -102,12 +102,15 @@ pub fn after_rejection(policy: &Policy, draw: f64) -> Duration {
         .mul_f64(0.9 + 0.2 * draw.clamp(0.0, 1.0))
 }
 
-/// The margin a readiness check can ask of `token`: `wanted`, but never more than a tenth
-/// of the token's life. A token is renewed when a fifth to three tenths of its life are
-/// left, so with short tokens a fixed margin (30 s) would fail between renewals, and a
-/// token living less than the margin would never pass at all.
-pub fn margin_for(lifetime: Duration, wanted: Duration) -> Duration {
-    wanted.min(lifetime.mul_f64(0.1))
+/// The readiness margin when none is given.
+pub const DEFAULT_MARGIN: Duration = Duration::from_secs(30);
+
+/// The margin a readiness check asks of a token of `lifetime`: the one given, else 30 s
+/// but never more than a tenth of the life. A token is renewed when a fifth to three
+/// tenths of its life are left, so with short tokens a fixed 30 s would fail between
+/// renewals, and a token living less than 30 s would never pass at all.
+pub fn margin(given: Option<Duration>, lifetime: Duration) -> Duration {
+    given.unwrap_or_else(|| DEFAULT_MARGIN.min(lifetime.mul_f64(0.1)))
 }
 
 /// A uniform draw in [0, 1) for the functions above.
@@ -146,13 +149,13 @@ mod tests {
 
     #[test]
     fn readiness_margins_shrink_with_short_tokens() {
-        let wanted = Duration::from_secs(30);
-        assert_eq!(margin_for(token(0, 300).lifetime(), wanted), wanted);
-        assert_eq!(
-            margin_for(token(0, 40).lifetime(), wanted),
-            Duration::from_secs(4)
-        );
-        assert_eq!(margin_for(token(0, 3600).lifetime(), wanted), wanted);
+        let life = |s| token(0, s).lifetime();
+        assert_eq!(margin(None, life(300)), DEFAULT_MARGIN);
+        assert_eq!(margin(None, life(40)), Duration::from_secs(4));
+        assert_eq!(margin(None, life(3600)), DEFAULT_MARGIN);
+        // A margin asked for is a margin kept.
+        let asked = Duration::from_secs(120);
+        assert_eq!(margin(Some(asked), life(300)), asked);
     }
 
     #[test]

@@ -208,8 +208,9 @@ pub struct Settings {
     pub domain: Option<String>,
     /// `POLARS_CLOUD_ISSUER` of our containers.
     pub issuer: Option<String>,
-    /// The native sidecar's startup probe passes once the token is valid this long.
-    pub min_valid: Duration,
+    /// The native sidecar's startup probe passes once the token is valid this long
+    /// (`None`: the probe's default, 30 s but at most a tenth of the token's life).
+    pub min_valid: Option<Duration>,
     /// `POLARS_CLOUD_RENEW_AT` of the sidecar (its own default when unset).
     pub renew_at: Option<f64>,
     /// The relay: the app's own client refreshes through our container (see
@@ -229,7 +230,7 @@ impl Default for Settings {
             memory_limit: "32Mi".into(),
             domain: None,
             issuer: None,
-            min_valid: Duration::from_secs(30),
+            min_valid: None,
             renew_at: None,
             relay: true,
         }
@@ -464,7 +465,12 @@ fn effective(
         &mut s.memory_request,
     )?;
     apply(ann, a::MEMORY_LIMIT, check::quantity, &mut s.memory_limit)?;
-    apply(ann, a::MIN_VALID, check::min_valid, &mut s.min_valid)?;
+    apply(
+        ann,
+        a::MIN_VALID,
+        |v| check::min_valid(v).map(Some),
+        &mut s.min_valid,
+    )?;
     apply(ann, a::RELAY, check::switch, &mut s.relay)?;
     let mut renew_at = s.renew_at.unwrap_or_default();
     apply(ann, a::RENEW_AT, check::renew_at, &mut renew_at)?;
@@ -1069,12 +1075,17 @@ fn token_container(
         }),
         startup_probe: matches!(role, Role::NativeSidecar).then(|| Probe {
             exec: Some(ExecAction {
-                command: Some(vec![
-                    ENTRYPOINT.into(),
-                    "probe".into(),
-                    "--min-valid".into(),
-                    humantime::format_duration(s.min_valid).to_string(),
-                ]),
+                command: Some(
+                    [ENTRYPOINT.to_string(), "probe".to_string()]
+                        .into_iter()
+                        .chain(s.min_valid.into_iter().flat_map(|d| {
+                            [
+                                "--min-valid".to_string(),
+                                humantime::format_duration(d).to_string(),
+                            ]
+                        }))
+                        .collect(),
+                ),
             }),
             period_seconds: Some(1),
             timeout_seconds: Some(5),

@@ -68,7 +68,7 @@ fn native_sidecar_by_default() {
     assert_eq!(ours["image"], default_image());
     assert_eq!(
         ours["startupProbe"]["exec"]["command"],
-        json!([ENTRYPOINT, "probe", "--min-valid", "30s"])
+        json!([ENTRYPOINT, "probe"])
     );
     assert_eq!(ours["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(ours["livenessProbe"]["httpGet"]["path"], "/healthz");

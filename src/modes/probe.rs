@@ -20,7 +20,7 @@ pub enum Error {
 /// `polars-cloud-auth probe`: a failed check is exit 1 with the reason on stderr.
 pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
-    match run(&token_file, args.min_valid.0) {
+    match run(&token_file, args.min_valid.map(|d| d.0)) {
         Ok(left) => {
             println!("ok: token valid for {}s", left.as_secs());
             Ok(crate::exit::OK)
@@ -32,10 +32,10 @@ pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     }
 }
 
-pub fn run(file: &TokenFile, min_valid: Duration) -> Result<Duration, Error> {
+pub fn run(file: &TokenFile, min_valid: Option<Duration>) -> Result<Duration, Error> {
     let token = file.read()?;
     let now = SystemTime::now();
-    let min_valid = crate::renew::margin_for(token.lifetime(), min_valid);
+    let min_valid = crate::renew::margin(min_valid, token.lifetime());
     if token.valid_for(now, min_valid) {
         Ok(token.remaining(now))
     } else {

@@ -80,9 +80,9 @@ impl Health {
     /// Ready: the token on disk is valid for at least `margin` (at most a tenth of its
     /// life, see [`renew::margin_for`]), and the last attempt was not a rejection of the
     /// credentials.
-    pub fn ready(&self, now: SystemTime, margin: Duration) -> bool {
+    pub fn ready(&self, now: SystemTime, margin: Option<Duration>) -> bool {
         let life = self.lifetime.lock().ok().and_then(|l| *l);
-        let margin = life.map_or(margin, |l| renew::margin_for(l, margin));
+        let margin = renew::margin(margin, life.unwrap_or(renew::DEFAULT_MARGIN * 10));
         !self.rejected.load(Ordering::Relaxed)
             && self
                 .seconds_left(now)
@@ -90,7 +90,7 @@ impl Health {
     }
 
     /// Prometheus text exposition.
-    pub fn metrics(&self, now: SystemTime, margin: Duration) -> String {
+    pub fn metrics(&self, now: SystemTime, margin: Option<Duration>) -> String {
         let count = |n: &AtomicU64| n.load(Ordering::Relaxed).to_string();
         let left = self
             .seconds_left(now)
@@ -159,7 +159,8 @@ pub struct Settings {
     pub file: TokenFile,
     pub policy: Policy,
     pub listen: SocketAddr,
-    pub ready_margin: Duration,
+    /// Given by flag or config; else derived from the token's life.
+    pub ready_margin: Option<Duration>,
     /// The relay and its listener, when the app's client refreshes through us.
     pub relay: Option<(relay::Settings, SocketAddr)>,
 }
@@ -186,10 +187,7 @@ pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         listen: serve
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8471))),
-        ready_margin: serve
-            .ready_margin
-            .map(|d| d.0)
-            .unwrap_or(Duration::from_secs(30)),
+        ready_margin: serve.ready_margin.map(|d| d.0),
     };
     crate::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
@@ -347,7 +345,7 @@ impl Sinks<'_> {
 }
 
 /// The HTTP surface, apart from the loop so tests can drive it.
-pub fn router(health: Arc<Health>, margin: Duration) -> Router {
+pub fn router(health: Arc<Health>, margin: Option<Duration>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -355,7 +353,9 @@ pub fn router(health: Arc<Health>, margin: Duration) -> Router {
         .with_state((health, margin))
 }
 
-async fn readyz(State((health, margin)): State<(Arc<Health>, Duration)>) -> impl IntoResponse {
+async fn readyz(
+    State((health, margin)): State<(Arc<Health>, Option<Duration>)>,
+) -> impl IntoResponse {
     if health.ready(SystemTime::now(), margin) {
         (StatusCode::OK, "ready\n")
     } else {
@@ -363,7 +363,9 @@ async fn readyz(State((health, margin)): State<(Arc<Health>, Duration)>) -> impl
     }
 }
 
-async fn metrics(State((health, margin)): State<(Arc<Health>, Duration)>) -> impl IntoResponse {
+async fn metrics(
+    State((health, margin)): State<(Arc<Health>, Option<Duration>)>,
+) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         health.metrics(SystemTime::now(), margin),
@@ -384,16 +386,19 @@ mod tests {
     fn readiness_follows_the_token_and_rejections() {
         let h = Health::default();
         let now = UNIX_EPOCH + Duration::from_secs(100);
-        assert!(!h.ready(now, Duration::from_secs(30)));
+        assert!(!h.ready(now, Some(Duration::from_secs(30))));
         h.renewed(&token(100, 300));
-        assert!(h.ready(now, Duration::from_secs(30)));
-        assert!(!h.ready(now + Duration::from_secs(280), Duration::from_secs(30)));
+        assert!(h.ready(now, Some(Duration::from_secs(30))));
+        assert!(!h.ready(
+            now + Duration::from_secs(280),
+            Some(Duration::from_secs(30))
+        ));
         h.failed(FailureClass::Transient);
-        assert!(h.ready(now, Duration::from_secs(30)));
+        assert!(h.ready(now, Some(Duration::from_secs(30))));
         h.failed(FailureClass::Permanent);
-        assert!(!h.ready(now, Duration::from_secs(30)));
+        assert!(!h.ready(now, Some(Duration::from_secs(30))));
         h.renewed(&token(100, 300));
-        assert!(h.ready(now, Duration::from_secs(30)));
+        assert!(h.ready(now, Some(Duration::from_secs(30))));
     }
 
     #[test]
@@ -403,8 +408,10 @@ mod tests {
         h.renewed(&token(100, 40));
         // Renewal comes at 80% (8 s left): with a fixed 30 s margin the sidecar would be
         // unready from 10 s on; a tenth of the life (4 s) keeps it ready.
-        assert!(h.ready(now + Duration::from_secs(32), Duration::from_secs(30)));
-        assert!(!h.ready(now + Duration::from_secs(37), Duration::from_secs(30)));
+        assert!(h.ready(now + Duration::from_secs(32), None));
+        assert!(!h.ready(now + Duration::from_secs(37), None));
+        // A margin asked for is kept.
+        assert!(!h.ready(now + Duration::from_secs(32), Some(Duration::from_secs(30))));
     }
 
     #[test]
@@ -414,7 +421,7 @@ mod tests {
         h.failed(FailureClass::Transient);
         let text = h.metrics(
             UNIX_EPOCH + Duration::from_secs(100),
-            Duration::from_secs(30),
+            Some(Duration::from_secs(30)),
         );
         assert!(
             text.contains("polars_cloud_auth_renewals_total 1\n"),
