@@ -28,5 +28,14 @@ echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, lint
 if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
   # Each slow peer adds its block here: install or start it (cached), run its suite.
-  :
+  echo "== real kube-apiserver, kubectl and Helm CLI (scripts/cluster.sh, tests/cluster/README.md)"
+  bash scripts/cluster.sh build   # cached; the first run builds from source (see the README)
+  bash scripts/cluster.sh start
+  trap 'bash scripts/cluster.sh stop' EXIT
+  (
+    eval "$(bash scripts/cluster.sh env)"
+    .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_helm.py::test_helm_cli
+  )
+  bash scripts/cluster.sh stop
+  trap - EXIT
 fi
