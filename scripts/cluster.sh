@@ -42,6 +42,10 @@ unset HTTPS_PROXY https_proxy HTTP_PROXY http_proxy ALL_PROXY all_proxy
 log() { echo "cluster: $*" >&2; }
 
 build() {
+  if ! command -v go >/dev/null 2>&1; then
+    log "the Go toolchain is needed to build the cluster's binaries (go on PATH)"
+    return 1
+  fi
   mkdir -p "$bin"
   rm -rf "$bin"/.build.*  # left by an interrupted build
   local tmp
@@ -60,7 +64,7 @@ build() {
       done
     done
     local start=$SECONDS
-    (cd "$K8S_MOD" && GOFLAGS=-mod=readonly go build "${flags[@]}" -ldflags="$ldflags" \
+    (cd "$K8S_MOD" && GOFLAGS="-mod=readonly -buildvcs=false" go build "${flags[@]}" -ldflags="$ldflags" \
       -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd)
     mv "$tmp/kube-apiserver" "$APISERVER"
     mv "$tmp/kubectl" "$KUBECTL"
@@ -71,7 +75,7 @@ build() {
     log "building helm $HELM_VERSION"
     local start=$SECONDS
     # `go install pkg@version` builds with Helm's own go.mod, exactly as released.
-    GOBIN=$tmp GOFLAGS=-mod=mod go install "${flags[@]}" \
+    GOBIN=$tmp GOFLAGS="-mod=mod -buildvcs=false" go install "${flags[@]}" \
       -ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
       "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
     mv "$tmp/helm" "$HELM"

@@ -547,8 +547,8 @@ def test_inject_output_is_accepted_by_the_api_server(kube, webhook, path, flags)
                    input=text)
     answer = json.loads(out.stdout)
     items = answer["items"] if answer.get("kind") == "List" else [answer]
-    sent = [d for d in k8s.load_all(text)]
-    sent = [i for d in sent for i in (d["items"] if d.get("kind") == "List" else [d])]
+    sent = [i for d in k8s.load_all(text)
+            for i in (d["items"] if d.get("kind") == "List" else [d])]
     assert len(items) == len(sent)
     for doc, got in zip(sent, items):
         assert (got["kind"], got["metadata"].get("name")) == (doc["kind"], doc["metadata"].get("name"))
@@ -592,3 +592,13 @@ def test_injected_workloads_are_stored_as_injected(kube, webhook, kind):
             assert injection_problems(_template(again), skipped) == []
             checked += 1
     assert checked >= 1
+
+
+# --- the plain manifests of deploy/manifests -------------------------------------------------
+@pytest.mark.parametrize("path", sorted(k8s.MANIFESTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_manifests_are_accepted_by_the_api_server(kube, release, path):
+    text = path.read_text()
+    out = kube.run("apply", "--dry-run=server", "-n", TEAM_A, "-f", "-", "-o", "json", input=text)
+    answer = json.loads(out.stdout)
+    items = answer["items"] if answer.get("kind") == "List" else [answer]
+    assert sorted(k8s.kinds(items)) == sorted(k8s.kinds(k8s.load_all(text)))
