@@ -23,7 +23,12 @@ cargo test --locked --all-targets
 echo "== test IdP self-test"
 node --test tests/idp/selftest.mjs
 echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, linters)"
-.venv/bin/pytest -q tests/py
+py_args=()
+if [ "$slow" = 1 ]; then
+  # These run in the slow block below, against the cluster it starts.
+  py_args=(--ignore=tests/py/test_cluster.py --deselect tests/py/test_helm.py::test_helm_cli)
+fi
+.venv/bin/pytest -q tests/py "${py_args[@]}"
 
 if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
