@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::{
-    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RenewArgs, ServeArgs, WebhookArgs,
+    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
+    WebhookArgs,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -77,6 +78,8 @@ pub struct InitArgs {
     pub file: FileArgs,
     #[command(flatten)]
     pub renew: RenewArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +92,8 @@ pub struct SidecarArgs {
     pub renew: RenewArgs,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +197,11 @@ pub struct LogoutArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// Only put one token into POLARS_CLOUD_ACCESS_TOKEN, as before the relay: the client
+    /// cannot renew it, so the command must end within the token's life. By default the
+    /// command's client renews its token through polars-cloud-auth (the relay).
+    #[arg(long, env = "POLARS_CLOUD_EXEC_ENV_TOKEN")]
+    pub env_token: bool,
     /// A stored token is used only when it stays valid at least this long; otherwise a new
     /// one is fetched with the configured credentials.
     #[arg(

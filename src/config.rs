@@ -303,6 +303,97 @@ pub struct ServeArgs {
     pub ready_margin: Option<HumanDuration>,
 }
 
+/// The relay: a pod-local token endpoint that the app's own client refreshes against
+/// (see `relay`). On when at least one client config directory is given.
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Relay (the app's client refreshes through us)")]
+pub struct RelayArgs {
+    /// An app's client config directory (its POLARS_CLOUD_CONFIG_DIR), to get a
+    /// config.toml whose refresh token only the relay accepts; repeat or comma-separate.
+    #[arg(
+        long = "client-config",
+        env = "POLARS_CLOUD_RELAY_CLIENT_CONFIGS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_configs: Vec<PathBuf>,
+    /// The private domain the apps are given as POLARS_CLOUD_DOMAIN; the relay serves
+    /// auth.{domain} [default: polars-cloud-auth.internal].
+    #[arg(long = "relay-domain", env = "POLARS_CLOUD_RELAY_DOMAIN", value_parser = inject::check::domain)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "domain")]
+    pub relay_domain: Option<String>,
+    /// Where the relay keeps its CA and handle keys; mounted by our container only
+    /// [default: /var/run/polars-cloud-auth].
+    #[arg(
+        long = "relay-state-dir",
+        env = "POLARS_CLOUD_RELAY_STATE_DIR",
+        value_name = "DIR"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "state-dir")]
+    pub relay_state_dir: Option<PathBuf>,
+    /// The CA bundle the apps trust (their SSL_CERT_FILE): the system roots plus the
+    /// relay's CA [default: ca-bundle.pem beside the token file].
+    #[arg(
+        long = "relay-ca-bundle",
+        env = "POLARS_CLOUD_RELAY_CA_BUNDLE",
+        value_name = "PATH"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ca-bundle")]
+    pub relay_ca_bundle: Option<PathBuf>,
+    /// Address of the relay's TLS listener (sidecar) [default: 127.0.0.1:443, the port
+    /// the client always uses].
+    #[arg(
+        long = "relay-listen",
+        env = "POLARS_CLOUD_RELAY_LISTEN",
+        value_name = "ADDR"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    #[serde(rename = "listen")]
+    pub relay_listen: Option<std::net::SocketAddr>,
+}
+
+impl RelayArgs {
+    /// The relay's settings, or `None` when no client config directory was given.
+    pub fn settings(&self, token_file: &TokenFile) -> Option<crate::relay::Settings> {
+        if self.client_configs.is_empty() {
+            return None;
+        }
+        use crate::relay;
+        let bundle_dir = token_file.path().parent().unwrap_or(Path::new("/"));
+        Some(relay::Settings {
+            domain: self
+                .relay_domain
+                .clone()
+                .unwrap_or_else(|| relay::DEFAULT_DOMAIN.to_string()),
+            state_dir: self
+                .relay_state_dir
+                .clone()
+                .unwrap_or_else(|| relay::DEFAULT_STATE_DIR.into()),
+            client_configs: self.client_configs.clone(),
+            ca_bundle: self
+                .relay_ca_bundle
+                .clone()
+                .unwrap_or_else(|| bundle_dir.join(relay::CA_BUNDLE_FILE)),
+            system_roots: std::env::var_os("SSL_CERT_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| relay::SYSTEM_ROOTS.into()),
+            file_mode: token_file.mode(),
+        })
+    }
+
+    pub fn listen(&self) -> std::net::SocketAddr {
+        self.relay_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 443)))
+    }
+}
+
 /// What to inject into pods: the defaults that a pod's `polars.cloud/*` annotations
 /// override. Shared by `inject` and `webhook`.
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -348,6 +439,11 @@ pub struct InjectArgs {
     #[arg(long, env = "POLARS_CLOUD_INJECT_ISSUER", value_name = "URL", value_parser = inject::check::issuer)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Let the app's Polars Cloud client renew its token through our container (the
+    /// relay); `false` gives the app the token file only [default: true].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_RELAY", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<bool>,
 }
 
 fn token_path(s: &str) -> Result<String, String> {
@@ -434,6 +530,7 @@ impl InjectArgs {
             )?,
             min_valid: d.min_valid,
             renew_at: d.renew_at,
+            relay: self.relay.unwrap_or(d.relay),
         };
         if inject::check_limits(&settings).is_err() {
             return Err(Error::Invalid(format!(
@@ -526,6 +623,8 @@ pub struct ConfigFile {
     pub renewal: RenewArgs,
     #[serde(default)]
     pub sidecar: ServeArgs,
+    #[serde(default)]
+    pub relay: RelayArgs,
     #[serde(default)]
     pub log: LogArgs,
     #[serde(default)]
@@ -697,6 +796,7 @@ impl RenewArgs {
             backoff_base: d.backoff_base,
             backoff_cap: self.max_backoff.map(|x| x.0).unwrap_or(d.backoff_cap),
             rejected_retry: self.rejected_retry.map(|x| x.0).unwrap_or(d.rejected_retry),
+            lead: d.lead,
         }
     }
 

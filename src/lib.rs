@@ -12,6 +12,7 @@ pub mod device;
 pub mod exit;
 pub mod inject;
 pub mod modes;
+pub mod relay;
 pub mod renew;
 pub mod retry;
 pub mod shutdown;
@@ -20,6 +21,7 @@ pub mod source;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod vars;
 
 use cli::{Cli, Command};
 use config::ConfigFile;

@@ -22,6 +22,9 @@ pub struct Policy {
     /// The wait after the identity provider rejected the credentials (sidecar only):
     /// a rotated Secret may fix it, hammering the provider will not.
     pub rejected_retry: Duration,
+    /// Renew at least this long before expiry, whatever `renew_at` says: the relay's
+    /// clients ask for a new token when about 10 s are left, and must get a fresh one.
+    pub lead: Duration,
 }
 
 impl Default for Policy {
@@ -33,6 +36,7 @@ impl Default for Policy {
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
             rejected_retry: Duration::from_secs(60),
+            lead: Duration::ZERO,
         }
     }
 }
@@ -47,7 +51,10 @@ pub fn next_renewal(token: &AccessToken, now: SystemTime, policy: &Policy, draw:
     let fraction = (policy.renew_at - policy.jitter * draw.clamp(0.0, 1.0)).clamp(0.05, 0.99);
     let target = token.issued_at() + Duration::from_secs_f64(life * fraction);
     let wait = target.duration_since(now).unwrap_or_default();
-    wait.min(token.remaining(now)).max(policy.min_interval)
+    let remaining = token.remaining(now);
+    wait.min(remaining)
+        .min(remaining.saturating_sub(policy.lead))
+        .max(policy.min_interval)
 }
 
 /// The wait before retry number `attempt` (0 for the first) after a transient failure:
@@ -75,6 +82,14 @@ pub fn after_rejection(policy: &Policy, draw: f64) -> Duration {
     policy
         .rejected_retry
         .mul_f64(0.9 + 0.2 * draw.clamp(0.0, 1.0))
+}
+
+/// The margin a readiness check can ask of `token`: `wanted`, but never more than a tenth
+/// of the token's life. A token is renewed when a fifth to three tenths of its life are
+/// left, so with short tokens a fixed margin (30 s) would fail between renewals, and a
+/// token living less than the margin would never pass at all.
+pub fn margin_for(lifetime: Duration, wanted: Duration) -> Duration {
+    wanted.min(lifetime.mul_f64(0.1))
 }
 
 /// A uniform draw in [0, 1) for the functions above.
@@ -108,6 +123,40 @@ mod tests {
         assert_eq!(
             next_renewal(&token(1000, 300), secs(1100), &p, 0.0),
             Duration::from_secs(140)
+        );
+    }
+
+    #[test]
+    fn readiness_margins_shrink_with_short_tokens() {
+        let wanted = Duration::from_secs(30);
+        assert_eq!(margin_for(token(0, 300).lifetime(), wanted), wanted);
+        assert_eq!(
+            margin_for(token(0, 40).lifetime(), wanted),
+            Duration::from_secs(4)
+        );
+        assert_eq!(margin_for(token(0, 3600).lifetime(), wanted), wanted);
+    }
+
+    #[test]
+    fn a_lead_brings_renewal_before_the_clients_refresh() {
+        let p = Policy {
+            lead: Duration::from_secs(15),
+            ..Policy::default()
+        };
+        // Keycloak's 300 s: 80% comes first, the lead changes nothing.
+        assert_eq!(
+            next_renewal(&token(0, 300), secs(0), &p, 0.0),
+            Duration::from_secs(240)
+        );
+        // 40 s tokens: 80% would leave 8 s, less than the client waits for.
+        assert_eq!(
+            next_renewal(&token(0, 40), secs(0), &p, 0.0),
+            Duration::from_secs(25)
+        );
+        // Shorter than the lead: the floor keeps the provider from being hammered.
+        assert_eq!(
+            next_renewal(&token(0, 10), secs(0), &p, 0.0),
+            p.min_interval
         );
     }
 

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -25,6 +25,13 @@ pub const POLARS_CLIENT_ID: &str = "PolarsCloud";
 pub const SERVICE_ACCOUNT_SUFFIX: &str = "@sa.cloud.pola.rs";
 /// The largest token reply we read; anything bigger is not a token reply.
 const MAX_REPLY: usize = 1 << 20;
+/// How long a service account's secret that the realm refused (`invalid_grant`) is not sent
+/// again while it is unchanged. Keycloak's brute-force detection counts every refused
+/// password and then locks the account, for the right secret too; a sidecar retrying a
+/// wrong one would lock out every other user of the service account. A changed secret (a
+/// rotated Secret file) is sent at once. Once an hour stays below Keycloak's default of 30
+/// failures within its 12-hour failure reset time.
+pub const RESEND_REFUSED_AFTER: Duration = Duration::from_secs(3600);
 
 /// The realm's issuer URL for a Polars Cloud domain.
 pub fn issuer_for_domain(domain: &str) -> Result<Url, EndpointError> {
@@ -281,6 +288,20 @@ pub struct TokenSource {
     http: reqwest::Client,
     settings: Settings,
     refresh: Mutex<Option<RefreshToken>>,
+    /// The life of the last access token: a refresh token ending sooner is not used.
+    last_life: Mutex<Duration>,
+    refused: Mutex<Option<Refused>>,
+}
+
+/// The service-account credentials the realm last refused, and its answer.
+struct Refused {
+    id: String,
+    secret: SecretString,
+    at: Instant,
+    status: u16,
+    error: Option<String>,
+    description: Option<String>,
+    hint: String,
 }
 
 impl TokenSource {
@@ -289,6 +310,8 @@ impl TokenSource {
             http,
             settings,
             refresh: Mutex::new(None),
+            last_life: Mutex::new(Duration::ZERO),
+            refused: Mutex::new(None),
         }
     }
 
@@ -308,9 +331,15 @@ impl TokenSource {
 
     /// New tokens: by refresh token when one is held and still usable, falling back to the
     /// full grant when the provider refuses it.
+    ///
+    /// A refresh token that ends before a new access token would is not used: Keycloak caps
+    /// the refresh token and every access token at the session's max lifespan, so near it
+    /// a refresh brings an ever shorter token and renewals would race the session's end (a
+    /// reader could meet an expired file). Signing in again starts a new session.
     pub async fn fetch(&self) -> Result<Tokens, FetchError> {
         let now = SystemTime::now();
-        let held = self.refresh_token().filter(|r| r.usable(now));
+        let life = self.last_life.lock().map(|l| *l).unwrap_or_default();
+        let held = self.refresh_token().filter(|r| r.usable(now + life));
         if let Some(refresh) = held {
             match self.refresh(&refresh).await {
                 Ok(tokens) => return self.keep(tokens),
@@ -328,6 +357,10 @@ impl TokenSource {
     fn keep(&self, tokens: Tokens) -> Result<Tokens, FetchError> {
         if let Ok(mut held) = self.refresh.lock() {
             *held = tokens.refresh.clone();
+        }
+        if let Ok(mut life) = self.last_life.lock() {
+            // The longest seen: a token cut short by the session's end must not shrink it.
+            *life = (*life).max(tokens.access.lifetime());
         }
         Ok(tokens)
     }
@@ -352,6 +385,9 @@ impl TokenSource {
 
     async fn grant(&self) -> Result<Tokens, FetchError> {
         let (id, secret) = self.settings.credentials.load()?;
+        if let Some(e) = self.still_refused(&id, &secret) {
+            return Err(e);
+        }
         let username;
         let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
         let request = self.http.post(self.settings.endpoints.token.clone());
@@ -377,9 +413,65 @@ impl TokenSource {
         if let Some(audience) = &self.settings.audience {
             form.push(("audience", audience));
         }
-        self.post(request.form(&form), &[secret.expose_secret()])
+        let result = self
+            .post(request.form(&form), &[secret.expose_secret()])
             .await
-            .map_err(|e| with_grant_hint(e, self.settings.grant, &id))
+            .map_err(|e| with_grant_hint(e, self.settings.grant, &id));
+        self.remember_refusal(&result, &id, &secret);
+        result
+    }
+
+    /// The remembered refusal when these are the credentials the realm refused, recently.
+    fn still_refused(&self, id: &str, secret: &SecretString) -> Option<FetchError> {
+        let held = self.refused.lock().ok()?;
+        let r = held.as_ref()?;
+        let same = r.id == id && r.secret.expose_secret() == secret.expose_secret();
+        if !same || r.at.elapsed() >= RESEND_REFUSED_AFTER {
+            return None;
+        }
+        Some(FetchError::Rejected {
+            status: r.status,
+            error: r.error.clone(),
+            description: r.description.clone(),
+            hint: format!(
+                "{}; this secret was refused and is not sent again until it changes (or for {} min), so that the realm's brute-force detection does not lock the account",
+                r.hint,
+                RESEND_REFUSED_AFTER.as_secs() / 60
+            ),
+        })
+    }
+
+    fn remember_refusal(
+        &self,
+        result: &Result<Tokens, FetchError>,
+        id: &str,
+        secret: &SecretString,
+    ) {
+        let Ok(mut held) = self.refused.lock() else {
+            return;
+        };
+        match result {
+            Err(FetchError::Rejected {
+                status,
+                error,
+                description,
+                hint,
+            }) if self.settings.grant == Grant::ServiceAccount
+                && error.as_deref() == Some("invalid_grant") =>
+            {
+                *held = Some(Refused {
+                    id: id.to_string(),
+                    secret: secret.clone(),
+                    at: Instant::now(),
+                    status: *status,
+                    error: error.clone(),
+                    description: description.clone(),
+                    hint: hint.clone(),
+                });
+            }
+            Ok(_) => *held = None,
+            Err(_) => {}
+        }
     }
 
     /// Sends a token request and reads the reply. `secrets` are scrubbed from anything the
@@ -633,6 +725,11 @@ fn hint(status: StatusCode, error: Option<&str>) -> &'static str {
         (_, Some("invalid_grant")) => {
             "the credentials were not accepted: check the client id and secret"
         }
+        // Keycloak answers a wrong client secret with 401 `unauthorized_client` (not
+        // `invalid_client`), and a grant the client may not use with 400.
+        (401, Some("unauthorized_client")) => {
+            "the client id or secret is wrong, or the client does not exist in this realm: check the credentials and --issuer"
+        }
         (_, Some("unauthorized_client")) => {
             "this client may not use this grant: check --grant (service-account or client-credentials)"
         }
@@ -829,6 +926,19 @@ mod tests {
     }
 
     #[test]
+    fn keycloaks_401_unauthorized_client_is_a_wrong_client_secret() {
+        let body = br#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#;
+        let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("the client id or secret is wrong"),
+            "{err}"
+        );
+        let body = br#"{"error":"unauthorized_client","error_description":"Client not allowed for direct access grants"}"#;
+        let err = classify(StatusCode::BAD_REQUEST, None, body, now(), &[]).unwrap_err();
+        assert!(err.to_string().contains("check --grant"), "{err}");
+    }
+
+    #[test]
     fn echoed_secrets_are_scrubbed() {
         let body = br#"{"error":"invalid_grant","error_description":"bad password hunter2!"}"#;
         let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &["hunter2"]).unwrap_err();
@@ -849,36 +959,95 @@ mod tests {
 
     /// A loopback server that answers one request with `reply` and hands the request back.
     async fn one_shot(reply: &'static str) -> (Url, tokio::task::JoinHandle<String>) {
+        let (issuer, task) = serve(vec![reply.to_string()]).await;
+        (
+            issuer,
+            tokio::spawn(async { task.await.unwrap().remove(0) }),
+        )
+    }
+
+    /// A loopback server that answers one request per reply, in order, then closes; hands
+    /// the requests back.
+    async fn serve(replies: Vec<String>) -> (Url, tokio::task::JoinHandle<Vec<String>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let issuer = Url::parse(&format!("http://{addr}/realms/Polars")).unwrap();
         let task = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut buf).await.unwrap();
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length || n == 0 {
-                        break;
+            let mut requests = Vec::new();
+            for reply in replies {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length || n == 0 {
+                            break;
+                        }
                     }
                 }
+                stream.write_all(reply.as_bytes()).await.unwrap();
+                requests.push(String::from_utf8(request).unwrap());
             }
-            stream.write_all(reply.as_bytes()).await.unwrap();
-            String::from_utf8(request).unwrap()
+            requests
         });
         (issuer, task)
+    }
+
+    fn token_reply(expires_in: u64, refresh_expires_in: u64) -> String {
+        let now = unix_now();
+        let access = jwt(&serde_json::json!({"iat": now, "exp": now + expires_in}));
+        let body = format!(
+            r#"{{"access_token":"{access}","expires_in":{expires_in},"refresh_token":"r-1","refresh_expires_in":{refresh_expires_in}}}"#
+        );
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn grant_type(request: &str) -> &str {
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        body.split('&')
+            .find_map(|kv| kv.strip_prefix("grant_type="))
+            .unwrap()
+    }
+
+    /// Keycloak caps the refresh token at the session's max lifespan: near it, a new sign-in
+    /// beats a refresh that would bring a token cut short.
+    #[tokio::test]
+    async fn a_refresh_token_ending_before_a_new_access_token_would_is_not_used() {
+        let (issuer, server) = serve(vec![
+            token_reply(60, 600),
+            token_reply(60, 30),
+            token_reply(60, 600),
+        ])
+        .await;
+        let source = source_at(issuer, Grant::ServiceAccount);
+        for _ in 0..3 {
+            source.fetch().await.unwrap();
+        }
+        let requests = server.await.unwrap();
+        let grants: Vec<&str> = requests.iter().map(|r| grant_type(r)).collect();
+        assert_eq!(grants, ["password", "refresh_token", "password"]);
     }
 
     fn source_at(issuer: Url, grant: Grant) -> TokenSource {
@@ -952,6 +1121,54 @@ mod tests {
             "{request}"
         );
         assert!(!request.contains("client_secret="), "{request}");
+    }
+
+    /// Keycloak locks a user after a few refused passwords, for the right one too: an
+    /// unchanged refused secret is not sent again, a rotated one is.
+    #[tokio::test]
+    async fn a_refused_service_account_secret_is_not_sent_again_until_it_changes() {
+        let refused = "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 72\r\nconnection: close\r\n\r\n{\"error\":\"invalid_grant\",\"error_description\":\"Invalid user credentials\"}";
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("client_secret");
+        std::fs::write(&secret_file, "wrong-secret").unwrap();
+        let (issuer, server) = one_shot(refused).await;
+        let source = TokenSource::new(
+            http_client(&HttpSettings::default()).unwrap(),
+            Settings {
+                endpoints: Endpoints::new(issuer.clone(), None).unwrap(),
+                grant: Grant::ServiceAccount,
+                credentials: Credentials::from_sources(credentials::Sources {
+                    client_id: Some("sa".into()),
+                    client_secret_file: Some(secret_file.clone()),
+                    ..credentials::Sources::default()
+                }),
+                scope: None,
+                audience: None,
+            },
+        );
+        let first = source.fetch().await.unwrap_err();
+        assert_eq!(first.class(), FailureClass::Permanent);
+        assert!(server.await.unwrap().contains("password=wrong-secret"));
+        // The one-shot server is gone: a second request would be `Unreachable`.
+        let again = source.fetch().await.unwrap_err();
+        assert!(
+            matches!(&again, FetchError::Rejected { error: Some(e), .. } if e == "invalid_grant"),
+            "{again:?}"
+        );
+        assert!(
+            again
+                .to_string()
+                .contains("not sent again until it changes"),
+            "{again}"
+        );
+        assert!(!again.to_string().contains("wrong-secret"), "{again}");
+        // A rotated secret goes out (and finds no server: proof that it was sent).
+        std::fs::write(&secret_file, "rotated-secret").unwrap();
+        let rotated = source.fetch().await.unwrap_err();
+        assert!(
+            matches!(rotated, FetchError::Unreachable { .. }),
+            "{rotated:?}"
+        );
     }
 
     #[test]

@@ -523,7 +523,7 @@ fn logout_with_a_broken_config_toml_still_revokes_and_removes_the_other_files() 
 }
 
 #[test]
-fn exec_gives_the_real_client_the_sidecar_files_token_through_the_environment() {
+fn exec_env_token_gives_the_real_client_the_sidecar_files_token_through_the_environment() {
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
@@ -534,6 +534,7 @@ fn exec_gives_the_real_client_the_sidecar_files_token_through_the_environment() 
     let out = run(cmd(&idp)
         .env("HOME", dir.path())
         .arg("exec")
+        .arg("--env-token")
         .arg("--token-file")
         .arg(&file)
         .arg("--")
@@ -560,6 +561,7 @@ fn exec_fetches_a_token_when_the_stored_one_is_too_close_to_expiry() {
     let seen = dir.path().join("seen");
     let out = run(cmd(&idp)
         .arg("exec")
+        .arg("--env-token")
         .arg("--token-file")
         .arg(&file)
         .args(["--min-valid", "1m", "--", "sh", "-c"])

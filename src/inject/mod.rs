@@ -8,6 +8,7 @@
 //! index; insertions (our init container goes first) come after.
 
 pub mod quantity;
+pub mod relay;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use json_patch::jsonptr::{PointerBuf, Token};
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
     HTTPGetAction, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
@@ -49,9 +50,11 @@ pub mod annotation {
     pub const MEMORY_LIMIT: &str = "polars.cloud/memory-limit";
     pub const MIN_VALID: &str = "polars.cloud/min-valid";
     pub const RENEW_AT: &str = "polars.cloud/renew-at";
+    pub const RELAY: &str = "polars.cloud/relay";
+    pub const ALLOW_SHARED_PROCESSES: &str = "polars.cloud/allow-shared-processes";
 
     /// Every annotation we read, for the warning about unknown ones.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         SECRET_NAME,
         TOKEN_PATH,
         MODE,
@@ -62,6 +65,8 @@ pub mod annotation {
         MEMORY_LIMIT,
         MIN_VALID,
         RENEW_AT,
+        RELAY,
+        ALLOW_SHARED_PROCESSES,
     ];
 }
 
@@ -145,11 +150,28 @@ impl TokenPath {
             return Err(bad());
         }
         let path = Self(s.to_string());
-        let (dir, creds) = (path.dir(), CREDENTIALS_DIR);
+        let dir = path.dir();
         let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
-        if inside(dir, creds) || inside(creds, dir) {
+        for ours in [
+            CREDENTIALS_DIR,
+            relay::CLIENT_DIR,
+            crate::relay::DEFAULT_STATE_DIR,
+        ] {
+            if inside(dir, ours) || inside(ours, dir) {
+                return Err(format!(
+                    "'{s}' puts the token volume at {dir}, which overlaps polars-cloud-auth's mount {ours}; choose another directory"
+                ));
+            }
+        }
+        // A volume mounted there would hide the image's own files: programs (ours among
+        // them), libraries, the CA bundle, or the kernel's interfaces.
+        const SYSTEM: [&str; 12] = [
+            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc",
+            "/dev", "/sys", "/boot",
+        ];
+        if let Some(system) = SYSTEM.iter().find(|sys| inside(dir, sys)) {
             return Err(format!(
-                "'{s}' puts the token volume at {dir}, which overlaps the credentials mount {creds}; choose another directory"
+                "'{s}' puts the token volume at {dir}, inside {system}, where it would hide the image's own files; choose a directory such as /var/run/polars-cloud"
             ));
         }
         Ok(path)
@@ -190,6 +212,9 @@ pub struct Settings {
     pub min_valid: Duration,
     /// `POLARS_CLOUD_RENEW_AT` of the sidecar (its own default when unset).
     pub renew_at: Option<f64>,
+    /// The relay: the app's own client refreshes through our container (see
+    /// `crate::relay`). Without it the app gets the token file only.
+    pub relay: bool,
 }
 
 impl Default for Settings {
@@ -206,6 +231,7 @@ impl Default for Settings {
             issuer: None,
             min_valid: Duration::from_secs(30),
             renew_at: None,
+            relay: true,
         }
     }
 }
@@ -291,6 +317,14 @@ pub mod check {
         Mode::parse(s)
     }
 
+    pub fn switch(s: &str) -> Result<bool, String> {
+        match s {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("'{s}' is neither \"true\" nor \"false\"")),
+        }
+    }
+
     pub fn token_path(s: &str) -> Result<TokenPath, String> {
         TokenPath::parse(s)
     }
@@ -342,6 +376,27 @@ pub enum InjectError {
         "container '{container}' uses port {port}, where the polars-cloud-auth sidecar listens; move that container to another port, or set the annotation polars.cloud/mode: init-only"
     )]
     PortTaken { container: String, port: i32 },
+    /// An app container sets a variable the relay must set itself.
+    #[error(
+        "container '{container}' sets {name} to '{found}', but its Polars Cloud client must get '{want}' to renew its token through polars-cloud-auth; remove that variable, or set the annotation polars.cloud/relay: \"false\" (the container then gets the token file only)"
+    )]
+    RelayEnvConflict {
+        container: String,
+        name: &'static str,
+        found: String,
+        want: String,
+    },
+    /// The pod's sysctl keeps our container from binding port 443.
+    #[error(
+        "the pod sets the sysctl net.ipv4.ip_unprivileged_port_start to {found}, but polars-cloud-auth's relay needs it at most 443 to serve the app's token refreshes on port 443; lower it, or set the annotation polars.cloud/relay: \"false\""
+    )]
+    SysctlConflict { found: String },
+    /// The pod shares process namespaces, so its other containers could read our
+    /// container's files, the credentials among them, through /proc.
+    #[error(
+        "the pod sets {field}: true, so its other containers can read the polars-cloud-auth container's files, the client secret among them, through /proc/<pid>/root; remove {field}, or accept that risk with the annotation polars.cloud/allow-shared-processes: \"true\""
+    )]
+    SharedProcesses { field: &'static str },
     /// The pod is not for Linux.
     #[error(
         "the pod is for {0} (spec.os.name) but polars-cloud-auth runs on linux only; remove the label polars.cloud/inject"
@@ -410,6 +465,7 @@ fn effective(
     )?;
     apply(ann, a::MEMORY_LIMIT, check::quantity, &mut s.memory_limit)?;
     apply(ann, a::MIN_VALID, check::min_valid, &mut s.min_valid)?;
+    apply(ann, a::RELAY, check::switch, &mut s.relay)?;
     let mut renew_at = s.renew_at.unwrap_or_default();
     apply(ann, a::RENEW_AT, check::renew_at, &mut renew_at)?;
     if get(ann, a::RENEW_AT).is_some() {
@@ -531,6 +587,31 @@ pub fn inject(
     {
         return Err(InjectError::UnsupportedOs(os.name.clone()));
     }
+    let allow_shared = match ann.get(annotation::ALLOW_SHARED_PROCESSES) {
+        Some(v) => check::switch(v.trim()).map_err(|reason| InjectError::Annotation {
+            key: annotation::ALLOW_SHARED_PROCESSES,
+            reason,
+        })?,
+        None => false,
+    };
+    for (field, set) in [
+        ("spec.shareProcessNamespace", spec.share_process_namespace),
+        ("spec.hostPID", spec.host_pid),
+    ] {
+        if set == Some(true) {
+            if !allow_shared {
+                return Err(InjectError::SharedProcesses { field });
+            }
+            warnings.push(format!(
+                "{field} is true and polars.cloud/allow-shared-processes accepts it: the pod's other containers can read the client secret through /proc"
+            ));
+        }
+    }
+    if spec.host_network == Some(true) {
+        warnings.push(format!(
+            "hostNetwork pods get the sidecar's listener on the node's port {SIDECAR_PORT}: two such pods on one node collide; set polars.cloud/mode: init-only, or run the pod without hostNetwork"
+        ));
+    }
     let marked = ann.contains_key(INJECTED_ANNOTATION);
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let main = spec.containers.as_slice();
@@ -567,12 +648,29 @@ pub fn inject(
         }
     }
 
+    // The relay needs the pod's own network namespace and /etc/hosts.
+    let relay_on = s.relay && !spec.host_network.unwrap_or(false);
+    if s.relay && !relay_on {
+        warnings.push(
+            "hostNetwork pods get the token file only (no relay): their Polars Cloud client cannot renew its token; set polars.cloud/relay: \"false\" to silence this".into(),
+        );
+    }
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    for name in [TOKEN_VOLUME, CREDENTIALS_VOLUME] {
+    let mut ours = vec![TOKEN_VOLUME, CREDENTIALS_VOLUME];
+    if relay_on {
+        ours.extend([relay::CLIENT_VOLUME, relay::STATE_VOLUME]);
+    }
+    for name in ours {
         if !marked && volumes.iter().any(|v| v.name == name) {
             return Err(InjectError::VolumeTaken(name.to_string()));
         }
     }
+    let sysctl = if relay_on && s.mode != Mode::InitOnly {
+        relay::sysctl(spec)?
+    } else {
+        None
+    };
+    let real_domain = s.domain.as_deref().unwrap_or(crate::source::DEFAULT_DOMAIN);
 
     if add_containers && s.mode != Mode::InitOnly {
         for (_, _, c) in apps() {
@@ -592,13 +690,12 @@ pub fn inject(
 
     let mut ops = Vec::new();
     let token_dir = s.token_path.dir();
-    let mut served = 0;
+    let mut served_apps: Vec<&Container> = Vec::new();
     // Existing containers first, by their original index, before any insertion.
     for (list, i, c) in apps() {
         if skip.contains(&c.name) {
             continue;
         }
-        served += 1;
         let base = |field: &'static str| {
             pointer([
                 Token::new("spec"),
@@ -607,50 +704,81 @@ pub fn inject(
                 Token::new(field),
             ])
         };
-        let mount = VolumeMount {
+        let mut mounts_wanted = vec![VolumeMount {
             name: TOKEN_VOLUME.into(),
             mount_path: token_dir.into(),
             read_only: Some(true),
             ..VolumeMount::default()
-        };
-        match &c.volume_mounts {
-            None => ops.push(add(base("volumeMounts"), json!([to_value(&mount)]))),
-            Some(mounts) if mounts.iter().any(|m| m.name == TOKEN_VOLUME) => {}
-            Some(mounts) => {
-                if mounts
-                    .iter()
-                    .any(|m| m.mount_path.trim_end_matches('/') == token_dir)
-                {
-                    return Err(InjectError::MountPathTaken {
-                        container: c.name.clone(),
-                        path: token_dir.to_string(),
-                    });
+        }];
+        if relay_on {
+            mounts_wanted.push(relay::app_mount());
+        }
+        let existing = c.volume_mounts.as_deref().unwrap_or_default();
+        let mut new_mounts = Vec::new();
+        for mount in mounts_wanted {
+            if existing.iter().any(|m| m.name == mount.name) {
+                continue;
+            }
+            if existing
+                .iter()
+                .any(|m| m.mount_path.trim_end_matches('/') == mount.mount_path)
+            {
+                return Err(InjectError::MountPathTaken {
+                    container: c.name.clone(),
+                    path: mount.mount_path,
+                });
+            }
+            new_mounts.push(mount);
+        }
+        push_list(
+            &mut ops,
+            base("volumeMounts"),
+            c.volume_mounts.is_none(),
+            &new_mounts,
+        );
+
+        let vars = c.env.as_deref().unwrap_or_default();
+        let mut new_vars = Vec::new();
+        match vars.iter().find(|v| v.name == TOKEN_PATH_ENV) {
+            Some(v)
+                if v.value.as_deref() == Some(s.token_path.as_str()) && v.value_from.is_none() => {}
+            Some(v) => {
+                return Err(InjectError::EnvConflict {
+                    container: c.name.clone(),
+                    found: v.value.clone().unwrap_or_else(|| "(valueFrom)".into()),
+                    want: s.token_path.as_str().to_string(),
+                });
+            }
+            None => new_vars.push(env(TOKEN_PATH_ENV, s.token_path.as_str())),
+        }
+        if relay_on {
+            for (var, on_conflict) in relay::app_env(&c.name, token_dir, real_domain) {
+                match vars.iter().find(|v| v.name == var.name) {
+                    None => new_vars.push(var),
+                    Some(v) if v.value == var.value && v.value_from.is_none() => {}
+                    Some(_) if on_conflict == relay::OnConflict::KeepTheirs => {}
+                    Some(v) => {
+                        return Err(InjectError::RelayEnvConflict {
+                            container: c.name.clone(),
+                            name: relay_var_name(&var.name),
+                            found: v.value.clone().unwrap_or_else(|| "(valueFrom)".into()),
+                            want: var.value.unwrap_or_default(),
+                        });
+                    }
                 }
-                ops.push(add(
-                    base("volumeMounts").with_trailing_token("-"),
-                    to_value(&mount),
+            }
+            if vars.iter().any(|v| v.name == crate::vars::ACCESS_TOKEN) {
+                warnings.push(format!(
+                    "container '{}' sets {}, which the Polars Cloud client prefers to everything else and never renews; remove it so the client renews through polars-cloud-auth",
+                    c.name,
+                    crate::vars::ACCESS_TOKEN
                 ));
             }
         }
-        let var = env(TOKEN_PATH_ENV, s.token_path.as_str());
-        match &c.env {
-            None => ops.push(add(base("env"), json!([to_value(&var)]))),
-            Some(vars) => match vars.iter().find(|v| v.name == TOKEN_PATH_ENV) {
-                Some(v)
-                    if v.value.as_deref() == Some(s.token_path.as_str())
-                        && v.value_from.is_none() => {}
-                Some(v) => {
-                    return Err(InjectError::EnvConflict {
-                        container: c.name.clone(),
-                        found: v.value.clone().unwrap_or_else(|| "(valueFrom)".into()),
-                        want: s.token_path.as_str().to_string(),
-                    });
-                }
-                None => ops.push(add(base("env").with_trailing_token("-"), to_value(&var))),
-            },
-        }
+        push_list(&mut ops, base("env"), c.env.is_none(), &new_vars);
+        served_apps.push(c);
     }
-    if served == 0 {
+    if served_apps.is_empty() {
         warnings.push(
             "no container of this pod gets the token: polars.cloud/skip-containers lists them all"
                 .into(),
@@ -669,23 +797,93 @@ pub fn inject(
     if !volumes.iter().any(|v| v.name == CREDENTIALS_VOLUME) {
         new_volumes.push(credentials_volume(&s.secret_name, fs_group));
     }
-    let volumes_ptr = pointer([Token::new("spec"), Token::new("volumes")]);
-    if spec.volumes.is_none() && !new_volumes.is_empty() {
-        ops.push(add(volumes_ptr, to_value(&new_volumes)));
-    } else {
-        for v in &new_volumes {
-            ops.push(add(volumes_ptr.with_trailing_token("-"), to_value(v)));
+    if relay_on {
+        for v in relay::volumes() {
+            if !volumes.iter().any(|have| have.name == v.name) {
+                new_volumes.push(v);
+            }
+        }
+    }
+    push_list(
+        &mut ops,
+        pointer([Token::new("spec"), Token::new("volumes")]),
+        spec.volumes.is_none(),
+        &new_volumes,
+    );
+
+    if relay_on {
+        if !relay::has_host_alias(spec) {
+            push_list(
+                &mut ops,
+                pointer([Token::new("spec"), Token::new("hostAliases")]),
+                spec.host_aliases.is_none(),
+                &[relay::host_alias()],
+            );
+        }
+        if let Some(sysctl) = &sysctl {
+            let sc = pointer([Token::new("spec"), Token::new("securityContext")]);
+            match &spec.security_context {
+                None => ops.push(add(sc, json!({ "sysctls": [to_value(sysctl)] }))),
+                Some(have) => push_list(
+                    &mut ops,
+                    sc.with_trailing_token("sysctls"),
+                    have.sysctls.is_none(),
+                    std::slice::from_ref(sysctl),
+                ),
+            }
+        }
+    }
+    let relay_for = relay_on.then_some(served_apps.as_slice());
+    // A later pass (another webhook added a container): our containers seed its config
+    // directory too.
+    if let (false, Some(apps)) = (add_containers, relay_for) {
+        let want = relay::our_env(apps);
+        let lists = [("initContainers", init), ("containers", main)];
+        for (list, containers) in lists {
+            for (i, c) in containers
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| is_ours(&c.name))
+            {
+                let vars = c.env.as_deref().unwrap_or_default();
+                if let Some((j, v)) = vars.iter().enumerate().find(|(_, v)| v.name == want.name)
+                    && v.value != want.value
+                {
+                    ops.push(PatchOperation::Replace(ReplaceOperation {
+                        path: pointer([
+                            Token::new("spec"),
+                            Token::new(list),
+                            Token::from(i),
+                            Token::new("env"),
+                            Token::from(j),
+                            Token::new("value"),
+                        ]),
+                        value: to_value(&want.value),
+                    }));
+                }
+            }
         }
     }
 
     if add_containers {
         let (first, sidecar) = match s.mode {
-            Mode::Native => (token_container(&s, Role::NativeSidecar, fs_group), None),
-            Mode::Classic => (
-                token_container(&s, Role::Init(INIT_CONTAINER), fs_group),
-                Some(token_container(&s, Role::ClassicSidecar, fs_group)),
+            Mode::Native => (
+                token_container(&s, Role::NativeSidecar, fs_group, relay_for),
+                None,
             ),
-            Mode::InitOnly => (token_container(&s, Role::Init(CONTAINER), fs_group), None),
+            Mode::Classic => (
+                token_container(&s, Role::Init(INIT_CONTAINER), fs_group, relay_for),
+                Some(token_container(
+                    &s,
+                    Role::ClassicSidecar,
+                    fs_group,
+                    relay_for,
+                )),
+            ),
+            Mode::InitOnly => (
+                token_container(&s, Role::Init(CONTAINER), fs_group, relay_for),
+                None,
+            ),
         };
         let inits = pointer([Token::new("spec"), Token::new("initContainers")]);
         if spec.init_containers.is_none() {
@@ -730,7 +928,41 @@ pub fn inject(
     })
 }
 
-const TOKEN_PATH_ENV: &str = "POLARS_CLOUD_ACCESS_TOKEN_PATH";
+const TOKEN_PATH_ENV: &str = crate::vars::ACCESS_TOKEN_PATH;
+
+/// Adds `items` to the list at `ptr`: the whole list when the pod has none, else each at
+/// its end.
+fn push_list<T: Serialize>(
+    ops: &mut Vec<PatchOperation>,
+    ptr: PointerBuf,
+    absent: bool,
+    items: &[T],
+) {
+    if items.is_empty() {
+        return;
+    }
+    if absent {
+        ops.push(add(ptr, to_value(&items)));
+    } else {
+        for item in items {
+            ops.push(add(ptr.with_trailing_token("-"), to_value(item)));
+        }
+    }
+}
+
+/// The static name of a variable the relay sets, for the error message.
+fn relay_var_name(name: &str) -> &'static str {
+    use crate::vars;
+    [
+        vars::CONFIG_DIR,
+        vars::DOMAIN,
+        vars::API_ADDR,
+        vars::SSL_CERT_FILE,
+    ]
+    .into_iter()
+    .find(|v| *v == name)
+    .unwrap_or("a variable")
+}
 
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
@@ -772,7 +1004,12 @@ enum Role {
     Init(&'static str),
 }
 
-fn token_container(s: &Settings, role: Role, fs_group: bool) -> Container {
+fn token_container(
+    s: &Settings,
+    role: Role,
+    fs_group: bool,
+    relay_for: Option<&[&Container]>,
+) -> Container {
     let sidecar = !matches!(role, Role::Init(_));
     let mut vars = vec![
         env("POLARS_CLOUD_CREDENTIALS_DIR", CREDENTIALS_DIR),
@@ -795,6 +1032,9 @@ fn token_container(s: &Settings, role: Role, fs_group: bool) -> Container {
     }
     if let Some(d) = &s.domain {
         vars.push(env("POLARS_CLOUD_DOMAIN", d));
+    }
+    if let Some(apps) = relay_for {
+        vars.push(relay::our_env(apps));
     }
     if let Some(i) = &s.issuer {
         vars.push(env("POLARS_CLOUD_ISSUER", i));
@@ -874,19 +1114,24 @@ fn token_container(s: &Settings, role: Role, fs_group: bool) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: CREDENTIALS_VOLUME.into(),
-                mount_path: CREDENTIALS_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: s.token_path.dir().into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            vec![
+                VolumeMount {
+                    name: CREDENTIALS_VOLUME.into(),
+                    mount_path: CREDENTIALS_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: TOKEN_VOLUME.into(),
+                    mount_path: s.token_path.dir().into(),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(relay_for.into_iter().flat_map(|_| relay::our_mounts()))
+            .collect(),
+        ),
         ..Container::default()
     }
 }

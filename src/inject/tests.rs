@@ -105,25 +105,63 @@ fn native_sidecar_by_default() {
         ours["volumeMounts"],
         json!([
             {"name": "polars-cloud-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": true},
-            {"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud"}
+            {"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud"},
+            {"name": "polars-cloud-client", "mountPath": "/var/run/polars-cloud-client"},
+            {"name": "polars-cloud-auth-state", "mountPath": "/var/run/polars-cloud-auth"}
         ])
     );
     // The app container: the token volume read-only and the path, never the credentials.
     let app = &spec["containers"][0];
     assert_eq!(
         app["volumeMounts"],
-        json!([{"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud", "readOnly": true}])
+        json!([
+            {"name": "polars-cloud-token", "mountPath": "/var/run/polars-cloud", "readOnly": true},
+            {"name": "polars-cloud-client", "mountPath": "/var/run/polars-cloud-client"}
+        ])
     );
     assert_eq!(
         env_of(app, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
         Some("/var/run/polars-cloud/token")
     );
+    // The relay: the client's config directory, the private domain whose auth host is
+    // our container, the real API, and the bundle that trusts the relay.
+    assert_eq!(
+        env_of(app, "POLARS_CLOUD_CONFIG_DIR"),
+        Some("/var/run/polars-cloud-client/app")
+    );
+    assert_eq!(
+        env_of(app, "POLARS_CLOUD_DOMAIN"),
+        Some("polars-cloud-auth.internal")
+    );
+    assert_eq!(
+        env_of(app, "POLARS_CLOUD_API_ADDR"),
+        Some("https://api.prd.cloud.pola.rs")
+    );
+    assert_eq!(
+        env_of(app, "SSL_CERT_FILE"),
+        Some("/var/run/polars-cloud/ca-bundle.pem")
+    );
+    assert_eq!(
+        env_of(ours, "POLARS_CLOUD_RELAY_CLIENT_CONFIGS"),
+        Some("/var/run/polars-cloud-client/app")
+    );
+    assert_eq!(
+        spec["hostAliases"],
+        json!([{"ip": "127.0.0.1", "hostnames": ["auth.polars-cloud-auth.internal"]}])
+    );
+    assert_eq!(
+        spec["securityContext"]["sysctls"],
+        json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "443"}])
+    );
+    let memory = json!({"medium": "Memory", "sizeLimit": "1Mi"});
     assert_eq!(
         spec["volumes"],
         json!([
-            {"name": "polars-cloud-token", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "polars-cloud-token", "emptyDir": memory},
             {"name": "polars-cloud-credentials",
-             "secret": {"secretName": "polars-cloud-credentials", "defaultMode": 0o444}}
+             "secret": {"secretName": "polars-cloud-credentials", "defaultMode": 0o444}},
+            {"name": "polars-cloud-client", "emptyDir": memory},
+            {"name": "polars-cloud-auth-state", "emptyDir": memory}
         ])
     );
     assert_eq!(
@@ -206,14 +244,28 @@ fn a_reinvocation_serves_containers_added_since() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "late", "image": "x", "env": [{"name": "A", "value": "1"}]}));
-    let (twice, outcome) = run(&once, &Settings::default()).unwrap();
-    assert_eq!(outcome.patch.0.len(), 2, "{:?}", outcome.patch);
+    let (twice, _) = run(&once, &Settings::default()).unwrap();
     let late = &twice["spec"]["containers"][1];
     assert_eq!(late["env"][0]["name"], "A");
     assert_eq!(
         env_of(late, "POLARS_CLOUD_ACCESS_TOKEN_PATH"),
         Some("/var/run/polars-cloud/token")
     );
+    assert_eq!(
+        env_of(late, "POLARS_CLOUD_CONFIG_DIR"),
+        Some("/var/run/polars-cloud-client/late")
+    );
+    // Our container now seeds the late container's config directory too.
+    assert_eq!(
+        env_of(
+            &twice["spec"]["initContainers"][0],
+            "POLARS_CLOUD_RELAY_CLIENT_CONFIGS"
+        ),
+        Some("/var/run/polars-cloud-client/app,/var/run/polars-cloud-client/late")
+    );
+    // A third pass has nothing left to do.
+    let (_, again) = run(&twice, &Settings::default()).unwrap();
+    assert!(again.patch.0.is_empty(), "{:?}", again.patch);
     assert_eq!(
         names(&twice["spec"]["initContainers"]),
         ["polars-cloud-auth"]
@@ -238,20 +290,26 @@ fn existing_init_containers_and_volumes_are_kept_and_ours_go_first() {
     );
     assert_eq!(
         names(&s["volumes"]),
-        ["data", "polars-cloud-token", "polars-cloud-credentials"]
+        [
+            "data",
+            "polars-cloud-token",
+            "polars-cloud-credentials",
+            "polars-cloud-client",
+            "polars-cloud-auth-state"
+        ]
     );
     let migrate = &s["initContainers"][1];
     assert_eq!(
         names(&migrate["volumeMounts"]),
-        ["data", "polars-cloud-token"]
+        ["data", "polars-cloud-token", "polars-cloud-client"]
     );
     assert_eq!(
-        names(&migrate["env"]),
+        names(&migrate["env"])[..2],
         ["X", "POLARS_CLOUD_ACCESS_TOKEN_PATH"]
     );
     assert_eq!(
         names(&s["containers"][0]["volumeMounts"]),
-        ["data", "polars-cloud-token"]
+        ["data", "polars-cloud-token", "polars-cloud-client"]
     );
     assert_eq!(p["metadata"]["annotations"]["team"], "a");
 }
@@ -369,10 +427,10 @@ fn an_app_container_that_already_names_the_token_path_keeps_it() {
     let spec = json!({"containers": [{"name": "app", "image": "a",
         "env": [{"name": "POLARS_CLOUD_ACCESS_TOKEN_PATH", "value": "/var/run/polars-cloud/token"}]}]});
     let p = injected(&pod(json!({}), spec));
-    assert_eq!(
-        p["spec"]["containers"][0]["env"].as_array().unwrap().len(),
-        1
-    );
+    let env = p["spec"]["containers"][0]["env"].as_array().unwrap();
+    let named = |n: &str| env.iter().filter(|e| e["name"] == n).count();
+    assert_eq!(named("POLARS_CLOUD_ACCESS_TOKEN_PATH"), 1);
+    assert_eq!(named("POLARS_CLOUD_CONFIG_DIR"), 1);
 }
 
 #[test]
@@ -523,4 +581,148 @@ fn unknown_annotations_far_from_any_known_one_list_the_known_ones() {
     let w = &outcome.warnings[0];
     assert!(w.contains("known: secret-name, token-path, mode,"), "{w}");
     assert!(w.len() < 256, "kubectl may truncate longer warnings: {w}");
+}
+
+#[test]
+fn relay_conflicts_are_refused_and_the_relay_can_be_switched_off() {
+    let with_env = |name: &str, value: &str| {
+        pod(
+            json!({}),
+            json!({"containers": [{"name": "app", "image": "a",
+                "env": [{"name": name, "value": value}]}]}),
+        )
+    };
+    let e = err(&with_env("SSL_CERT_FILE", "/etc/corp.pem"));
+    assert!(
+        e.contains("SSL_CERT_FILE") && e.contains("polars.cloud/relay"),
+        "{e}"
+    );
+    let e = err(&with_env("POLARS_CLOUD_DOMAIN", "dev.cloud.pola.rs"));
+    assert!(e.contains("POLARS_CLOUD_DOMAIN"), "{e}");
+    // The app's own API address wins.
+    let p = injected(&with_env("POLARS_CLOUD_API_ADDR", "https://api.example"));
+    assert_eq!(
+        env_of(&p["spec"]["containers"][0], "POLARS_CLOUD_API_ADDR"),
+        Some("https://api.example")
+    );
+    // A pod's port sysctl above 443 rules the relay out.
+    let mut high = pod(json!({}), app());
+    high["spec"]["securityContext"] =
+        json!({"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "1024"}]});
+    assert!(err(&high).contains("ip_unprivileged_port_start"));
+    // Off: the token file only, as before the relay.
+    let p = injected(&pod(json!({"polars.cloud/relay": "false"}), app()));
+    assert_eq!(
+        env_of(&p["spec"]["containers"][0], "POLARS_CLOUD_CONFIG_DIR"),
+        None
+    );
+    assert!(p["spec"].get("hostAliases").is_none());
+    assert_eq!(names(&p["spec"]["volumes"]).len(), 2);
+    let e = err(&pod(json!({"polars.cloud/relay": "maybe"}), app()));
+    assert!(e.contains("polars.cloud/relay"), "{e}");
+}
+
+#[test]
+fn host_network_pods_get_no_relay_and_a_warning() {
+    let mut p = pod(json!({}), app());
+    p["spec"]["hostNetwork"] = json!(true);
+    let (p, outcome) = run(&p, &Settings::default()).unwrap();
+    assert!(p["spec"].get("hostAliases").is_none());
+    assert!(
+        outcome.warnings.iter().any(|w| w.contains("hostNetwork")),
+        "{:?}",
+        outcome.warnings
+    );
+}
+
+#[test]
+fn init_only_pods_get_the_relay_files_but_no_port_sysctl() {
+    let p = injected(&pod(json!({"polars.cloud/mode": "init-only"}), app()));
+    assert!(p["spec"]["securityContext"].get("sysctls").is_none());
+    assert_eq!(
+        env_of(
+            &p["spec"]["initContainers"][0],
+            "POLARS_CLOUD_RELAY_CLIENT_CONFIGS"
+        ),
+        Some("/var/run/polars-cloud-client/app")
+    );
+}
+
+/// Every variable the injector gives our containers is read by an argument of the mode
+/// that container runs (clap's `env`), so a renamed flag cannot leave a dead variable.
+#[test]
+fn our_containers_get_only_variables_their_mode_reads() {
+    use clap::CommandFactory;
+    let cli = crate::cli::Cli::command();
+    let reads = |mode: &str| -> BTreeSet<String> {
+        let sub = cli.find_subcommand(mode).unwrap();
+        sub.get_arguments()
+            .chain(cli.get_arguments())
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect()
+    };
+    for mode in ["native", "classic", "init-only"] {
+        let p = injected(&pod(json!({"polars.cloud/mode": mode}), app()));
+        let ours = p["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(p["spec"]["containers"].as_array().unwrap())
+            .filter(|c| c["name"].as_str().unwrap().starts_with("polars-cloud-auth"));
+        for c in ours {
+            let subcommand = c["args"][0].as_str().unwrap();
+            let known = reads(subcommand);
+            for e in c["env"].as_array().unwrap() {
+                let name = e["name"].as_str().unwrap();
+                assert!(
+                    known.contains(name),
+                    "{mode}: `{subcommand}` reads no {name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_process_namespaces_are_refused_unless_accepted() {
+    for field in ["shareProcessNamespace", "hostPID"] {
+        let mut p = pod(json!({}), app());
+        p["spec"][field] = json!(true);
+        let e = err(&p);
+        assert!(e.contains(field) && e.contains("client secret"), "{e}");
+        let mut ok = pod(
+            json!({"polars.cloud/allow-shared-processes": "true"}),
+            app(),
+        );
+        ok["spec"][field] = json!(true);
+        let (_, outcome) = run(&ok, &Settings::default()).unwrap();
+        assert!(
+            outcome.warnings.iter().any(|w| w.contains("/proc")),
+            "{:?}",
+            outcome.warnings
+        );
+    }
+}
+
+#[test]
+fn token_paths_that_would_hide_system_files_or_ours_are_refused() {
+    for bad in [
+        "/usr/local/bin/token",
+        "/etc/ssl/token",
+        "/proc/x/token",
+        "/dev/shm/token",
+        "/var/run/polars-cloud-auth/token",
+        "/var/run/polars-cloud-client/token",
+        "/var/run/secrets/polars-cloud/token",
+    ] {
+        assert!(TokenPath::parse(bad).is_err(), "{bad}");
+    }
+    for good in [
+        "/var/run/polars-cloud/token",
+        "/run/tokens/polars",
+        "/tmp/t/token",
+    ] {
+        assert!(TokenPath::parse(good).is_ok(), "{good}");
+    }
 }

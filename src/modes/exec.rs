@@ -4,8 +4,10 @@
 //! fetched with the configured credentials. Signals are passed on to the command and its
 //! exit status becomes ours.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -15,14 +17,17 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ExecArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::credentials::CLIENT_SECRET_ENV;
+use crate::relay::local::{self, Feed};
 use crate::renew::Policy;
 use crate::sink::TokenFile;
 use crate::sink::client_config::{self, ClientConfig, PERSONAL_MODE};
 use crate::sink::file::DEFAULT_POD_PATH;
+use crate::source::{DEFAULT_DOMAIN, TokenSource};
 use crate::token::AccessToken;
+use crate::vars;
 
 /// The variable the Polars Cloud client reads first.
-pub const TOKEN_ENV: &str = "POLARS_CLOUD_ACCESS_TOKEN";
+pub const TOKEN_ENV: &str = vars::ACCESS_TOKEN;
 
 /// A place a token may be stored.
 #[derive(Clone, Debug)]
@@ -32,7 +37,7 @@ pub enum Stored {
 }
 
 impl Stored {
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         match self {
             Self::File(f) => f.path(),
             Self::Config(c) => c.path(),
@@ -77,11 +82,11 @@ pub fn pick(
     places: &[Stored],
     now: SystemTime,
     min_valid: Duration,
-) -> Option<(AccessToken, PathBuf)> {
+) -> Option<(AccessToken, &Stored)> {
     places.iter().find_map(|p| {
         p.read()
             .filter(|t| t.valid_for(now, min_valid))
-            .map(|t| (t, p.path().to_path_buf()))
+            .map(|t| (t, p))
     })
 }
 
@@ -119,13 +124,63 @@ pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     });
     let min_valid = args.min_valid.0;
     let command = args.command;
+    let env_only = args.env_token;
     let mut code = crate::exit::OK;
     crate::current_thread(async {
-        let token = token(&places, min_valid, &idp, renew.deadline(), &renew.policy()).await?;
-        code = run(&command, &token).await?;
+        let policy = renew.policy();
+        let (token, from) = token(&places, min_valid, &idp, renew.deadline(), &policy).await?;
+        let mut env = ChildEnv::default();
+        if env_only {
+            env.set
+                .insert(TOKEN_ENV, token.secret().expose_secret().into());
+            code = run(&command, &env).await?;
+            return Ok(());
+        }
+        let feed = match from {
+            From::Config(dir) => {
+                // A person's login: the client renews with that session by itself.
+                tracing::info!(dir = %dir.display(), "the command's client renews with the session that login stored");
+                env.set.insert(vars::CONFIG_DIR, dir.into());
+                code = run(&command, &env).await?;
+                return Ok(());
+            }
+            From::File(file) => Feed::File(file),
+            From::Fetched(source) => Feed::Source(source, policy),
+        };
+        if local::no_proxy_bypasses(std::env::var("NO_PROXY").ok().as_deref())
+            || local::no_proxy_bypasses(std::env::var("no_proxy").ok().as_deref())
+        {
+            anyhow::bail!(
+                "NO_PROXY=* would send the command's token requests around polars-cloud-auth; remove the '*', or use --env-token (one token, not renewed)"
+            );
+        }
+        let cancel = CancellationToken::new();
+        let domain = crate::relay::DEFAULT_DOMAIN;
+        let relay = local::Local::start(domain, token, feed, cancel.clone()).await?;
+        env.set
+            .extend(relay.child_env(idp.domain.as_deref().unwrap_or(DEFAULT_DOMAIN)));
+        let result = run(&command, &env).await;
+        relay.close();
+        code = result?;
         Ok(())
     })?;
     Ok(code)
+}
+
+/// Where the command's token came from.
+enum From {
+    /// A token file (the sidecar's): read again as it is renewed.
+    File(TokenFile),
+    /// Login's config.toml in this directory.
+    Config(PathBuf),
+    /// Fetched with these credentials, to be renewed by us.
+    Fetched(Arc<TokenSource>),
+}
+
+/// What the command's environment gets and loses.
+#[derive(Default)]
+pub struct ChildEnv {
+    pub set: BTreeMap<&'static str, OsString>,
 }
 
 /// A stored token valid long enough, or a fresh one.
@@ -135,10 +190,17 @@ async fn token(
     idp: &IdpArgs,
     deadline: Duration,
     policy: &Policy,
-) -> anyhow::Result<AccessToken> {
-    if let Some((token, path)) = pick(places, SystemTime::now(), min_valid) {
-        tracing::debug!(path = %path.display(), expires_in = token.remaining(SystemTime::now()).as_secs(), "using the stored token");
-        return Ok(token);
+) -> anyhow::Result<(AccessToken, From)> {
+    let now = SystemTime::now();
+    if let Some((token, place)) = pick(places, now, min_valid) {
+        tracing::debug!(path = %place.path().display(), expires_in = token.remaining(now).as_secs(), "using the stored token");
+        let from = match place {
+            Stored::File(f) => From::File(f.clone()),
+            Stored::Config(c) => {
+                From::Config(c.path().parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+        };
+        return Ok((token, from));
     }
     let looked: Vec<String> = places
         .iter()
@@ -151,12 +213,12 @@ async fn token(
             looked.join(", ")
         )
     };
-    let source = idp.source().with_context(why)?;
+    let source = Arc::new(idp.source().with_context(why)?);
     let cancel = cancel_on_signals();
     let tokens = crate::retry::fetch_until(&source, deadline, policy, &cancel)
         .await
         .with_context(why)?;
-    Ok(tokens.access)
+    Ok((tokens.access, From::Fetched(source)))
 }
 
 /// Cancellation for the fetch only: once the command runs, signals are forwarded instead.
@@ -170,30 +232,32 @@ fn cancel_on_signals() -> CancellationToken {
     cancel
 }
 
-/// Runs the command with the token in its environment, passing signals on; answers its
-/// exit code (128 + the signal when a signal ended it).
-pub async fn run(command: &[OsString], token: &AccessToken) -> anyhow::Result<u8> {
+/// Runs the command with `env` added to ours, less the client secret and any access
+/// token of ours, passing signals on; answers its exit code (128 + the signal when a
+/// signal ended it).
+pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
     let (program, args) = command.split_first().ok_or_else(|| {
         anyhow::anyhow!("no command given: polars-cloud-auth exec -- CMD ARGS...")
     })?;
     let name = program.to_string_lossy().into_owned();
     // Listen before the child exists, so no signal falls between the two.
     let mut signals = forward::Signals::new()?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .env(TOKEN_ENV, token.secret().expose_secret())
-        // The long-lived secret stays with us; the command gets only the short-lived token.
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        // The long-lived secret stays with us; the command gets only short-lived tokens.
         .env_remove(CLIENT_SECRET_ENV)
-        .spawn()
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound {
-                program: name.clone(),
-            },
-            _ => Error::CannotRun {
-                program: name.clone(),
-                source,
-            },
-        })?;
+        // An access token of ours would win over the renewed config.toml and die.
+        .env_remove(TOKEN_ENV)
+        .envs(&env.set);
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound {
+            program: name.clone(),
+        },
+        _ => Error::CannotRun {
+            program: name.clone(),
+            source,
+        },
+    })?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
@@ -324,13 +388,13 @@ mod tests {
         let good = jwt(&serde_json::json!({"exp": 1_000_300}));
         cfg.store(&good.clone().into(), Some(&"r".to_string().into()))
             .unwrap();
-        let (t, path) = pick(&places[1..], now, margin).unwrap();
-        assert_eq!(path, cfg.path());
+        let (t, place) = pick(&places[1..], now, margin).unwrap();
+        assert_eq!(place.path(), cfg.path());
         assert_eq!(t.secret().expose_secret(), good);
 
         token_at(&dir.path().join(".polars/cloud_access_token"), 1_000_100);
-        let (_, path) = pick(&places[1..], now, margin).unwrap();
-        assert_eq!(path, dir.path().join(".polars/cloud_access_token"));
+        let (_, place) = pick(&places[1..], now, margin).unwrap();
+        assert_eq!(place.path(), dir.path().join(".polars/cloud_access_token"));
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub enum Step {
     Main,
     /// After the job: delete the token file and revoke the refresh token.
     Post,
+    /// Started by main with `long-running: true`: keeps a token fresh for the later steps'
+    /// clients (the relay) until post stops it. Reads the inputs from stdin, not the
+    /// environment, so the secret is in no process environment that later steps can read.
+    Relay,
 }
 
 /// The inputs the binary reads. `action.yml` declares these plus `version` and
@@ -51,6 +55,7 @@ pub const INPUTS: &[&str] = &[
     "token-file",
     "retries",
     "ca-file",
+    "long-running",
 ];
 
 /// The variable later steps (and the polars-cloud client) read the token from.
@@ -70,6 +75,14 @@ const TOKEN_FILE_MODE: u32 = 0o600;
 const STATE_BINARY: &str = "binary";
 const STATE_TOKEN_FILE: &str = "token_file";
 const STATE_REFRESH_TOKEN: &str = "refresh_token";
+const STATE_RELAY_PID: &str = "relay_pid";
+
+/// The relay's variables for the later steps, its readiness line on stdout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RelayReady {
+    pid: u32,
+    env: std::collections::BTreeMap<String, String>,
+}
 
 /// Reads an environment variable; `std::env::var` outside tests.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -84,6 +97,8 @@ pub struct Inputs {
     pub retries: u32,
     /// The `domain` input, exported so that the client talks to the same deployment.
     pub domain: Option<String>,
+    /// Keep the token fresh for later steps (the relay) instead of exporting one token.
+    pub long_running: bool,
 }
 
 /// The variable the runner sets for an input: upper-cased, spaces to `_`, dashes kept.
@@ -205,6 +220,7 @@ impl Inputs {
             token_file: boolean(lookup, "token-file", false)?,
             retries,
             domain,
+            long_running: boolean(lookup, "long-running", false)?,
         })
     }
 }
@@ -257,6 +273,7 @@ pub async fn run(step: Step) -> anyhow::Result<u8> {
     let result = match step {
         Step::Main => main(&lookup, &runner, &mut out).await,
         Step::Post => post(&lookup, &mut out).await,
+        Step::Relay => return relay_daemon().await.map(|()| exit::OK),
     };
     Ok(match result {
         Ok(()) => exit::OK,
@@ -277,6 +294,14 @@ fn code_for(e: &anyhow::Error) -> u8 {
 
 async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyhow::Result<()> {
     let inputs = Inputs::parse(lookup)?;
+    if inputs.long_running && !inputs.export_env {
+        return Err(bad(
+            "export-env",
+            "false",
+            "`long-running: true` hands the later steps their settings through the environment; set export-env to true",
+        )
+        .into());
+    }
     let token_file = if inputs.token_file {
         let temp = lookup("RUNNER_TEMP").filter(|v| !v.is_empty());
         let workspace = lookup("GITHUB_WORKSPACE").filter(|v| !v.is_empty());
@@ -321,7 +346,24 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
         TokenFile::new(path, TOKEN_FILE_MODE).write(&tokens.access, SystemTime::now())?;
     }
 
-    if inputs.export_env {
+    let relay = if inputs.long_running {
+        let ready = start_relay(lookup, &exe).await?;
+        runner.set(FileCommand::State, STATE_RELAY_PID, &ready.pid.to_string())?;
+        for (name, value) in &ready.env {
+            if name == crate::vars::API_ADDR && lookup(name).is_some() {
+                continue; // the workflow's own API address stays
+            }
+            runner.set(FileCommand::Env, name, value)?;
+        }
+        tracing::info!(
+            pid = ready.pid,
+            "long-running: later steps' Polars Cloud clients renew their token through polars-cloud-auth (POLARS_CLOUD_CONFIG_DIR, HTTPS_PROXY to a local relay); POLARS_CLOUD_ACCESS_TOKEN is not exported, it would never be renewed"
+        );
+        Some(ready)
+    } else {
+        None
+    };
+    if inputs.export_env && relay.is_none() {
         runner.set(FileCommand::Env, TOKEN_ENV, access)?;
         if let Some(path) = &token_file {
             runner.set(FileCommand::Env, TOKEN_PATH_ENV, &path.to_string_lossy())?;
@@ -341,16 +383,184 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
     runner.summary(&summary_line(
         issuer,
         &expires_at,
-        inputs.export_env,
+        inputs.export_env && relay.is_none(),
         token_file.is_some(),
+        relay.is_some(),
     ))?;
-    tracing::info!(%issuer, expires_at, "Polars Cloud access token ready");
+    let expires_in = tokens.access.remaining(SystemTime::now()).as_secs();
+    if relay.is_none() {
+        tracing::info!(
+            %issuer,
+            expires_at,
+            expires_in,
+            "Polars Cloud access token ready; it is not renewed: steps that start after it expires, or run longer, need the input `long-running: true`"
+        );
+    } else {
+        tracing::info!(%issuer, "Polars Cloud access token ready and kept fresh for later steps");
+    }
     Ok(())
 }
 
+/// The inputs and the variables they fall back to, for the relay's stdin.
+fn relay_inputs(lookup: Lookup) -> std::collections::BTreeMap<String, String> {
+    INPUTS
+        .iter()
+        .map(|i| input_variable(i))
+        .chain([CLIENT_ID_ENV, CLIENT_SECRET_ENV, DOMAIN_ENV].map(String::from))
+        .filter_map(|k| lookup(&k).map(|v| (k, v)))
+        .collect()
+}
+
+/// Starts the relay (`github-action relay`) in its own session, so it outlives this
+/// step, with the inputs on its stdin and none of our environment's secrets; answers
+/// once it is serving.
+async fn start_relay(lookup: Lookup<'_>, exe: &Path) -> anyhow::Result<RelayReady> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let temp = lookup("RUNNER_TEMP")
+        .filter(|v| !v.is_empty())
+        .ok_or(Error::NoRunnerTemp)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&temp).join("polars-cloud-auth-relay.log"))
+        .context("failed to open the relay's log under RUNNER_TEMP")?;
+    let keep = [
+        "PATH",
+        "HOME",
+        "RUNNER_TEMP",
+        "SSL_CERT_FILE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "POLARS_CLOUD_LOG",
+        "POLARS_CLOUD_LOG_FORMAT",
+    ];
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["github-action", "relay"])
+        .env_clear()
+        .envs(keep.iter().filter_map(|k| lookup(k).map(|v| (*k, v))))
+        .env("TMPDIR", &temp)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("failed to start the relay")?;
+    let inputs = serde_json::to_vec(&relay_inputs(lookup))?;
+    let mut stdin = child.stdin.take().context("the relay has no stdin")?;
+    stdin.write_all(&inputs).await?;
+    drop(stdin);
+    let stdout = child.stdout.take().context("the relay has no stdout")?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let read = reader.read_line(&mut line);
+    match tokio::time::timeout(DEADLINE + Duration::from_secs(10), read).await {
+        Ok(Ok(n)) if n > 0 => Ok(serde_json::from_str(&line)
+            .context("the relay's readiness line is not what it should be")?),
+        _ => {
+            let _ = child.start_kill();
+            anyhow::bail!(
+                "the relay did not start; see polars-cloud-auth-relay.log under RUNNER_TEMP"
+            )
+        }
+    }
+}
+
+/// `github-action relay`: keep a token fresh for the later steps until SIGTERM (post).
+async fn relay_daemon() -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::sync::Arc;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut raw)
+        .context("failed to read the inputs on stdin")?;
+    let map: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&raw).context("the inputs on stdin are not a JSON object")?;
+    let lookup = |k: &str| map.get(k).cloned();
+    let inputs = Inputs::parse(&lookup)?;
+    let real_domain = inputs
+        .idp
+        .domain
+        .clone()
+        .unwrap_or_else(|| crate::source::DEFAULT_DOMAIN.to_string());
+    let source = Arc::new(inputs.idp.source_with(inputs.credentials)?);
+    let cancel = shutdown::on_signals();
+    let tokens = retry::fetch_until(&source, DEADLINE, &Policy::default(), &cancel)
+        .await
+        .context("failed to obtain a Polars Cloud access token")?;
+    let feed = crate::relay::local::Feed::Source(source.clone(), Policy::default());
+    let local = crate::relay::local::Local::start(
+        crate::relay::DEFAULT_DOMAIN,
+        tokens.access,
+        feed,
+        cancel.clone(),
+    )
+    .await?;
+    let ready = RelayReady {
+        pid: std::process::id(),
+        env: local
+            .child_env(&real_domain)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
+            .collect(),
+    };
+    println!("{}", serde_json::to_string(&ready)?);
+    tracing::info!("relay serving the job's later steps");
+    cancel.cancelled().await;
+    if let Some(refresh) = source.refresh_token() {
+        match source.revoke(&refresh.value, "refresh_token").await {
+            Ok(()) => tracing::info!("the relay's session was revoked"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "could not revoke the relay's session"
+            ),
+        }
+    }
+    local.close();
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+/// Stops the relay that main started (only if that pid is still our relay).
+#[cfg(unix)]
+async fn stop_relay(pid: &str) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Ok(n) = pid.parse::<i32>() else { return };
+    let cmdline = std::fs::read(format!("/proc/{n}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains("relay");
+    if !ours && cfg!(target_os = "linux") {
+        tracing::info!(pid = n, "the relay is already gone");
+        return;
+    }
+    let pid = Pid::from_raw(n);
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..100 {
+        if kill(pid, None).is_err() {
+            tracing::info!(pid = n, "relay stopped");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(pid = n, "the relay did not stop within 10s");
+}
+
+#[cfg(not(unix))]
+async fn stop_relay(_pid: &str) {}
+
 /// The job summary's line: where the token came from, until when, and where it went. No
 /// secrets, and no client id either (it is often kept as a secret).
-fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool) -> String {
+fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool, relay: bool) -> String {
+    if relay {
+        return format!(
+            "Polars Cloud access token from `{issuer}`, kept fresh for the later steps' Polars Cloud clients by a local relay (`long-running: true`) until the post step stops it."
+        );
+    }
     let handed = match (exported, file) {
         (true, true) => {
             format!("exported as `{TOKEN_ENV}` and written to a file under RUNNER_TEMP")
@@ -359,11 +569,16 @@ fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool) -> S
         (false, true) => "written to a file under RUNNER_TEMP".to_string(),
         (false, false) => "available as the step's `access-token` output".to_string(),
     };
-    format!("Polars Cloud access token from `{issuer}`, valid until {expires_at}, {handed}.")
+    format!(
+        "Polars Cloud access token from `{issuer}`, valid until {expires_at}, {handed}. It is not renewed: for steps that start after that, or run longer, set the input `long-running: true`."
+    )
 }
 
 async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
     let state = |name: &str| lookup(&format!("STATE_{name}")).filter(|v| !v.is_empty());
+    if let Some(pid) = state(STATE_RELAY_PID) {
+        stop_relay(&pid).await;
+    }
     let mut removal = Ok(());
     if let Some(path) = state(STATE_TOKEN_FILE) {
         let removed = TokenFile::new(&path, TOKEN_FILE_MODE).remove();
@@ -573,12 +788,20 @@ mod tests {
     #[test]
     fn the_summary_says_where_the_token_went() {
         let issuer = Url::parse("https://auth.example/realms/Polars").unwrap();
-        let line = summary_line(&issuer, "2030-01-01T00:00:00Z", true, true);
+        let line = summary_line(&issuer, "2030-01-01T00:00:00Z", true, true, false);
         assert_eq!(
             line,
-            "Polars Cloud access token from `https://auth.example/realms/Polars`, valid until 2030-01-01T00:00:00Z, exported as `POLARS_CLOUD_ACCESS_TOKEN` and written to a file under RUNNER_TEMP."
+            "Polars Cloud access token from `https://auth.example/realms/Polars`, valid until 2030-01-01T00:00:00Z, exported as `POLARS_CLOUD_ACCESS_TOKEN` and written to a file under RUNNER_TEMP. It is not renewed: for steps that start after that, or run longer, set the input `long-running: true`."
         );
-        assert!(summary_line(&issuer, "x", false, false).ends_with("`access-token` output."));
+        assert!(
+            summary_line(&issuer, "x", false, false, false)
+                .contains("available as the step's `access-token` output.")
+        );
+        let relay = summary_line(&issuer, "x", true, false, true);
+        assert!(
+            relay.contains("kept fresh") && relay.contains("long-running: true"),
+            "{relay}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::InitArgs;
 use crate::config::{ConfigFile, overlay};
+use crate::relay;
 use crate::renew::Policy;
 use crate::retry;
 use crate::sink::TokenFile;
@@ -18,12 +19,14 @@ pub fn command(args: InitArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let idp = overlay(&args.idp, &file.idp)?;
     let renew = overlay(&args.renew, &file.renewal)?;
     let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
+    let relay = overlay(&args.relay, &file.relay)?.settings(&token_file);
     let source = idp.source()?;
     crate::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(
             &source,
             &token_file,
+            relay.as_ref(),
             renew.deadline(),
             &renew.policy(),
             &cancel,
@@ -36,6 +39,7 @@ pub fn command(args: InitArgs, file: &ConfigFile) -> anyhow::Result<u8> {
 pub async fn run(
     source: &TokenSource,
     file: &TokenFile,
+    relay: Option<&relay::Settings>,
     deadline: std::time::Duration,
     policy: &Policy,
     cancel: &CancellationToken,
@@ -43,6 +47,12 @@ pub async fn run(
     let tokens = retry::fetch_until(source, deadline, policy, cancel)
         .await
         .context("failed to obtain a token")?;
+    // The app's config.toml and CA bundle before the token file: once the token file is
+    // there (what a startup probe checks), everything the app reads is.
+    if let Some(relay) = relay {
+        relay::prepare(relay, &tokens.access, SystemTime::now())
+            .context("failed to set up the relay for the app's client")?;
+    }
     file.write(&tokens.access, SystemTime::now())?;
     tracing::info!(
         path = %file.path().display(),

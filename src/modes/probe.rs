@@ -35,6 +35,7 @@ pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
 pub fn run(file: &TokenFile, min_valid: Duration) -> Result<Duration, Error> {
     let token = file.read()?;
     let now = SystemTime::now();
+    let min_valid = crate::renew::margin_for(token.lifetime(), min_valid);
     if token.valid_for(now, min_valid) {
         Ok(token.remaining(now))
     } else {

@@ -8,16 +8,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::SidecarArgs;
 use crate::config::{ConfigFile, overlay};
+use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
 use crate::sink::TokenFile;
 use crate::source::{FailureClass, TokenSource};
@@ -32,6 +35,10 @@ pub struct Health {
     write_failures: AtomicU64,
     rejected: AtomicBool,
     expires_at: Mutex<Option<SystemTime>>,
+    /// The life of the token on disk, for the readiness margin.
+    lifetime: Mutex<Option<Duration>>,
+    /// The relay, when the app's client refreshes through us (its counters).
+    relay: std::sync::OnceLock<Arc<Relay>>,
 }
 
 impl Health {
@@ -40,6 +47,9 @@ impl Health {
         self.rejected.store(false, Ordering::Relaxed);
         if let Ok(mut at) = self.expires_at.lock() {
             *at = Some(token.expires_at());
+        }
+        if let Ok(mut life) = self.lifetime.lock() {
+            *life = Some(token.lifetime());
         }
     }
 
@@ -61,9 +71,12 @@ impl Health {
         })
     }
 
-    /// Ready: the token on disk is valid for at least `margin`, and the last attempt was
-    /// not a rejection of the credentials.
+    /// Ready: the token on disk is valid for at least `margin` (at most a tenth of its
+    /// life, see [`renew::margin_for`]), and the last attempt was not a rejection of the
+    /// credentials.
     pub fn ready(&self, now: SystemTime, margin: Duration) -> bool {
+        let life = self.lifetime.lock().ok().and_then(|l| *l);
+        let margin = life.map_or(margin, |l| renew::margin_for(l, margin));
         !self.rejected.load(Ordering::Relaxed)
             && self
                 .seconds_left(now)
@@ -102,6 +115,18 @@ impl Health {
             "Seconds until the token on disk expires.",
             &[("", left)],
         );
+        if let Some(relay) = self.relay.get() {
+            metric(
+                &mut out,
+                "relay_requests_total",
+                "counter",
+                "Token requests of the app's clients at the relay, by result.",
+                &[
+                    ("{result=\"served\"}", count(&relay.served)),
+                    ("{result=\"refused\"}", count(&relay.refused)),
+                ],
+            );
+        }
         let ready = u8::from(self.ready(now, margin)).to_string();
         metric(
             &mut out,
@@ -129,6 +154,8 @@ pub struct Settings {
     pub policy: Policy,
     pub listen: SocketAddr,
     pub ready_margin: Duration,
+    /// The relay and its listener, when the app's client refreshes through us.
+    pub relay: Option<(relay::Settings, SocketAddr)>,
 }
 
 /// `polars-cloud-auth sidecar`.
@@ -137,9 +164,19 @@ pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let renew = overlay(&args.renew, &file.renewal)?;
     let serve = overlay(&args.serve, &file.sidecar)?;
     let source = Arc::new(idp.source()?);
+    let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
+    let relay_args = overlay(&args.relay, &file.relay)?;
+    let relay = relay_args
+        .settings(&token_file)
+        .map(|s| (s, relay_args.listen()));
+    let mut policy = renew.policy();
+    if relay.is_some() {
+        policy.lead = relay::CLIENT_LEAD;
+    }
     let settings = Settings {
-        file: overlay(&args.file, &file.token_file)?.pod_token_file(),
-        policy: renew.policy(),
+        file: token_file,
+        policy,
+        relay,
         listen: serve
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8471))),
@@ -164,7 +201,33 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, path = %settings.file.path().display(), "sidecar started");
+    let (publish, current) = watch::channel(None);
+    // The relay is up before the first token: its keys and bundle need none, and a pod
+    // that cannot bind it should fail at once, not at the app's first refresh.
+    let relay = match &settings.relay {
+        Some((relay_settings, addr)) => {
+            let prepared = Arc::new(
+                relay::setup(relay_settings)
+                    .context("failed to set up the relay for the app's client")?,
+            );
+            let relay_listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "failed to listen on {addr} for the relay: {e}; binding port 443 without privileges needs the pod sysctl net.ipv4.ip_unprivileged_port_start=443 (inject and the webhook set it)"
+                )
+            })?;
+            tracing::info!(
+                listen = %addr,
+                host = %relay::auth_host(&relay_settings.domain),
+                clients = relay_settings.client_configs.len(),
+                "relay started"
+            );
+            let served = Relay::new(prepared.clone(), current);
+            let _ = health.relay.set(served.clone());
+            tokio::spawn(endpoint::serve(relay_listener, served, cancel.clone()));
+            Some((relay_settings, prepared))
+        }
+        None => None,
+    };
     let app = router(health.clone(), settings.ready_margin);
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
@@ -172,7 +235,8 @@ pub async fn run(
             .with_graceful_shutdown(server_cancel.cancelled_owned())
             .await
     });
-    renew_loop(&source, &settings, &health, &cancel).await;
+    let sinks = Sinks { publish, relay };
+    renew_loop(&source, &settings, &sinks, &health, &cancel).await;
     cancel.cancel();
     server.await??;
     tracing::info!("sidecar stopped");
@@ -185,6 +249,7 @@ pub async fn run(
 async fn renew_loop(
     source: &TokenSource,
     s: &Settings,
+    sinks: &Sinks<'_>,
     health: &Health,
     cancel: &CancellationToken,
 ) {
@@ -195,7 +260,7 @@ async fn renew_loop(
             _ = cancel.cancelled() => return,
         };
         let wait = match result {
-            Ok(tokens) => match s.file.write(&tokens.access, SystemTime::now()) {
+            Ok(tokens) => match sinks.deliver(&s.file, &tokens.access) {
                 Ok(()) => {
                     health.renewed(&tokens.access);
                     attempt = 0;
@@ -212,7 +277,11 @@ async fn renew_loop(
                     health.write_failures.fetch_add(1, Ordering::Relaxed);
                     let wait = renew::backoff(attempt, None, &s.policy, renew::draw());
                     attempt = attempt.saturating_add(1);
-                    tracing::error!(error = %anyhow::Error::from(e), retry_in_ms = wait.as_millis() as u64, "token file write failed");
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "token file write failed"
+                    );
                     wait
                 }
             },
@@ -238,6 +307,27 @@ async fn renew_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+/// Where a renewed token goes: the app's config.toml files (only where missing: the
+/// client keeps its own), the token file, and the relay.
+struct Sinks<'a> {
+    publish: watch::Sender<Option<AccessToken>>,
+    relay: Option<(&'a relay::Settings, Arc<relay::Prepared>)>,
+}
+
+impl Sinks<'_> {
+    fn deliver(&self, file: &TokenFile, token: &AccessToken) -> anyhow::Result<()> {
+        let now = SystemTime::now();
+        if let Some((settings, prepared)) = &self.relay {
+            prepared
+                .seed(settings, token, now)
+                .context("failed to write the app's config.toml")?;
+        }
+        file.write(token, now)?;
+        self.publish.send_replace(Some(token.clone()));
+        Ok(())
     }
 }
 
@@ -289,6 +379,17 @@ mod tests {
         assert!(!h.ready(now, Duration::from_secs(30)));
         h.renewed(&token(100, 300));
         assert!(h.ready(now, Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn short_tokens_stay_ready_between_renewals() {
+        let h = Health::default();
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        h.renewed(&token(100, 40));
+        // Renewal comes at 80% (8 s left): with a fixed 30 s margin the sidecar would be
+        // unready from 10 s on; a tenth of the life (4 s) keeps it ready.
+        assert!(h.ready(now + Duration::from_secs(32), Duration::from_secs(30)));
+        assert!(!h.ready(now + Duration::from_secs(37), Duration::from_secs(30)));
     }
 
     #[test]

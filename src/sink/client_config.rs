@@ -147,6 +147,25 @@ impl ClientConfig {
         write_file(&self.path, &updated)
     }
 
+    /// Sets `[auth]` in `config.toml` alone, with file mode `mode`, for a config directory
+    /// that polars-cloud-auth provides to an app (the relay's): the older clients' files
+    /// are not written, and a file that is not valid TOML is replaced.
+    pub fn store_toml(
+        &self,
+        access_token: &SecretString,
+        refresh_token: &SecretString,
+        mode: u32,
+    ) -> Result<(), Error> {
+        let text = self.read_text()?.unwrap_or_default();
+        let updated = with_tokens(&text, access_token, Some(refresh_token))
+            .or_else(|_| with_tokens("", access_token, Some(refresh_token)))
+            .map_err(|e| self.invalid(e, ""))?;
+        write_atomic(&self.path, updated.as_bytes(), mode).map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// The tokens in the older clients' files; `None` when there are none.
     pub fn read_legacy(&self) -> Result<Option<StoredAuth>, Error> {
         let access = read_optional(&self.legacy_access)?;

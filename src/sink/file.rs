@@ -32,6 +32,10 @@ impl TokenFile {
         &self.path
     }
 
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
     /// Replaces the file's content with `token`. An expired token is refused, so a reader
     /// never gets one from us.
     pub fn write(&self, token: &AccessToken, now: SystemTime) -> Result<(), Error> {

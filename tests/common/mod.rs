@@ -238,13 +238,18 @@ impl Drop for Idp {
 
 /// The binary with a clean environment: no inherited POLARS_* settings.
 pub fn cmd(idp: &Idp) -> Command {
+    cmd_for(&idp.issuer)
+}
+
+/// The binary with a clean environment, the test service account and `issuer`.
+pub fn cmd_for(issuer: &str) -> Command {
     let mut c = Command::new(bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("POLARS_CLOUD") || k.ends_with("_PROXY") || k.ends_with("_proxy") {
             c.env_remove(k);
         }
     }
-    c.env("POLARS_CLOUD_ISSUER", &idp.issuer)
+    c.env("POLARS_CLOUD_ISSUER", issuer)
         .env("POLARS_CLOUD_CLIENT_ID", SA_ID)
         .env("POLARS_CLOUD_CLIENT_SECRET", SA_SECRET)
         .stdin(Stdio::null());

@@ -51,6 +51,8 @@ function intEnv(name, fallback) {
 const PORT = intEnv('IDP_PORT', 0);
 const TOKEN_TTL = intEnv('IDP_TOKEN_TTL', 300);
 const REFRESH_TTL = intEnv('IDP_REFRESH_TTL', 1800);
+// Keycloak's SSO Session Max: no refresh token outlives the session's start by more.
+const SESSION_MAX = intEnv('IDP_SESSION_MAX', 36000);
 const DEVICE_TTL = intEnv('IDP_DEVICE_TTL', 600);
 const DEVICE_INTERVAL = intEnv('IDP_DEVICE_INTERVAL', 5);
 const ROTATE_REFRESH = process.env.IDP_ROTATE_REFRESH !== '0';
@@ -339,7 +341,12 @@ const provider = new Provider(issuer, {
     AccessToken: TOKEN_TTL,
     ClientCredentials: TOKEN_TTL,
     IdToken: TOKEN_TTL,
-    RefreshToken: REFRESH_TTL,
+    // Idle life, but never past the session's maximum (counted from the first token of
+    // the rotation chain, as Keycloak counts from the session's start).
+    RefreshToken: (ctx, token) => {
+      const used = typeof token.totalLifetime === 'function' && token.iiat ? token.totalLifetime() : 0;
+      return Math.max(1, Math.min(REFRESH_TTL, SESSION_MAX - used));
+    },
     DeviceCode: DEVICE_TTL,
     AuthorizationCode: 60,
     Interaction: 3600,
@@ -900,6 +907,6 @@ if (!IGNORE_STDIN) {
   process.stdin.resume();
 }
 
-log(`listening on ${origin}, issuer ${issuer}, token ttl ${TOKEN_TTL}s, refresh ttl ${REFRESH_TTL}s, `
+log(`listening on ${origin}, issuer ${issuer}, token ttl ${TOKEN_TTL}s, refresh ttl ${REFRESH_TTL}s, session max ${SESSION_MAX}s, `
   + `device ttl ${DEVICE_TTL}s interval ${DEVICE_INTERVAL}s, refresh rotation ${ROTATE_REFRESH ? 'on' : 'off'}`);
 process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);

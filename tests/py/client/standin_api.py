@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 USER_ME_PATH = "/api/v1/user/me"
 TOKEN_PATH = "/realms/Polars/protocol/openid-connect/token"
@@ -139,6 +139,7 @@ class StandInApi:
         token_endpoint_tls: ssl.SSLContext | None = None,
         auth_host: str | None = None,
         token_lifetime: int = 3600,
+        verify: "Callable[[str], str | None] | None" = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the stand-in only listens on loopback")
@@ -151,6 +152,8 @@ class StandInApi:
         self.token_endpoint_tls = token_endpoint_tls
         self.auth_host = auth_host
         self.token_lifetime = token_lifetime
+        # bearer -> why it is not acceptable (None: accepted); without it any bearer is.
+        self.verify = verify
         if (token_endpoint_tls is None) != (auth_host is None):
             raise ValueError("token_endpoint_tls and auth_host go together")
         self._lock = threading.Lock()
@@ -312,6 +315,8 @@ class StandInApi:
                 if self.command == "GET" and path == USER_ME_PATH:
                     if not auth or not auth.startswith("Bearer ") or auth == "Bearer ":
                         self._send(401, {"error": "missing bearer token"})
+                    elif api.verify is not None and (why := api.verify(auth[7:])):
+                        self._send(401, {"error": f"bearer refused: {why}"})
                     else:
                         self._send(api.user_status, api.user_body)
                     return

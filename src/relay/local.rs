@@ -1,0 +1,217 @@
+//! The relay for one child process (`exec`): a private directory with the child's
+//! `config.toml`, the relay's keys and the CA bundle; the CONNECT proxy that routes the
+//! child's token requests to the relay; and a feed that keeps the relay's token fresh,
+//! from our own renewals or from a token file someone else renews (a sidecar's).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::endpoint::Relay;
+use super::{CLIENT_LEAD, Settings, auth_host, proxy};
+use crate::renew::{self, Policy};
+use crate::sink::TokenFile;
+use crate::source::TokenSource;
+use crate::token::AccessToken;
+use crate::vars;
+
+/// Where the relay's token comes from.
+pub enum Feed {
+    /// Our own renewals with these credentials.
+    Source(Arc<TokenSource>, Policy),
+    /// A token file that another process keeps fresh; read again as its token nears
+    /// the client's refresh.
+    File(TokenFile),
+}
+
+/// A running relay for one child.
+pub struct Local {
+    dir: PathBuf,
+    proxy: std::net::SocketAddr,
+    settings: Settings,
+    cancel: CancellationToken,
+}
+
+impl Local {
+    /// Makes the private directory, seeds it with `first`, and starts the proxy and the
+    /// feed. Everything stops with `cancel` (and the directory goes with [`Local::close`]).
+    pub async fn start(
+        domain: &str,
+        first: AccessToken,
+        feed: Feed,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let dir = private_dir().context("failed to make a private directory for the relay")?;
+        let settings = Settings {
+            domain: domain.to_string(),
+            state_dir: dir.join("state"),
+            client_configs: vec![dir.join("client")],
+            ca_bundle: dir.join(super::CA_BUNDLE_FILE),
+            system_roots: std::env::var_os(vars::SSL_CERT_FILE)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| super::SYSTEM_ROOTS.into()),
+            file_mode: 0o600,
+        };
+        let prepared = Arc::new(
+            super::prepare(&settings, &first, SystemTime::now())
+                .context("failed to set up the relay for the command's client")?,
+        );
+        let (publish, current) = watch::channel(Some(first.clone()));
+        let relay = Relay::new(prepared, current);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("failed to listen on loopback for the command's proxy")?;
+        let addr = listener.local_addr()?;
+        let upstream = proxy::Upstream::from_env(|k| std::env::var(k).ok());
+        tokio::spawn(proxy::serve(
+            listener,
+            relay,
+            auth_host(domain),
+            upstream,
+            cancel.clone(),
+        ));
+        tokio::spawn(run_feed(feed, first, publish, cancel.clone()));
+        tracing::debug!(proxy = %addr, dir = %dir.display(), "relay for the command started");
+        Ok(Self {
+            dir,
+            proxy: addr,
+            settings,
+            cancel,
+        })
+    }
+
+    /// The variables to set for the child; the caller also removes
+    /// `POLARS_CLOUD_ACCESS_TOKEN` (it would win over config.toml and never be renewed).
+    pub fn child_env(&self, real_domain: &str) -> BTreeMap<&'static str, OsString> {
+        let mut env = BTreeMap::new();
+        let proxy = OsString::from(format!("http://{}", self.proxy));
+        env.insert(vars::HTTPS_PROXY, proxy.clone());
+        env.insert("https_proxy", proxy);
+        env.insert(
+            vars::CONFIG_DIR,
+            self.settings.client_configs[0].clone().into(),
+        );
+        env.insert(vars::DOMAIN, self.settings.domain.clone().into());
+        env.insert(vars::SSL_CERT_FILE, self.settings.ca_bundle.clone().into());
+        if std::env::var_os(vars::API_ADDR).is_none() {
+            env.insert(vars::API_ADDR, format!("https://api.{real_domain}").into());
+        }
+        env
+    }
+
+    /// Stops the relay and removes its directory (keys and the child's config.toml).
+    pub fn close(self) {
+        self.cancel.cancel();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "failed to remove the relay's directory");
+        }
+    }
+}
+
+/// Whether the child's `NO_PROXY` would send its token requests around the proxy.
+pub fn no_proxy_bypasses(no_proxy: Option<&str>) -> bool {
+    no_proxy.is_some_and(|v| v.split(',').any(|p| p.trim() == "*"))
+}
+
+fn private_dir() -> std::io::Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!(
+        "polars-cloud-auth-exec-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(&dir)?;
+    Ok(dir)
+}
+
+async fn run_feed(
+    feed: Feed,
+    first: AccessToken,
+    publish: watch::Sender<Option<AccessToken>>,
+    cancel: CancellationToken,
+) {
+    let mut policy = match &feed {
+        Feed::Source(_, p) => p.clone(),
+        Feed::File(_) => Policy::default(),
+    };
+    policy.lead = CLIENT_LEAD;
+    let mut current = first;
+    let mut attempt = 0u32;
+    loop {
+        let now = SystemTime::now();
+        let wait = match &feed {
+            Feed::Source(..) => renew::next_renewal(&current, now, &policy, renew::draw()),
+            // Read again when the client will want a new token; a sidecar renews well
+            // before that.
+            Feed::File(_) => current
+                .remaining(now)
+                .saturating_sub(CLIENT_LEAD)
+                .max(Duration::from_secs(1)),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let next: anyhow::Result<AccessToken> = match &feed {
+            Feed::Source(source, _) => tokio::select! {
+                r = source.fetch() => r.map(|t| t.access).map_err(anyhow::Error::from),
+                _ = cancel.cancelled() => return,
+            },
+            Feed::File(file) => file.read().map_err(anyhow::Error::from),
+        };
+        match next {
+            Ok(token) if token.expires_at() > current.expires_at() => {
+                attempt = 0;
+                tracing::info!(
+                    expires_in = token.remaining(SystemTime::now()).as_secs(),
+                    "token renewed for the command"
+                );
+                publish.send_replace(Some(token.clone()));
+                current = token;
+            }
+            // The file still holds the token we have: look again shortly.
+            Ok(_) => {}
+            Err(e) => {
+                let wait = renew::backoff(attempt, None, &policy, renew::draw());
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "renewal for the command failed; the last token stays"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_wildcard_no_proxy_sends_the_token_requests_around_the_proxy() {
+        assert!(no_proxy_bypasses(Some("localhost, *")));
+        assert!(!no_proxy_bypasses(Some(".corp,127.0.0.1")));
+        assert!(!no_proxy_bypasses(None));
+    }
+}

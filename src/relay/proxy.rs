@@ -1,0 +1,204 @@
+//! The route to the relay where no `hostAliases` exist (`exec`): the child gets
+//! `HTTPS_PROXY` pointing here. A `CONNECT` to the relay's host is answered by the relay
+//! in this process; any other `CONNECT` is tunnelled on unchanged, directly or through
+//! the proxy that our own environment names, so the child reaches everything else as
+//! before. Hosts in the child's `NO_PROXY` never come here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::endpoint::Relay;
+
+/// A request head must arrive within this, and be no larger than `MAX_HEAD`.
+const HEAD_LIMIT: Duration = Duration::from_secs(10);
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Where the proxy sends what is not for the relay.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    Direct,
+    /// An `http://host:port` proxy, asked with `CONNECT` in turn.
+    Proxy(String),
+}
+
+impl Upstream {
+    /// From the proxy variables of our own environment (an `https://` proxy or one with
+    /// credentials is used as given: host and port only, no authentication).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Self {
+        ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .find_map(|k| get(k).filter(|v| !v.is_empty()))
+            .and_then(|v| {
+                let url = Url::parse(&v).ok()?;
+                Some(format!(
+                    "{}:{}",
+                    url.host_str()?,
+                    url.port_or_known_default()?
+                ))
+            })
+            .map_or(Upstream::Direct, Upstream::Proxy)
+    }
+}
+
+/// The target of a `CONNECT` request head, or why it is not one. Pure.
+pub fn connect_target(head: &str) -> Result<(String, u16), &'static str> {
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("CONNECT"), Some(target), Some(version)) if version.starts_with("HTTP/1.") => {
+            let (host, port) = target.rsplit_once(':').ok_or("CONNECT needs host:port")?;
+            let port = port.parse().map_err(|_| "CONNECT needs a numeric port")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err("CONNECT needs a host");
+            }
+            Ok((host.to_ascii_lowercase(), port))
+        }
+        (Some(_), Some(_), Some(_)) => Err("only CONNECT is proxied"),
+        _ => Err("not an HTTP request"),
+    }
+}
+
+/// Accepts on `listener` until `cancel`.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    relay_host: String,
+    upstream: Upstream,
+    cancel: CancellationToken,
+) {
+    let relay_host = Arc::<str>::from(relay_host);
+    loop {
+        let tcp = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (relay, relay_host, upstream) = (relay.clone(), relay_host.clone(), upstream.clone());
+        tokio::spawn(async move {
+            if let Err(e) = one(tcp, relay, &relay_host, &upstream).await {
+                tracing::debug!(error = %e, "proxy: connection ended");
+            }
+        });
+    }
+}
+
+async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the blank line: nothing after the head may be swallowed, the
+    // TLS handshake that follows belongs to whoever gets the stream.
+    while !buf.ends_with(b"\r\n\r\n") {
+        if buf.len() >= MAX_HEAD || tcp.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::other("incomplete request head"));
+        }
+        buf.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+async fn one(
+    mut tcp: TcpStream,
+    relay: Arc<Relay>,
+    relay_host: &str,
+    upstream: &Upstream,
+) -> std::io::Result<()> {
+    let head = tokio::time::timeout(HEAD_LIMIT, read_head(&mut tcp))
+        .await
+        .map_err(|_| std::io::Error::other("request head timed out"))??;
+    let (host, port) = match connect_target(&head) {
+        Ok(t) => t,
+        Err(why) => {
+            let body = format!("polars-cloud-auth exec proxy: {why}\n");
+            let reply = format!(
+                "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return tcp.write_all(reply.as_bytes()).await;
+        }
+    };
+    if host == relay_host {
+        tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await?;
+        relay.serve_connection(tcp).await;
+        return Ok(());
+    }
+    let outbound = match upstream {
+        Upstream::Direct => TcpStream::connect((host.as_str(), port)).await,
+        Upstream::Proxy(addr) => via_proxy(addr, &host, port).await,
+    };
+    let mut outbound = match outbound {
+        Ok(s) => s,
+        Err(e) => {
+            tcp.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await?;
+            return Err(e);
+        }
+    };
+    tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await?;
+    tokio::io::copy_bidirectional(&mut tcp, &mut outbound).await?;
+    Ok(())
+}
+
+async fn via_proxy(addr: &str, host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    let head = tokio::time::timeout(HEAD_LIMIT, read_head(&mut s))
+        .await
+        .map_err(|_| std::io::Error::other("upstream proxy timed out"))??;
+    let ok = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("200");
+    if !ok {
+        return Err(std::io::Error::other("upstream proxy refused the CONNECT"));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_heads_are_parsed_and_others_refused() {
+        assert_eq!(
+            connect_target("CONNECT Auth.X.internal:443 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(("auth.x.internal".into(), 443))
+        );
+        assert_eq!(
+            connect_target("CONNECT [::1]:8443 HTTP/1.1\r\n\r\n"),
+            Ok(("::1".into(), 8443))
+        );
+        assert!(connect_target("GET http://x/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(connect_target("CONNECT x HTTP/1.1\r\n\r\n").is_err());
+        assert!(connect_target("CONNECT x:https HTTP/1.1\r\n\r\n").is_err());
+        assert!(connect_target("garbage").is_err());
+    }
+
+    #[test]
+    fn the_upstream_comes_from_our_proxy_variables() {
+        let env = |k: &str| (k == "https_proxy").then(|| "http://proxy.corp:3128".to_string());
+        assert!(matches!(Upstream::from_env(env), Upstream::Proxy(a) if a == "proxy.corp:3128"));
+        assert!(matches!(Upstream::from_env(|_| None), Upstream::Direct));
+    }
+}

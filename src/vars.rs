@@ -1,0 +1,23 @@
+//! The names of the environment variables that form a contract with the outside: those
+//! the Polars Cloud client reads (docs/polars-cloud-client.md) and those our own
+//! containers are configured with by `inject`. One place, so the injector, `exec`, the
+//! relay and the flags cannot drift apart.
+
+/// The client's access token, read once at start and never refreshed.
+pub const ACCESS_TOKEN: &str = "POLARS_CLOUD_ACCESS_TOKEN";
+/// The token file of older clients (0.12 ignores it); our token file flag too.
+pub const ACCESS_TOKEN_PATH: &str = "POLARS_CLOUD_ACCESS_TOKEN_PATH";
+/// The client's config directory (`config.toml`).
+pub const CONFIG_DIR: &str = "POLARS_CLOUD_CONFIG_DIR";
+/// The client's domain: `auth.{domain}` is its identity provider, `api.{domain}` its API.
+pub const DOMAIN: &str = "POLARS_CLOUD_DOMAIN";
+/// The client's API base URL, which wins over the domain for the API.
+pub const API_ADDR: &str = "POLARS_CLOUD_API_ADDR";
+/// The service account's secret (never given to an app).
+pub const CLIENT_SECRET: &str = "POLARS_CLOUD_CLIENT_SECRET";
+/// The CA bundle of rustls, OpenSSL and Python clients alike.
+pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
+/// The proxy of https requests (reqwest, curl, Python).
+pub const HTTPS_PROXY: &str = "HTTPS_PROXY";
+/// Our containers: the app config directories the relay seeds.
+pub const RELAY_CLIENT_CONFIGS: &str = "POLARS_CLOUD_RELAY_CLIENT_CONFIGS";
