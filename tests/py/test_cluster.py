@@ -371,6 +371,36 @@ def test_pod_with_init_containers_and_skipped_container(kube, webhook):
     assert k8s.TOKEN_VOLUME not in k8s.mounts(helper)
 
 
+# Pod-level settings of the pod's own that the injection must merge with, where the API
+# server has rules of its own (sysctl names unique and not net.* with hostNetwork, ...).
+OWN_POD_SETTINGS = {
+    "own-sysctls": {"securityContext": {"sysctls": [
+        {"name": "kernel.shm_rmid_forced", "value": "1"},
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "80"}]}},
+    "own-host-aliases": {"hostAliases": [
+        {"ip": "127.0.0.1", "hostnames": ["auth.polars-cloud-auth.internal", "db.local"]}]},
+    "host-network": {"hostNetwork": True},
+    "fs-group": {"securityContext": {"fsGroup": 2000, "runAsNonRoot": True}},
+    "own-volumes": {"volumes": [{"name": "scratch", "emptyDir": {}}]},
+}
+
+
+@pytest.mark.parametrize("case", OWN_POD_SETTINGS)
+def test_pod_with_its_own_pod_settings(kube, webhook, case):
+    obj = pod(f"pod-{case}", namespace=OTHER, **copy.deepcopy(OWN_POD_SETTINGS[case]))
+    if case == "own-volumes":
+        obj["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": "/tmp"}]
+    got = stored(kube, kube.create(obj))
+    assert injection_problems(got) == []
+    # The pod's own entries are all kept.
+    own = OWN_POD_SETTINGS[case]
+    for key in ("hostAliases", "volumes"):
+        for item in own.get(key, []):
+            assert item in got["spec"][key], (key, item)
+    for item in own.get("securityContext", {}).get("sysctls", []):
+        assert item in got["spec"]["securityContext"]["sysctls"], item
+
+
 def test_generate_name_pod(kube, webhook):
     got = kube.create(pod(generate_name="batch-"))
     assert got["metadata"]["name"].startswith("batch-") and got["metadata"]["name"] != "batch-"
