@@ -88,7 +88,17 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file's process is ours only while it still runs one of our binaries (a stale pid
+# file may name a pid that was reused since).
+running() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  local exe
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [ "$exe" = "$(readlink -f "$APISERVER")" ] || [ "$exe" = "$(readlink -f "$ETCD")" ]
+}
 
 wait_for() { # what (its pid file and log are $dir/what.{pid,log}), seconds, command...
   local what=$1 secs=$2
@@ -211,7 +221,7 @@ stop_one() { # name
   local pidfile=$dir/$1.pid pid
   [ -f "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if kill -0 "$pid" 2>/dev/null; then
+  if running "$pidfile"; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -KILL "$pid" 2>/dev/null || true
