@@ -89,31 +89,43 @@ def main() -> None:
               f"(p90 {statistics.quantiles(t_ours, n=10)[-1] * 1000:.1f} ms vs "
               f"{statistics.quantiles(t_curl, n=10)[-1] * 1000:.1f} ms)")
 
+        import shutil
         import socket
-        s = socket.socket(); s.bind(("127.0.0.1", 0)); lport = s.getsockname()[1]; s.close()
-        tokdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"pca-bench-{os.getpid()}"
-        sc = subprocess.Popen([str(BIN), "sidecar", "--listen", f"127.0.0.1:{lport}",
-                               "--token-file", str(tokdir / "token")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def idle_sidecar(label: str, extra: list[str], tokdir: Path) -> None:
+            s = socket.socket(); s.bind(("127.0.0.1", 0)); lport = s.getsockname()[1]; s.close()
+            sc = subprocess.Popen([str(BIN), "sidecar", "--listen", f"127.0.0.1:{lport}",
+                                   "--token-file", str(tokdir / "token"), *extra], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                for _ in range(100):
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{lport}/healthz", timeout=1)
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                time.sleep(1.0)
+                rss0, cpu0 = proc_stat(sc.pid)
+                time.sleep(a.idle)
+                rss1, cpu1 = proc_stat(sc.pid)
+                print(f"sidecar idle{label}: RSS {rss1 / 1024:.2f} MiB (after start {rss0 / 1024:.2f} MiB), "
+                      f"CPU {cpu1 - cpu0:.3f} s over {a.idle:.0f} s idle "
+                      f"({(cpu1 - cpu0) / a.idle * 100:.3f}% of a core)")
+            finally:
+                sc.terminate(); sc.wait()
+
+        base = Path(os.environ.get("TMPDIR", "/tmp")) / f"pca-bench-{os.getpid()}"
         try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{lport}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            time.sleep(1.0)
-            rss0, cpu0 = proc_stat(sc.pid)
-            time.sleep(a.idle)
-            rss1, cpu1 = proc_stat(sc.pid)
-            print(f"sidecar idle: RSS {rss1 / 1024:.2f} MiB (after start {rss0 / 1024:.2f} MiB), "
-                  f"CPU {cpu1 - cpu0:.3f} s over {a.idle:.0f} s idle "
-                  f"({(cpu1 - cpu0) / a.idle * 100:.3f}% of a core)")
+            idle_sidecar("", [], base / "plain")
+            # With the relay: its TLS listener (a free port here; 443 in a pod), keys, CA
+            # bundle and one client config directory.
+            idle_sidecar(" with the relay", [
+                "--client-config", str(base / "relay" / "client"),
+                "--relay-state-dir", str(base / "relay" / "state"),
+                "--relay-listen", "127.0.0.1:0",
+            ], base / "relay")
         finally:
-            sc.terminate(); sc.wait()
-            for f in tokdir.glob("*"):
-                f.unlink()
-            tokdir.rmdir() if tokdir.exists() else None
+            shutil.rmtree(base, ignore_errors=True)
     finally:
         idp.kill(); idp.wait()
 

@@ -51,8 +51,7 @@ def test_exec_carries_the_real_client_across_keycloaks_session_max(kc, tmp_path)
     if not lr.BINARY.exists():
         pytest.fail(f"{lr.BINARY} is missing: run cargo build first")
     jwks = f"{kc.issuer}/protocol/openid-connect/certs"
-    env = lr.clean_env(HOME=str(tmp_path), POLARS_CLOUD_ISSUER=kc.issuer,
-                       **kc.service_account_env())
+    env = lr.clean_env(HOME=str(tmp_path), **kc.service_account_env())
     before = logins(kc)
     out = subprocess.run([str(lr.BINARY), "exec", "--min-valid", "5s", "--", *client(DURATION, jwks)],
                          env=env, capture_output=True, timeout=DURATION + 120)
