@@ -23,7 +23,12 @@ cargo test --locked --all-targets
 echo "== test IdP self-test"
 node --test tests/idp/selftest.mjs
 echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, linters)"
-.venv/bin/pytest -q tests/py
+py_args=()
+if [ "$slow" = 1 ]; then
+  # These run in the slow block below, against the cluster it starts.
+  py_args=(--ignore=tests/py/test_cluster.py --deselect tests/py/test_helm.py::test_helm_cli)
+fi
+.venv/bin/pytest -q tests/py "${py_args[@]}"
 
 if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
@@ -41,5 +46,15 @@ if [ "$slow" = 1 ]; then
     .venv/bin/pytest -q tests/py/test_keycloak_long_running.py
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).
+  )
+
+  echo "== real kube-apiserver, kubectl and Helm CLI (scripts/cluster.sh, tests/cluster/README.md)"
+  bash scripts/cluster.sh build   # cached; the first run builds from source (see the README)
+  # A subshell of its own: the cluster is stopped by the trap whatever happens.
+  (
+    trap 'bash scripts/cluster.sh stop || true' EXIT
+    bash scripts/cluster.sh start
+    eval "$(bash scripts/cluster.sh env)"
+    .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_helm.py::test_helm_cli
   )
 fi
