@@ -496,7 +496,34 @@ async fn webhook_over_https_patches_pods_that_kubernetes_accepts() {
         assert_eq!(added["volumeMounts"][0]["name"], "polars-cloud-token");
         let mut without = patched.clone();
         without["spec"]["containers"].as_array_mut().unwrap().pop();
-        assert_eq!(without, pod, "{name}: a reinvocation touches nothing else");
+        // The one other change: our containers now also seed the new container's config
+        // directory for the relay (POLARS_CLOUD_RELAY_CLIENT_CONFIGS).
+        let configs = "POLARS_CLOUD_RELAY_CLIENT_CONFIGS";
+        let mut expected = pod.clone();
+        for list in ["initContainers", "containers"] {
+            for (i, c) in pod["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let Some(vars) = c["env"].as_array() else {
+                    continue;
+                };
+                if let Some(j) = vars.iter().position(|v| v["name"] == configs) {
+                    let now = &without["spec"][list][i]["env"][j]["value"];
+                    assert!(
+                        now.as_str().unwrap().ends_with("/added-later"),
+                        "{name}: {now}"
+                    );
+                    expected["spec"][list][i]["env"][j]["value"] = now.clone();
+                }
+            }
+        }
+        assert_eq!(
+            without, expected,
+            "{name}: a reinvocation touches nothing else"
+        );
     }
     assert_eq!(injected, 6);
     kube::validate(&[&out]);
