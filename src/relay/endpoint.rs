@@ -88,21 +88,10 @@ impl Relay {
 
 /// Accepts on `listener` until `cancel`.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: CancellationToken) {
-    loop {
-        let tcp = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(relay.clone().serve_connection(tcp));
-    }
+    super::accept_loop(listener, "relay", cancel, |tcp| {
+        relay.clone().serve_connection(tcp)
+    })
+    .await
 }
 
 fn router(relay: Arc<Relay>) -> Router {

@@ -73,25 +73,15 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let relay_host = Arc::<str>::from(relay_host);
-    loop {
-        let tcp = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    super::accept_loop(listener, "proxy", cancel, |tcp| {
         let (relay, relay_host, upstream) = (relay.clone(), relay_host.clone(), upstream.clone());
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = one(tcp, relay, &relay_host, &upstream).await {
                 tracing::debug!(error = %e, "proxy: connection ended");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {

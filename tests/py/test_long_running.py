@@ -55,24 +55,23 @@ def require_peers() -> None:
 
 
 class Idp:
-    """The test IdP (tests/idp) inside the pod's network namespace."""
+    """The test IdP (tests/idp) with short tokens and sessions: inside a pod's network
+    namespace when given one, else on this machine's loopback (for `exec` and the action,
+    which run outside pods)."""
 
-    def __init__(self, net: kubelet.Network, **env: str) -> None:
-        full = dict(os.environ)
-        full.update(
+    def __init__(self, net: kubelet.Network | None = None) -> None:
+        env = dict(os.environ)
+        env.update(
             IDP_TOKEN_TTL=str(TOKEN_TTL),
             IDP_SESSION_MAX=str(SESSION_MAX),
             IDP_REFRESH_TTL=str(SESSION_MAX),
             IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
         )
-        full.update(env)
         self.net = net
-        self.proc = net.popen(
-            ["node", str(ROOT / "tests" / "idp" / "server.mjs")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=full,
+        argv = ["node", str(ROOT / "tests" / "idp" / "server.mjs")]
+        popen = net.popen if net is not None else subprocess.Popen
+        self.proc = popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
         )
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())
@@ -80,8 +79,14 @@ class Idp:
         self.port: int = ready["port"]
 
     def requests(self) -> list[dict[str, Any]]:
-        out = self.net.run(["curl", "-sf", f"http://127.0.0.1:{self.port}/__test/requests"])
-        body = json.loads(out.stdout)
+        url = f"http://127.0.0.1:{self.port}/__test/requests"
+        if self.net is not None:
+            body = json.loads(self.net.run(["curl", "-sf", url]).stdout)
+        else:
+            import urllib.request
+
+            with urllib.request.urlopen(url) as r:
+                body = json.load(r)
         return body["requests"] if isinstance(body, dict) else body
 
     def stop(self) -> None:
@@ -284,40 +289,6 @@ def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the
     assert r["first_error_at_s"] <= TOKEN_TTL, r
 
 
-class HostIdp:
-    """The test IdP on this machine's loopback (for `exec`, which runs outside pods)."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            IDP_TOKEN_TTL=str(TOKEN_TTL),
-            IDP_SESSION_MAX=str(SESSION_MAX),
-            IDP_REFRESH_TTL=str(SESSION_MAX),
-            IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
-        )
-        self.proc = subprocess.Popen(
-            ["node", str(ROOT / "tests" / "idp" / "server.mjs")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        ready = json.loads(self.proc.stdout.readline())
-        self.issuer: str = ready["issuer"]
-        self.port: int = ready["port"]
-
-    def requests(self) -> list[dict[str, Any]]:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__test/requests") as r:
-            return json.load(r)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLARS_CLOUD")}
     for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
@@ -332,7 +303,7 @@ def test_exec_keeps_its_child_working_across_token_lives_and_session_ends(tmp_pa
     DURATION; the child holds neither the secret nor anything the IdP accepts."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run cargo build first")
-    idp = HostIdp()
+    idp = Idp()
     sidecar = None
     try:
         jwks = f"{idp.issuer}/protocol/openid-connect/certs"
@@ -412,7 +383,7 @@ def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry
     same later step fails with the exported token."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run cargo build first")
-    idp = HostIdp()
+    idp = Idp()
     try:
         jwks = f"{idp.issuer}/protocol/openid-connect/certs"
         runner = tmp_path / "runner"
