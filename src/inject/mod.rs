@@ -798,7 +798,7 @@ pub fn inject(
         .is_some();
     let mut new_volumes = Vec::new();
     if !volumes.iter().any(|v| v.name == TOKEN_VOLUME) {
-        new_volumes.push(token_volume());
+        new_volumes.push(memory_volume(TOKEN_VOLUME));
     }
     if !volumes.iter().any(|v| v.name == CREDENTIALS_VOLUME) {
         new_volumes.push(credentials_volume(&s.secret_name, fs_group));
@@ -978,9 +978,10 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn token_volume() -> Volume {
+/// A small in-memory `emptyDir`: the token volume, and the relay's two.
+fn memory_volume(name: &str) -> Volume {
     Volume {
-        name: TOKEN_VOLUME.into(),
+        name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource {
             medium: Some("Memory".into()),
             size_limit: Some(Quantity("1Mi".into())),

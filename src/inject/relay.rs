@@ -4,9 +4,8 @@
 //! container's private state volume. Pure: a pod and the settings in, values out.
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, HostAlias, PodSpec, Sysctl, Volume, VolumeMount,
+    Container, EnvVar, HostAlias, PodSpec, Sysctl, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::InjectError;
 use crate::relay::{self, CA_BUNDLE_FILE};
@@ -92,20 +91,11 @@ pub fn our_mounts() -> [VolumeMount; 2] {
     ]
 }
 
-fn memory_volume(name: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            medium: Some("Memory".into()),
-            size_limit: Some(Quantity("1Mi".into())),
-            ..EmptyDirVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
-}
-
 pub fn volumes() -> [Volume; 2] {
-    [memory_volume(CLIENT_VOLUME), memory_volume(STATE_VOLUME)]
+    [
+        super::memory_volume(CLIENT_VOLUME),
+        super::memory_volume(STATE_VOLUME),
+    ]
 }
 
 /// Our container's variable naming the config directories to seed.
