@@ -31,6 +31,12 @@ use crate::token::AccessToken;
 
 /// A TLS handshake must finish within this, or the connection is dropped.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// Refreshes are answered one at a time, this far apart. Processes sharing a config
+/// directory all refresh when the same token nears expiry, and the client writes its
+/// config.toml back through one fixed temporary name: two writes at once make one of them
+/// fail ("Failed to move config into place"), which fails that call. Spaced answers keep
+/// the writes apart; a refresh waits at most this long per process ahead of it.
+pub const SPACING: Duration = Duration::from_millis(250);
 
 /// What the relay serves from, shared by its connections.
 pub struct Relay {
@@ -41,6 +47,8 @@ pub struct Relay {
     pub served: AtomicU64,
     /// Requests refused (wrong grant, wrong handle, no valid token).
     pub refused: AtomicU64,
+    /// When the last refresh was answered (see [`SPACING`]).
+    last_answer: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Relay {
@@ -54,6 +62,7 @@ impl Relay {
             current,
             served: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            last_answer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -112,6 +121,12 @@ async fn token(
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
     let form = form.map(|Form(f)| f).unwrap_or_default();
+    // One answer at a time, SPACING apart; the lock is held until this one is sent off.
+    let mut last = relay.last_answer.lock().await;
+    if let Some(at) = *last {
+        tokio::time::sleep_until(at + SPACING).await;
+    }
+    *last = Some(tokio::time::Instant::now());
     let current = relay.current.borrow().clone();
     let (status, body) = answer(
         &form,

@@ -59,10 +59,10 @@ class Idp:
     namespace when given one, else on this machine's loopback (for `exec` and the action,
     which run outside pods)."""
 
-    def __init__(self, net: kubelet.Network | None = None) -> None:
+    def __init__(self, net: kubelet.Network | None = None, ttl: int | None = None) -> None:
         env = dict(os.environ)
         env.update(
-            IDP_TOKEN_TTL=str(TOKEN_TTL),
+            IDP_TOKEN_TTL=str(ttl or TOKEN_TTL),
             IDP_SESSION_MAX=str(SESSION_MAX),
             IDP_REFRESH_TTL=str(SESSION_MAX),
             IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
@@ -160,10 +160,11 @@ def run_pod(
     processes: int = 1,
     duration: float = DURATION,
     annotations: dict[str, str] | None = None,
+    ttl: int | None = None,
 ):
     """Runs one injected pod to the end of its app container; returns what was seen."""
     net = kubelet.Network()
-    idp = Idp(net)
+    idp = Idp(net, ttl)
     try:
         jwks = f"{idp.issuer}/protocol/openid-connect/certs"
         manifest = pod_manifest(
@@ -463,3 +464,4 @@ def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry
         assert SECRET not in relay_log
     finally:
         idp.stop()
+
