@@ -261,6 +261,31 @@ pub fn cmd_for(issuer: &str) -> Command {
     c
 }
 
+/// Drains a child's piped stderr on a thread of its own (a full pipe would block the
+/// child) into a string the test can read at any time; the handle ends with the pipe.
+pub fn capture_stderr(
+    child: &mut Child,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    let mut pipe = child.stderr.take().expect("stderr must be piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    (text, reader)
+}
+
 pub fn run(c: &mut Command) -> Output {
     c.output().expect("failed to run polars-cloud-auth")
 }
