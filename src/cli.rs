@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::{
-    FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
-    WebhookArgs,
+    BrokerArgs, FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs,
+    ServeArgs, WebhookArgs,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -60,6 +60,9 @@ pub enum Command {
     Inject(InjectCmdArgs),
     /// Serve the mutating admission webhook that adds the token setup to pods.
     Webhook(WebhookCmdArgs),
+    /// Serve tokens to broker-backed sidecars, which authenticate with their pod's
+    /// service-account token; the only place that holds the credentials.
+    Broker(BrokerCmdArgs),
 }
 
 #[derive(Args, Debug)]
@@ -257,4 +260,16 @@ pub struct WebhookCmdArgs {
     pub serve: WebhookArgs,
     #[command(flatten)]
     pub inject: InjectArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BrokerCmdArgs {
+    #[command(flatten)]
+    pub serve: BrokerArgs,
+    /// The identity provider, shared by every credential of the policy (the client id
+    /// and secret come from each credential's Secret).
+    #[command(flatten)]
+    pub idp: IdpArgs,
+    #[command(flatten)]
+    pub renew: RenewArgs,
 }

@@ -617,6 +617,75 @@ impl WebhookArgs {
     }
 }
 
+/// The token broker (`polars-cloud-auth broker`).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "Broker")]
+pub struct BrokerArgs {
+    /// Address to serve HTTPS on: /token, /healthz, /readyz, /metrics
+    /// [default: 0.0.0.0:8443].
+    #[arg(long, env = "POLARS_CLOUD_BROKER_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// TLS certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "POLARS_CLOUD_BROKER_TLS_CERT", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); re-read when it changes.
+    #[arg(long, env = "POLARS_CLOUD_BROKER_TLS_KEY", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The policy: which credentials exist (their mounted Secrets) and which service
+    /// accounts receive which; re-read when it changes (the chart renders it).
+    #[arg(long, env = "POLARS_CLOUD_BROKER_POLICY", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
+    /// Audience the sidecars' projected service-account tokens must carry
+    /// [default: polars-cloud-auth].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_BROKER_TOKEN_AUDIENCE",
+        value_name = "AUDIENCE"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_audience: Option<String>,
+    /// After SIGTERM, keep serving this long with /readyz failing [default: 5s].
+    #[arg(
+        long,
+        env = "POLARS_CLOUD_BROKER_SHUTDOWN_DELAY",
+        value_name = "DURATION"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<HumanDuration>,
+}
+
+impl BrokerArgs {
+    /// The address, certificate, key and policy; all but the address are required.
+    pub fn resolve(&self) -> Result<(std::net::SocketAddr, PathBuf, PathBuf, PathBuf), Error> {
+        let missing = |flag: &str, env: &str, what: &str| {
+            Error::Invalid(format!("the broker needs {what}: set --{flag} or {env}"))
+        };
+        Ok((
+            self.listen
+                .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8443))),
+            self.tls_cert.clone().ok_or_else(|| {
+                missing(
+                    "tls-cert",
+                    "POLARS_CLOUD_BROKER_TLS_CERT",
+                    "a TLS certificate (PEM)",
+                )
+            })?,
+            self.tls_key.clone().ok_or_else(|| {
+                missing("tls-key", "POLARS_CLOUD_BROKER_TLS_KEY", "a TLS key (PEM)")
+            })?,
+            self.policy
+                .clone()
+                .ok_or_else(|| missing("policy", "POLARS_CLOUD_BROKER_POLICY", "a policy file"))?,
+        ))
+    }
+}
+
 /// Logging.
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -655,6 +724,8 @@ pub struct ConfigFile {
     pub inject: InjectArgs,
     #[serde(default)]
     pub webhook: WebhookArgs,
+    #[serde(default)]
+    pub broker: BrokerArgs,
 }
 
 impl ConfigFile {

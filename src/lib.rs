@@ -5,6 +5,7 @@
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
 
 pub mod admission;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -13,9 +14,11 @@ pub mod exit;
 pub mod hardening;
 pub mod inject;
 pub mod modes;
+pub mod prom;
 pub mod relay;
 pub mod renew;
 pub mod retry;
+pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
@@ -53,6 +56,7 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
         Command::Inject(args) => modes::inject::command(args, &file),
         Command::Webhook(args) => modes::webhook::command(args, &file),
+        Command::Broker(args) => modes::broker::command(args, &file),
     }
 }
 

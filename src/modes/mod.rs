@@ -1,5 +1,6 @@
 //! One module per mode; each is a thin driver over the token source and the sinks.
 
+pub mod broker;
 pub mod exec;
 pub mod github_action;
 pub mod init;

@@ -1,7 +1,6 @@
 //! `sidecar`: keep the token file fresh until told to stop, and say how it is going on
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::SidecarArgs;
 use crate::config::{ConfigFile, overlay};
+use crate::prom::family as metric;
 use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
 use crate::sink::TokenFile;
@@ -142,15 +142,6 @@ impl Health {
             &[("", ready)],
         );
         out
-    }
-}
-
-/// Appends one metric family in the Prometheus text format.
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
-    let _ = writeln!(out, "# HELP polars_cloud_auth_{name} {help}");
-    let _ = writeln!(out, "# TYPE polars_cloud_auth_{name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "polars_cloud_auth_{name}{labels} {value}");
     }
 }
 

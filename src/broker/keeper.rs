@@ -1,0 +1,188 @@
+//! One renewing token per credential: the token engine the sidecar uses (source, renewal
+//! timing, backoff), publishing to the requests instead of a file.
+//!
+//! Every request for a credential reads the one token its keeper holds; none of them
+//! reaches the identity provider. After a restart each keeper signs in once, and the
+//! requests that arrive meanwhile wait for that one answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::renew::{self, Policy};
+use crate::source::{FailureClass, TokenSource};
+use crate::token::AccessToken;
+
+/// A token is handed out only with at least this much life left; nearer its end the
+/// keeper is renewing it and a request waits for the new one. The relay's clients ask
+/// for a new token with about 10 s left, so they must get more than that.
+pub const HANDOUT_MIN: Duration = Duration::from_secs(20);
+/// A request waits at most this long for a keeper's first (or next) token.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// What a keeper holds now.
+#[derive(Clone, Default)]
+pub struct Held {
+    pub token: Option<AccessToken>,
+    /// The last failure, while it is the latest news (cleared by a success).
+    pub error: Option<String>,
+}
+
+/// Counters of one credential's keeper.
+#[derive(Default)]
+pub struct Counts {
+    pub fetched: AtomicU64,
+    pub transient: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// A running keeper; dropping it (or cancelling) stops its loop.
+pub struct Keeper {
+    held: watch::Receiver<Held>,
+    pub counts: Arc<Counts>,
+    stop: CancellationToken,
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Why no token can be handed out now.
+#[derive(Debug, thiserror::Error)]
+pub enum NoToken {
+    #[error(
+        "the broker has no valid token for credential '{credential}' yet: {reason}; retry shortly"
+    )]
+    Unavailable { credential: String, reason: String },
+}
+
+impl Keeper {
+    /// Starts renewing with `source` on the current runtime.
+    pub fn start(
+        name: &str,
+        source: TokenSource,
+        policy: Policy,
+        cancel: &CancellationToken,
+    ) -> Self {
+        let (publish, held) = watch::channel(Held::default());
+        let counts = Arc::new(Counts::default());
+        let stop = cancel.child_token();
+        tokio::spawn(run(
+            name.to_string(),
+            source,
+            policy,
+            publish,
+            counts.clone(),
+            stop.clone(),
+        ));
+        Self { held, counts, stop }
+    }
+
+    /// A token with at least [`HANDOUT_MIN`] to live, waiting up to [`WAIT_LIMIT`] for the
+    /// keeper when it has none yet.
+    pub async fn token(&self, credential: &str) -> Result<AccessToken, NoToken> {
+        let mut held = self.held.clone();
+        let usable = |h: &Held| {
+            h.token
+                .as_ref()
+                .is_some_and(|t| t.remaining(SystemTime::now()) >= HANDOUT_MIN)
+        };
+        let waited = tokio::time::timeout(WAIT_LIMIT, held.wait_for(usable)).await;
+        if let Ok(Ok(h)) = &waited
+            && let Some(token) = &h.token
+        {
+            return Ok(token.clone());
+        }
+        drop(waited);
+        let reason = held
+            .borrow()
+            .error
+            .clone()
+            .unwrap_or_else(|| "signing in to the identity provider".into());
+        Err(NoToken::Unavailable {
+            credential: credential.to_string(),
+            reason,
+        })
+    }
+
+    /// What the keeper holds now (for metrics).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.held.borrow().token.as_ref().map(|t| t.expires_at())
+    }
+}
+
+async fn run(
+    name: String,
+    source: TokenSource,
+    policy: Policy,
+    publish: watch::Sender<Held>,
+    counts: Arc<Counts>,
+    stop: CancellationToken,
+) {
+    let mut attempt = 0u32;
+    loop {
+        let result = tokio::select! {
+            r = source.fetch() => r,
+            _ = stop.cancelled() => return,
+        };
+        let now = SystemTime::now();
+        let wait = match result {
+            Ok(tokens) => {
+                counts.fetched.fetch_add(1, Ordering::Relaxed);
+                attempt = 0;
+                let wait = renew::next_renewal(&tokens.access, now, &policy, renew::draw());
+                tracing::info!(
+                    credential = %name,
+                    expires_in = tokens.access.remaining(now).as_secs(),
+                    next_renewal_in = wait.as_secs(),
+                    "credential token renewed"
+                );
+                publish.send_replace(Held {
+                    token: Some(tokens.access),
+                    error: None,
+                });
+                wait
+            }
+            Err(e) => {
+                let class = e.class();
+                let left = publish.borrow().token.as_ref().map(|t| t.remaining(now));
+                let wait = match class {
+                    FailureClass::Transient => {
+                        counts.transient.fetch_add(1, Ordering::Relaxed);
+                        let w = renew::retry_wait(
+                            attempt,
+                            e.retry_after(),
+                            &policy,
+                            renew::draw(),
+                            left,
+                        );
+                        attempt = attempt.saturating_add(1);
+                        w
+                    }
+                    FailureClass::Permanent => {
+                        counts.rejected.fetch_add(1, Ordering::Relaxed);
+                        renew::after_rejection(&policy, renew::draw())
+                    }
+                };
+                let text = format!("{:#}", anyhow::Error::from(e));
+                tracing::warn!(
+                    credential = %name,
+                    error = %text,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "credential token renewal failed; the last good token is handed out until it expires"
+                );
+                publish.send_modify(|h| h.error = Some(text));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `broker`: serve tokens to broker-backed sidecars over TLS until a signal
+//! ([`crate::broker`] decides, [`crate::server`] serves).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::broker::{self, Broker, api};
+use crate::cli::BrokerCmdArgs;
+use crate::config::{ConfigFile, overlay};
+use crate::server::{self, Limits, Shared};
+
+/// `polars-cloud-auth broker`.
+pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
+    let serve = overlay(&args.serve, &file.broker)?;
+    let idp = overlay(&args.idp, &file.idp)?;
+    let renew = overlay(&args.renew, &file.renewal)?;
+    let (listen, cert, key, policy_file) = serve.resolve()?;
+    let config = server::Config {
+        listen,
+        cert,
+        key,
+        drain: serve.shutdown_delay.map_or(Duration::from_secs(5), |d| d.0),
+        limits: Limits::default(),
+    };
+    let settings = broker::Settings {
+        policy_file,
+        audience: serve
+            .token_audience
+            .clone()
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| broker::DEFAULT_AUDIENCE.to_string()),
+        idp,
+        renew: renew.policy(),
+    };
+    // Requests come from every broker-backed sidecar of the cluster: use the cores.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let cancel = crate::shutdown::on_signals();
+            run(config, settings, cancel).await
+        })?;
+    Ok(crate::exit::OK)
+}
+
+pub async fn run(
+    config: server::Config,
+    settings: broker::Settings,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let cert = server::load_cert(&config).context("failed to load the broker's TLS certificate")?;
+    let client = kube::Client::try_default().await.context(
+        "failed to set up the Kubernetes client (in a pod: the service-account token mount; elsewhere: KUBECONFIG)",
+    )?;
+    let audience = settings.audience.clone();
+    let broker = Arc::new(Broker::start(settings, client, cancel.clone())?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    let shared = Shared::new("broker");
+    let app = api::router(api::AppState {
+        broker: broker.clone(),
+        shared: shared.clone(),
+    });
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        audience = %audience,
+        credentials = broker.keepers().len(),
+        "broker started"
+    );
+    server::serve(listener, cert, app, &config, &shared, cancel).await?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
