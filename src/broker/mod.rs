@@ -306,7 +306,8 @@ impl Broker {
     pub fn invalid_request(&self, error: &'static str, description: String) -> Outcome {
         self.counts.invalid_request.fetch_add(1, Ordering::Relaxed);
         Outcome::Refused {
-            status: 400,
+            // RFC 6749 section 5.2: a client that failed to authenticate gets 401.
+            status: if error == "invalid_client" { 401 } else { 400 },
             error,
             description,
             who: None,

@@ -6,8 +6,8 @@
 //! token's own claims (audience, expiry) come first and refuse without asking.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -184,6 +184,8 @@ pub struct Reviewer {
     api: kube::Api<TokenReview>,
     audience: String,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// One review in flight per token: concurrent first requests wait for it.
+    inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     inserts: AtomicU64,
     /// Reviews sent to the API server, by outcome.
     pub accepted: AtomicU64,
@@ -199,6 +201,7 @@ impl Reviewer {
             api: kube::Api::all(client),
             audience,
             cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
             inserts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -231,6 +234,29 @@ impl Reviewer {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Ok(identity));
         }
+        let gate = match self.inflight.lock() {
+            Ok(mut m) => m.entry(key).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let _turn = gate.lock().await;
+        if let Some(identity) = self.lookup(&key, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Ok(identity));
+        }
+        let verdict = self.review(token, key, until, now).await;
+        if let Ok(mut m) = self.inflight.lock() {
+            m.remove(&key);
+        }
+        verdict
+    }
+
+    async fn review(
+        &self,
+        token: &str,
+        key: [u8; 32],
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Result<Result<Identity, Refusal>, Unavailable> {
         let reviewed = self
             .api
             .create(

@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+import idp_peer  # noqa: E402
 import kubelet  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
@@ -54,45 +55,11 @@ def require_peers() -> None:
         pytest.fail(f"{BINARY} is missing: run cargo build first (scripts/test.sh does)")
 
 
-class Idp:
-    """The test IdP (tests/idp) with short tokens and sessions: inside a pod's network
-    namespace when given one, else on this machine's loopback (for `exec` and the action,
-    which run outside pods)."""
-
-    def __init__(self, net: kubelet.Network | None = None, ttl: int | None = None) -> None:
-        env = dict(os.environ)
-        env.update(
-            IDP_TOKEN_TTL=str(ttl or TOKEN_TTL),
-            IDP_SESSION_MAX=str(SESSION_MAX),
-            IDP_REFRESH_TTL=str(SESSION_MAX),
-            IDP_SERVICE_ACCOUNTS=f"test-sa:{SECRET}",
-        )
-        self.net = net
-        argv = ["node", str(ROOT / "tests" / "idp" / "server.mjs")]
-        popen = net.popen if net is not None else subprocess.Popen
-        self.proc = popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
-        )
-        assert self.proc.stdout is not None
-        ready = json.loads(self.proc.stdout.readline())
-        self.issuer: str = ready["issuer"]
-        self.port: int = ready["port"]
-
-    def requests(self) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/__test/requests"
-        if self.net is not None:
-            body = json.loads(self.net.run(["curl", "-sf", url]).stdout)
-        else:
-            import urllib.request
-
-            with urllib.request.urlopen(url) as r:
-                body = json.load(r)
-        return body["requests"] if isinstance(body, dict) else body
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+def Idp(net: kubelet.Network | None = None, ttl: int | None = None) -> idp_peer.Idp:
+    """The test IdP with short tokens and sessions: inside a pod's network namespace when
+    given one, else on this machine's loopback (for `exec` and the action, which run
+    outside pods)."""
+    return idp_peer.Idp({"test-sa": SECRET}, ttl or TOKEN_TTL, SESSION_MAX, net)
 
 
 def app_container(name: str, duration: float, jwks: str, processes: int = 1) -> dict[str, Any]:

@@ -122,6 +122,10 @@ DNS names the API server may use for the webhook Service.
 {{- $svc := include "polars-cloud-auth.serviceName" . -}}
 {{- $ns := .Release.Namespace -}}
 {{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) -}}
+{{- if .Values.broker.enabled -}}
+{{- $b := include "polars-cloud-auth.brokerName" . -}}
+{{- $names = concat $names (list $b (printf "%s.%s" $b $ns) (printf "%s.%s.svc" $b $ns) (printf "%s.%s.svc.%s" $b $ns .Values.clusterDomain)) -}}
+{{- end -}}
 {{- toJson $names -}}
 {{- end -}}
 
@@ -190,4 +194,39 @@ crt: {{ $cert.Cert | b64enc | quote }}
 key: {{ $cert.Key | b64enc | quote }}
 {{- end }}
 hosts: {{ $hostsKey | quote }}
+{{- end -}}
+
+{{/*
+The broker's Deployment, Service and ServiceAccount name.
+*/}}
+{{- define "polars-cloud-auth.brokerName" -}}
+{{- printf "%s-broker" (include "polars-cloud-auth.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The broker's token endpoint, as injected sidecars call it.
+*/}}
+{{- define "polars-cloud-auth.brokerURL" -}}
+{{- printf "https://%s.%s.svc:443/token" (include "polars-cloud-auth.brokerName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/*
+The broker's credentials as a JSON list of {name, secretName}: broker.credentials,
+or one credential "default" from the chart's credentials Secret.
+*/}}
+{{- define "polars-cloud-auth.brokerCredentials" -}}
+{{- if .Values.broker.credentials -}}
+{{- toJson .Values.broker.credentials -}}
+{{- else -}}
+{{- toJson (list (dict "name" "default" "secretName" (include "polars-cloud-auth.credentialsSecretName" .))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Labels selecting the broker's pods.
+*/}}
+{{- define "polars-cloud-auth.brokerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "polars-cloud-auth.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
 {{- end -}}

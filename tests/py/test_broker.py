@@ -1,0 +1,380 @@
+"""The token broker against a real kube-apiserver (scripts/cluster.sh) and the test IdP.
+
+- The broker's RBAC (ServiceAccount, ClusterRole, ClusterRoleBinding) is what the chart
+  renders with `broker.enabled`, applied to the cluster; the broker calls the API server
+  as that service account, with a token the API server issued for it.
+- Sidecar tokens are real: TokenRequest (`kubectl create token`) bound to pods stored in
+  the API server, audience `polars-cloud-auth`. The API server's own TokenReview decides
+  whether they are valid and whether their pod still exists.
+- The credentials are the test IdP's service accounts (tests/idp), so every request the
+  broker makes to the IdP is counted.
+
+Skipped unless the cluster's environment is set (scripts/cluster.sh env); under
+POLARS_CLOUD_AUTH_SLOW=1 a missing cluster fails instead.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cluster
+import idp_peer
+import k8s
+
+NS = "pca-broker"
+RELEASE = "pca"
+BROKER_SA = f"{RELEASE}-polars-cloud-auth-broker"
+AUD = "polars-cloud-auth"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+SECRETS = {"prod-sa": "Prod+Secret/1=&x", "batch-sa": "Batch+Secret/2=&y"}
+POLICY = {
+    "credentials": {"prod": {"dir": "PROD"}, "batch": {"dir": "BATCH"}},
+    "grants": [
+        {"namespace": "team-a", "credential": "prod"},
+        {"namespace": "team-a", "serviceAccounts": ["etl"], "credential": "batch"},
+        {"namespace": "team-b", "serviceAccounts": ["reporter"], "credential": "prod"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def kube():
+    return cluster.connect()
+
+
+def chart_rbac(kube) -> list[dict]:
+    """The broker's ServiceAccount, ClusterRole and ClusterRoleBinding as the chart renders
+    them."""
+    out = kube.helm_run("template", RELEASE, str(k8s.CHART), "--namespace", NS,
+                        "--set", "broker.enabled=true",
+                        "--set", "credentials.clientId=x", "--set", "credentials.clientSecret=y")
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    wanted = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+              and d["metadata"]["name"] == BROKER_SA]
+    assert {d["kind"] for d in wanted} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}, docs
+    return wanted
+
+
+def kubeconfig_for(kube, sa: str, namespace: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as `sa` with a token the API server issued."""
+    token = kube.run("create", "token", sa, "-n", namespace, "--duration", "1h").stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    (entry,) = admin["clusters"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": entry["cluster"]}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": sa}}],
+        "current-context": "test",
+    }))
+    return path
+
+
+class Broker:
+    """The real `polars-cloud-auth broker` on a loopback port."""
+
+    def __init__(self, tmp: Path, kubeconfig: Path, issuer: str, policy: Path):
+        self.port = cluster.free_port()
+        self.tls = cluster.make_tls(tmp / "tls")
+        self.base = f"https://127.0.0.1:{self.port}"
+        self.log = tmp / "broker.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig),
+               "NO_PROXY": "127.0.0.1,localhost",
+               "POLARS_CLOUD_BROKER_LISTEN": f"127.0.0.1:{self.port}",
+               "POLARS_CLOUD_BROKER_TLS_CERT": str(self.tls["cert"]),
+               "POLARS_CLOUD_BROKER_TLS_KEY": str(self.tls["key"]),
+               "POLARS_CLOUD_BROKER_POLICY": str(policy),
+               "POLARS_CLOUD_BROKER_SHUTDOWN_DELAY": "0s",
+               "POLARS_CLOUD_ISSUER": issuer, "POLARS_CLOUD_LOG_FORMAT": "json"}
+        self.proc = subprocess.Popen([str(cluster.binary()), "broker"], env=env,
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.context = ssl.create_default_context(cafile=str(self.tls["ca"]))
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.proc.poll() is None, f"broker exited: {self.log.read_text()}"
+            try:
+                if cluster.https_get(self.base + "/readyz", self.tls["ca"], 1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"broker not ready: {self.log.read_text()}"
+            time.sleep(0.1)
+
+    def request(self, assertion: str | None, grant: str = "client_credentials") -> tuple[int, dict]:
+        form = {"grant_type": grant}
+        if assertion is not None:
+            form.update(client_assertion_type=JWT_BEARER, client_assertion=assertion)
+        req = urllib.request.Request(self.base + "/token",
+                                     data=urllib.parse.urlencode(form).encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req, context=self.context, timeout=20) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def metrics(self) -> dict[str, float]:
+        _, text = cluster.https_get(self.base + "/metrics", self.tls["ca"])
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+def write_policy(path: Path, creds: dict[str, Path], policy: dict) -> None:
+    body = json.loads(json.dumps(policy))
+    for name, spec in body["credentials"].items():
+        spec["dir"] = str(creds[name])
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(body))
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def world(kube, tmp_path_factory):
+    """The broker's namespace and RBAC, app namespaces with pods, the IdP and a broker."""
+    tmp = tmp_path_factory.mktemp("broker")
+    kube.namespace(NS)
+    for obj in chart_rbac(kube):
+        kube.apply(obj)
+    for ns in ("team-a", "team-b", "team-c"):
+        kube.namespace(ns)
+    for ns, sa in (("team-a", "etl"), ("team-b", "reporter")):
+        kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": sa, "namespace": ns}})
+    idp = idp_peer.Idp(SECRETS, ttl=60)
+    creds = {}
+    for name, account in (("prod", "prod-sa"), ("batch", "batch-sa")):
+        d = tmp / "credentials" / name
+        d.mkdir(parents=True)
+        (d / "client_id").write_text(account)
+        (d / "client_secret").write_text(SECRETS[account])
+        creds[name] = d
+    policy = tmp / "policy.yaml"
+    write_policy(policy, creds, POLICY)
+    config = kubeconfig_for(kube, BROKER_SA, NS, tmp / "broker.kubeconfig")
+    broker = Broker(tmp, config, idp.issuer, policy)
+    yield {"kube": kube, "idp": idp, "broker": broker, "policy": policy, "creds": creds,
+           "tmp": tmp, "kubeconfig": config}
+    broker.stop()
+    idp.stop()
+    for ns in ("team-a", "team-b", "team-c"):
+        kube.run("delete", "pods", "--all", "-n", ns, "--wait=false", check=False)
+
+
+def stored_pod(kube, ns: str, name: str, sa: str = "default") -> str:
+    kube.run("delete", "pod", name, "-n", ns, "--ignore-not-found", "--wait=true")
+    obj = kube.create({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": ns},
+                       "spec": {"serviceAccountName": sa,
+                                "containers": [{"name": "app", "image": "busybox:1.36"}]}})
+    return obj["metadata"]["uid"]
+
+
+def sa_token(kube, ns: str, sa: str, pod: str | None, audience: str = AUD) -> str:
+    args = ["create", "token", sa, "-n", ns, "--audience", audience, "--duration", "10m"]
+    if pod:
+        uid = kube.get("pod", pod, "-n", ns)["metadata"]["uid"]
+        args += ["--bound-object-kind", "Pod", "--bound-object-name", pod,
+                 "--bound-object-uid", uid]
+    return kube.run(*args).stdout.strip()
+
+
+def claims(jwt: str) -> dict:
+    payload = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def token_requests(idp) -> list[dict]:
+    return [q for q in idp.requests() if q["path"].endswith("/token")]
+
+
+def test_a_pod_bound_token_gets_its_credentials_access_token(world):
+    kube, broker, idp = world["kube"], world["broker"], world["idp"]
+    stored_pod(kube, "team-a", "web-1")
+    stored_pod(kube, "team-a", "etl-1", sa="etl")
+    status, body = broker.request(sa_token(kube, "team-a", "default", "web-1"))
+    assert status == 200, body
+    assert body["token_type"] == "Bearer" and 0 < body["expires_in"] <= 60, body
+    assert "refresh_token" not in body
+    prod = claims(body["access_token"])
+    assert prod["iss"] == idp.issuer
+    # A grant naming the service account wins over the namespace's.
+    status, body = broker.request(sa_token(kube, "team-a", "etl", "etl-1"))
+    assert status == 200, body
+    batch = claims(body["access_token"])
+    assert batch["sub"] != prod["sub"], (batch, prod)
+    names = {claims_user(c) for c in (prod, batch)}
+    assert names == {"prod-sa", "batch-sa"}, (prod, batch)
+
+
+def claims_user(c: dict) -> str:
+    return c.get("preferred_username", c.get("sub", "")).split("@")[0]
+
+
+def test_one_review_per_token_and_one_idp_session_per_credential(world):
+    kube, broker, idp = world["kube"], world["broker"], world["idp"]
+    before = broker.metrics()
+    grants_before = len(token_requests(idp))
+    tokens = []
+    for i in range(5):
+        stored_pod(kube, "team-a", f"many-{i}")
+        tokens.append(sa_token(kube, "team-a", "default", f"many-{i}"))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(broker.request, tokens * 10))
+    assert all(s == 200 for s, _ in results), results[:3]
+    after = broker.metrics()
+    delta = lambda k: after.get(k, 0) - before.get(k, 0)  # noqa: E731
+    reviews = 'polars_cloud_auth_broker_token_reviews_total{result="authenticated"}'
+    cached = 'polars_cloud_auth_broker_token_reviews_total{result="cached"}'
+    assert delta(reviews) == 5, (delta(reviews), delta(cached))
+    assert delta(cached) == 45
+    # 50 answers, and not one more request to the IdP: each credential's keeper holds
+    # the only session.
+    assert len(token_requests(idp)) == grants_before
+    assert after['polars_cloud_auth_broker_requests_total{result="granted"}'] >= 50
+
+
+def forged(claims_: dict) -> str:
+    b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{b64({'alg': 'RS256'})}.{b64(claims_)}.c2ln"
+
+
+def test_refusals_say_what_to_change(world):
+    kube, broker = world["kube"], world["broker"]
+    stored_pod(kube, "team-a", "refused-1")
+    stored_pod(kube, "team-c", "outside-1")
+    cases = {
+        "another audience": (sa_token(kube, "team-a", "default", "refused-1",
+                                      audience="https://kubernetes.default.svc.cluster.local"),
+                             401, "invalid_client", "not 'polars-cloud-auth'"),
+        # Refused on its own claims, before the API server is asked: its exp has passed.
+        "an expired token": (forged({"aud": [AUD], "exp": int(time.time()) - 30,
+                                     "sub": "system:serviceaccount:team-a:default"}),
+                             401, "invalid_client", "expired"),
+        "not bound to a pod": (sa_token(kube, "team-a", "default", None),
+                               401, "invalid_client", "not bound to a pod"),
+        "outside the policy": (sa_token(kube, "team-c", "default", "outside-1"),
+                               403, "access_denied", "team-c/default"),
+        "a forged signature": (forged({"aud": [AUD], "exp": int(time.time()) + 300,
+                                       "sub": "system:serviceaccount:team-a:default"}),
+                               401, "invalid_client", "API server did not accept"),
+        "not a JWT": ("hello", 401, "invalid_client", "not a JWT"),
+    }
+    for what, (assertion, status, error, text) in cases.items():
+        got, body = broker.request(assertion)
+        assert (got, body.get("error")) == (status, error), (what, got, body)
+        assert text in body["error_description"], (what, body)
+    got, body = broker.request(None)
+    assert got == 401 and "--client-assertion-file" in body["error_description"], body
+    got, body = broker.request("x", grant="password")
+    assert (got, body["error"]) == (400, "unsupported_grant_type"), body
+    _, body = broker.request(sa_token(kube, "team-c", "default", "outside-1"))
+    assert "broker.grants" in body["error_description"]
+
+
+def test_a_deleted_pods_token_is_refused(world):
+    kube, broker = world["kube"], world["broker"]
+    stored_pod(kube, "team-a", "gone-1")
+    token = sa_token(kube, "team-a", "default", "gone-1")
+    kube.run("delete", "pod", "gone-1", "-n", "team-a", "--wait=true")
+    status, body = broker.request(token)
+    assert (status, body["error"]) == (401, "invalid_client"), body
+    assert "API server did not accept" in body["error_description"], body
+    print("\ndeleted pod:", body["error_description"])
+
+
+def test_a_policy_change_applies_to_the_next_request(world):
+    kube, broker, policy, creds = world["kube"], world["broker"], world["policy"], world["creds"]
+    stored_pod(kube, "team-b", "report-1", sa="reporter")
+    token = sa_token(kube, "team-b", "reporter", "report-1")
+    assert broker.request(token)[0] == 200
+    narrowed = json.loads(json.dumps(POLICY))
+    narrowed["grants"] = [g for g in narrowed["grants"] if g["namespace"] != "team-b"]
+    try:
+        write_policy(policy, creds, narrowed)
+        deadline = time.monotonic() + 10
+        while broker.request(token)[0] == 200:
+            assert time.monotonic() < deadline, "the narrowed policy never applied"
+            time.sleep(0.2)
+        status, body = broker.request(token)
+        assert (status, body["error"]) == (403, "access_denied"), body
+        # A broken file keeps the last good policy in force.
+        policy.write_text("credentials: [")
+        time.sleep(1.5)
+        assert broker.request(token)[0] == 403
+        assert broker.metrics()['polars_cloud_auth_broker_policy_reloads_total{result="failed"}'] >= 1
+    finally:
+        write_policy(policy, creds, POLICY)
+    deadline = time.monotonic() + 10
+    while broker.request(token)[0] != 200:
+        assert time.monotonic() < deadline, "the restored policy never applied"
+        time.sleep(0.2)
+
+
+def test_a_restarted_broker_signs_in_once_per_credential(world):
+    """Sidecars waiting on a broker that just started share its one sign-in."""
+    kube, idp = world["kube"], world["idp"]
+    tokens = []
+    for i in range(12):
+        stored_pod(kube, "team-a", f"wave-{i}")
+        tokens.append(sa_token(kube, "team-a", "default", f"wave-{i}"))
+    before = len(token_requests(idp))
+    fresh = Broker(world["tmp"] / "restart", world["kubeconfig"], idp.issuer, world["policy"])
+    try:
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(fresh.request, tokens))
+        assert all(s == 200 for s, _ in results), results
+        # One sign-in per credential of the policy (prod and batch), however many wait.
+        assert len(token_requests(idp)) - before == 2
+    finally:
+        fresh.stop()
+
+
+def test_without_the_charts_rbac_reviews_fail_and_the_log_says_why(world, tmp_path):
+    kube, idp = world["kube"], world["idp"]
+    kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "no-rbac", "namespace": NS}})
+    config = kubeconfig_for(kube, "no-rbac", NS, tmp_path / "kubeconfig")
+    broker = Broker(tmp_path, config, idp.issuer, world["policy"])
+    try:
+        stored_pod(kube, "team-a", "rbac-1")
+        status, body = broker.request(sa_token(kube, "team-a", "default", "rbac-1"))
+        assert (status, body["error"]) == (503, "temporarily_unavailable"), body
+    finally:
+        broker.stop()
+    log = broker.log.read_text()
+    assert "tokenreviews.authentication.k8s.io" in log, log
+
+
+def test_the_log_names_workloads_and_holds_no_secret(world):
+    broker = world["broker"]
+    log = broker.log.read_text()
+    events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    granted = [e for e in events if e.get("message") == "token granted"]
+    assert granted, log[-2000:]
+    assert {"namespace", "service_account", "pod", "credential"} <= set(granted[0]), granted[0]
+    refused = [e for e in events if e.get("message") == "token refused"]
+    assert any("team-c" in json.dumps(e) for e in refused), refused
+    for secret in SECRETS.values():
+        assert secret not in log
+    # No JWT (a service-account token or an access token) in the log.
+    assert "eyJ" not in log
