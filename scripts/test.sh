@@ -26,7 +26,7 @@ echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, lint
 py_args=()
 if [ "$slow" = 1 ]; then
   # These run in the slow block below, against the cluster it starts.
-  py_args=(--ignore=tests/py/test_cluster.py --deselect tests/py/test_helm.py::test_helm_cli)
+  py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli)
 fi
 .venv/bin/pytest -q tests/py "${py_args[@]}"
 
@@ -55,6 +55,6 @@ if [ "$slow" = 1 ]; then
     trap 'bash scripts/cluster.sh stop || true' EXIT
     bash scripts/cluster.sh start
     eval "$(bash scripts/cluster.sh env)"
-    .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_helm.py::test_helm_cli
+    .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_broker.py tests/py/test_helm.py::test_helm_cli
   )
 fi
