@@ -179,16 +179,33 @@ start() {
   wait_for etcd 30 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
   local d=$dir/pki
+  # Service-account token discovery (/.well-known/openid-configuration, /openid/v1/jwks) is
+  # the one thing open without credentials, as a cluster that federates its workloads'
+  # identity exposes it; everything else still needs the admin token.
+  cat >"$dir/authn.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+anonymous:
+  enabled: true
+  conditions:
+    - path: /.well-known/openid-configuration
+    - path: /openid/v1/jwks
+EOF
+  # The issuer of new tokens is the API server's own loopback URL, so that a peer (Keycloak's
+  # Kubernetes identity provider) can fetch its discovery and JWKS; the in-cluster name is
+  # still accepted.
+  local issuer=https://127.0.0.1:$api_port
   "$APISERVER" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
     --endpoint-reconciler-type=none \
     --tls-cert-file="$d/apiserver.crt" --tls-private-key-file="$d/apiserver.key" \
     --cert-dir="$dir/cert-dir" \
-    --token-auth-file="$d/tokens.csv" --anonymous-auth=false \
+    --token-auth-file="$d/tokens.csv" --authentication-config="$dir/authn.yaml" \
     --authorization-mode=RBAC \
+    --service-account-issuer="$issuer" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --api-audiences="$issuer,https://kubernetes.default.svc.cluster.local" \
     --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
     --service-cluster-ip-range=10.96.0.0/16 \
     --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota,PodSecurity \
@@ -197,6 +214,11 @@ start() {
   wait_for kube-apiserver 120 curl -fsS --cacert "$d/ca.crt" \
     -H "Authorization: Bearer $(cat "$d/admin.token")" "https://127.0.0.1:$api_port/readyz"
   kubeconfig "$api_port"
+  # Anonymous requests pass authentication only on the two discovery paths; this lets them
+  # through authorization there too (the bootstrap role allows exactly those paths).
+  "$KUBECTL" --kubeconfig "$dir/kubeconfig" create clusterrolebinding \
+    polars-cloud-auth-issuer-discovery --clusterrole=system:service-account-issuer-discovery \
+    --group=system:unauthenticated >/dev/null
 
   cat >"$dir/env" <<EOF
 export POLARS_CLOUD_AUTH_KUBECONFIG=$dir/kubeconfig
@@ -204,6 +226,8 @@ export POLARS_CLOUD_AUTH_KUBECTL=$KUBECTL
 export POLARS_CLOUD_AUTH_HELM=$HELM
 export KUBECONFIG=$dir/kubeconfig
 export NO_PROXY=127.0.0.1,localhost
+export POLARS_CLOUD_AUTH_CLUSTER_ISSUER=$issuer
+export POLARS_CLOUD_AUTH_CLUSTER_CA=$d/ca.crt
 EOF
   log "kube-apiserver $K8S_VERSION ready on https://127.0.0.1:$api_port in $((SECONDS - t0)) s" \
     "(etcd 127.0.0.1:$etcd_port); eval \"\$(scripts/cluster.sh env)\""

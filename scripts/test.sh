@@ -34,27 +34,26 @@ if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
   # Each slow peer adds its block here: install or start it (cached), run its suite.
 
-  echo "== Keycloak conformance (tests/keycloak.rs, real Keycloak; tests/keycloak/README.md)"
-  # A subshell of its own: one Keycloak for the block, stopped by the trap whatever happens.
+  echo "== real kube-apiserver and Keycloak (scripts/cluster.sh, scripts/keycloak.sh; tests/cluster/README.md, tests/keycloak/README.md)"
+  bash scripts/cluster.sh build   # cached; the first run builds from source (see the README)
+  # A subshell of its own: one cluster and one Keycloak for the block, both stopped by the
+  # trap whatever happens. The cluster starts first: Keycloak trusts its CA, so that its
+  # Kubernetes identity provider can fetch the API server's JWKS (client assertions, end to
+  # end in tests/keycloak.rs).
   (
     POLARS_CLOUD_AUTH_KEYCLOAK_RUN=$(mktemp -d)
     export POLARS_CLOUD_AUTH_KEYCLOAK_RUN
-    trap 'bash scripts/keycloak.sh stop || true; rm -rf "$POLARS_CLOUD_AUTH_KEYCLOAK_RUN"' EXIT
-    kc_env=$(bash scripts/keycloak.sh start)
+    trap 'bash scripts/keycloak.sh stop || true; rm -rf "$POLARS_CLOUD_AUTH_KEYCLOAK_RUN"; bash scripts/cluster.sh stop || true' EXIT
+    bash scripts/cluster.sh start
+    eval "$(bash scripts/cluster.sh env)"
+    kc_env=$(POLARS_CLOUD_AUTH_KEYCLOAK_TRUSTSTORE=$POLARS_CLOUD_AUTH_CLUSTER_CA bash scripts/keycloak.sh start)
     eval "$kc_env"
+    echo "== Keycloak conformance (tests/keycloak.rs, real Keycloak, and the cluster for client assertions)"
     cargo test --locked --test keycloak -- --ignored --test-threads=1
     .venv/bin/pytest -q tests/py/test_keycloak_long_running.py
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).
-  )
-
-  echo "== real kube-apiserver, kubectl and Helm CLI (scripts/cluster.sh, tests/cluster/README.md)"
-  bash scripts/cluster.sh build   # cached; the first run builds from source (see the README)
-  # A subshell of its own: the cluster is stopped by the trap whatever happens.
-  (
-    trap 'bash scripts/cluster.sh stop || true' EXIT
-    bash scripts/cluster.sh start
-    eval "$(bash scripts/cluster.sh env)"
+    echo "== real kube-apiserver, kubectl and Helm CLI"
     .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_broker.py tests/py/test_helm.py::test_helm_cli
   )
 fi

@@ -14,11 +14,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
+use crate::assertion::Assertion;
 use crate::credentials::{self, Credentials};
 use crate::inject;
 use crate::renew::Policy;
 use crate::sink::TokenFile;
 use crate::source::{self, ClientAuth, Endpoints, Grant, HttpSettings};
+use crate::vars;
 
 /// Serialize through `Display` and deserialize through `FromStr`, so the config file takes
 /// the same text as the flag.
@@ -160,6 +162,9 @@ pub enum ClientAuthKind {
     Basic,
     /// In the request body.
     Post,
+    /// A JWT client assertion (RFC 7523): --client-assertion-file or --client-key-file;
+    /// implied by either.
+    Assertion,
 }
 
 /// Log line format.
@@ -195,10 +200,11 @@ pub struct IdpArgs {
     #[schemars(with = "Option<String>")]
     pub token_url: Option<Url>,
     /// Grant to use [default: service-account].
-    #[arg(long, env = "POLARS_CLOUD_GRANT", value_enum)]
+    #[arg(long, env = vars::GRANT, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant: Option<GrantKind>,
-    /// How a client-credentials client authenticates [default: basic].
+    /// How a client-credentials client authenticates [default: basic, or assertion with
+    /// --client-assertion-file or --client-key-file].
     #[arg(long, env = "POLARS_CLOUD_CLIENT_AUTH", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthKind>,
@@ -219,6 +225,23 @@ pub struct IdpArgs {
     #[arg(long, env = "POLARS_CLOUD_CREDENTIALS_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_dir: Option<PathBuf>,
+    /// File holding a JWT that authenticates the client instead of a secret (a projected
+    /// service-account token, a CI job's OIDC token), re-read at every request. For
+    /// --grant client-credentials against a realm you control, not Polars Cloud's client.
+    #[arg(long, env = vars::CLIENT_ASSERTION_FILE, value_name = "PATH", conflicts_with = "client_key_file")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_assertion_file: Option<PathBuf>,
+    /// PEM private key (RSA: RS256, EC P-256: ES256) that signs a fresh 60-second JWT at
+    /// every request (`private_key_jwt`), for --grant client-credentials; needs the client
+    /// id.
+    #[arg(long, env = vars::CLIENT_KEY_FILE, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// The `kid` header of the JWTs signed with --client-key-file (the key's id in the
+    /// JWKS the realm knows).
+    #[arg(long, env = vars::CLIENT_KEY_ID, value_name = "KID", requires = "client_key_file")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key_id: Option<String>,
     /// `scope` parameter to send.
     #[arg(long, env = "POLARS_CLOUD_SCOPE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -809,14 +832,43 @@ impl IdpArgs {
         Ok(Endpoints::new(issuer, self.token_url.clone())?)
     }
 
-    pub fn grant(&self) -> Grant {
-        match self.grant.unwrap_or(GrantKind::ServiceAccount) {
-            GrantKind::ServiceAccount => Grant::ServiceAccount,
-            GrantKind::ClientCredentials => {
-                Grant::ClientCredentials(match self.client_auth.unwrap_or(ClientAuthKind::Basic) {
-                    ClientAuthKind::Basic => ClientAuth::Basic,
-                    ClientAuthKind::Post => ClientAuth::Post,
-                })
+    pub fn grant(&self) -> Result<Grant, Error> {
+        let assertion = match (&self.client_assertion_file, &self.client_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "--client-assertion-file and --client-key-file are two ways to authenticate: give one".into(),
+                ));
+            }
+            (Some(path), None) => Some(Assertion::File(path.clone())),
+            (None, Some(path)) => Some(Assertion::Key {
+                path: path.clone(),
+                kid: self.client_key_id.clone().filter(|k| !k.is_empty()),
+            }),
+            (None, None) => None,
+        };
+        match (self.grant.unwrap_or(GrantKind::ServiceAccount), assertion) {
+            (GrantKind::ServiceAccount, None) => Ok(Grant::ServiceAccount),
+            (GrantKind::ServiceAccount, Some(_)) => Err(Error::Invalid(
+                "--client-assertion-file and --client-key-file need --grant client-credentials (POLARS_CLOUD_GRANT) and a confidential client in a realm you control: Polars Cloud's service accounts sign in with their secret".into(),
+            )),
+            (GrantKind::ClientCredentials, assertion) => {
+                let auth = match (self.client_auth, assertion) {
+                    (None | Some(ClientAuthKind::Assertion), Some(a)) => ClientAuth::Assertion(a),
+                    (None | Some(ClientAuthKind::Basic), None) => ClientAuth::Basic,
+                    (Some(ClientAuthKind::Post), None) => ClientAuth::Post,
+                    (Some(ClientAuthKind::Assertion), None) => {
+                        return Err(Error::Invalid(
+                            "--client-auth assertion needs --client-assertion-file or --client-key-file".into(),
+                        ));
+                    }
+                    (Some(kind @ (ClientAuthKind::Basic | ClientAuthKind::Post)), Some(_)) => {
+                        return Err(Error::Invalid(format!(
+                            "--client-auth {} sends a client secret, but --client-assertion-file or --client-key-file is set: drop one",
+                            if kind == ClientAuthKind::Basic { "basic" } else { "post" }
+                        )));
+                    }
+                };
+                Ok(Grant::ClientCredentials(auth))
             }
         }
     }
@@ -851,7 +903,7 @@ impl IdpArgs {
     pub fn source_with(&self, credentials: Credentials) -> Result<source::TokenSource, Error> {
         let settings = source::Settings {
             endpoints: self.endpoints()?,
-            grant: self.grant(),
+            grant: self.grant()?,
             credentials,
             scope: self.scope.clone().filter(|s| !s.is_empty()),
             audience: self.audience.clone().filter(|s| !s.is_empty()),
@@ -964,6 +1016,61 @@ mod tests {
         assert_eq!(
             source.settings().endpoints.token.as_str(),
             "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
+        );
+    }
+
+    #[test]
+    fn an_assertion_file_or_client_key_implies_assertion_client_auth() {
+        let cc = |f: fn(&mut IdpArgs)| {
+            let mut idp = IdpArgs {
+                grant: Some(GrantKind::ClientCredentials),
+                ..IdpArgs::default()
+            };
+            f(&mut idp);
+            idp.grant()
+        };
+        let g = cc(|i| i.client_assertion_file = Some("/t".into())).unwrap();
+        assert!(
+            matches!(&g, Grant::ClientCredentials(ClientAuth::Assertion(Assertion::File(p))) if p == Path::new("/t")),
+            "{g:?}"
+        );
+        let g = cc(|i| {
+            i.client_key_file = Some("/k.pem".into());
+            i.client_key_id = Some("kid-1".into());
+        })
+        .unwrap();
+        assert!(
+            matches!(&g, Grant::ClientCredentials(ClientAuth::Assertion(Assertion::Key { kid: Some(k), .. })) if k == "kid-1"),
+            "{g:?}"
+        );
+        assert!(matches!(
+            cc(|_| {}).unwrap(),
+            Grant::ClientCredentials(ClientAuth::Basic)
+        ));
+        let e = cc(|i| i.client_auth = Some(ClientAuthKind::Assertion)).unwrap_err();
+        assert!(
+            e.to_string().contains("needs --client-assertion-file"),
+            "{e}"
+        );
+        let e = cc(|i| {
+            i.client_auth = Some(ClientAuthKind::Post);
+            i.client_assertion_file = Some("/t".into());
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--client-auth post sends a client secret"),
+            "{e}"
+        );
+        let e = IdpArgs {
+            client_assertion_file: Some("/t".into()),
+            ..IdpArgs::default()
+        }
+        .grant()
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("need --grant client-credentials"),
+            "{e}"
         );
     }
 

@@ -88,12 +88,7 @@ impl Credentials {
 
     /// Reads both values now.
     pub fn load(&self) -> Result<(String, SecretString), Error> {
-        let id = read(&self.client_id)?;
-        if id.contains(char::is_whitespace) || id.chars().any(char::is_control) {
-            return Err(Error::BadClientId {
-                from: describe(&self.client_id),
-            });
-        }
+        let id = self.id()?;
         let secret = read(&self.client_secret)?;
         if secret.chars().any(char::is_control) {
             return Err(Error::ControlCharacter {
@@ -101,6 +96,27 @@ impl Credentials {
             });
         }
         Ok((id, SecretString::from(secret)))
+    }
+}
+
+impl Credentials {
+    /// The client id alone, now, or `None` when none is configured (a client assertion
+    /// names its client itself).
+    pub fn client_id(&self) -> Result<Option<String>, Error> {
+        match self.client_id {
+            Value::Missing { .. } => Ok(None),
+            _ => self.id().map(Some),
+        }
+    }
+
+    fn id(&self) -> Result<String, Error> {
+        let id = read(&self.client_id)?;
+        if id.contains(char::is_whitespace) || id.chars().any(char::is_control) {
+            return Err(Error::BadClientId {
+                from: describe(&self.client_id),
+            });
+        }
+        Ok(id)
     }
 }
 

@@ -31,7 +31,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<FetchError>() {
             return match (e, e.class()) {
-                (FetchError::Credentials(_), _) => USAGE,
+                (FetchError::Credentials(_) | FetchError::Assertion(_), _) => USAGE,
                 (_, FailureClass::Permanent) => REJECTED,
                 (_, FailureClass::Transient) => UNREACHABLE,
             };

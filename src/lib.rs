@@ -5,6 +5,7 @@
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
 
 pub mod admission;
+pub mod assertion;
 pub mod broker;
 pub mod cli;
 pub mod config;

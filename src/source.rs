@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::assertion::{self, Assertion};
 use crate::credentials::{self, Credentials};
 use crate::token::{AccessToken, JwtError, RefreshToken, Tokens, life};
 
@@ -111,7 +112,7 @@ pub enum EndpointError {
 }
 
 /// Which grant turns the credentials into tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Grant {
     /// A Polars Cloud service account: the password grant against the `PolarsCloud` client,
     /// exactly as the official client sends it.
@@ -121,12 +122,22 @@ pub enum Grant {
 }
 
 /// How a confidential client authenticates at the token endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum ClientAuth {
     /// HTTP Basic (`client_secret_basic`).
     Basic,
     /// In the form body (`client_secret_post`).
     Post,
+    /// A JWT client assertion (RFC 7523 section 2.2): one issued by someone else
+    /// (Keycloak's "Signed JWT - Federated") or one we sign (`private_key_jwt`, Keycloak's
+    /// "Signed JWT"). No secret; the client id is optional for an assertion we did not sign.
+    Assertion(Assertion),
+}
+
+impl Grant {
+    fn is_service_account(&self) -> bool {
+        matches!(self, Self::ServiceAccount)
+    }
 }
 
 /// Everything the source needs besides the HTTP client.
@@ -209,6 +220,9 @@ pub enum FetchError {
     /// The credentials could not be read; fix the configuration.
     #[error(transparent)]
     Credentials(#[from] credentials::Error),
+    /// No client assertion could be read or signed; fix the configuration.
+    #[error(transparent)]
+    Assertion(#[from] assertion::Error),
     /// The identity provider said no (4xx with an OAuth error, or another 4xx).
     #[error("the identity provider rejected the request ({status}{}){}: {hint}",
         error.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),
@@ -254,7 +268,9 @@ impl FailureClass {
 impl FetchError {
     pub fn class(&self) -> FailureClass {
         match self {
-            Self::Credentials(_) | Self::Rejected { .. } => FailureClass::Permanent,
+            Self::Credentials(_) | Self::Assertion(_) | Self::Rejected { .. } => {
+                FailureClass::Permanent
+            }
             Self::Unreachable { .. } | Self::Unavailable { .. } | Self::Malformed(_) => {
                 FailureClass::Transient
             }
@@ -376,56 +392,60 @@ impl TokenSource {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh.value.expose_secret()),
         ];
-        let creds = self.client_credentials()?;
+        let proof = self.proof()?;
         let request = self.http.post(self.settings.endpoints.token.clone());
-        let request = self.as_client(request, &mut form, &creds);
-        let basic = creds
-            .as_ref()
-            .map(|(id, secret)| basic_credential(id, secret.expose_secret()));
+        let request = proof.apply(request, &mut form);
         let mut secrets = vec![refresh.value.expose_secret()];
-        if let (Some((_, secret)), Some(basic)) = (&creds, &basic) {
-            secrets.extend([secret.expose_secret(), basic.as_str()]);
-        }
+        secrets.extend(proof.secrets());
         self.post(request.form(&form), &secrets).await
     }
 
     async fn grant(&self) -> Result<Tokens, FetchError> {
+        if !self.settings.grant.is_service_account() {
+            return self.client_credentials_grant().await;
+        }
         let (id, secret) = self.settings.credentials.load()?;
         if let Some(e) = self.still_refused(&id, &secret) {
             return Err(e);
         }
-        let username;
+        let username = format!("{id}{SERVICE_ACCOUNT_SUFFIX}");
         let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
         let request = self.http.post(self.settings.endpoints.token.clone());
-        let request = match self.settings.grant {
-            Grant::ServiceAccount => {
-                username = format!("{id}{SERVICE_ACCOUNT_SUFFIX}");
-                form.extend([
-                    ("grant_type", "password"),
-                    ("client_id", POLARS_CLIENT_ID),
-                    ("username", username.as_str()),
-                    ("password", secret.expose_secret()),
-                ]);
-                request
-            }
-            Grant::ClientCredentials(auth) => {
-                form.push(("grant_type", "client_credentials"));
-                authenticate(request, &mut form, auth, &id, &secret)
-            }
-        };
+        form.extend([
+            ("grant_type", "password"),
+            ("client_id", POLARS_CLIENT_ID),
+            ("username", username.as_str()),
+            ("password", secret.expose_secret()),
+        ]);
+        self.extras(&mut form);
+        let basic = basic_credential(&id, secret.expose_secret());
+        let result = self
+            .post(request.form(&form), &[secret.expose_secret(), &basic])
+            .await
+            .map_err(|e| with_grant_hint(e, &self.settings.grant, &id));
+        self.remember_refusal(&result, &id, &secret);
+        result
+    }
+
+    /// RFC 6749 section 4.4, the client authenticated however it is configured.
+    async fn client_credentials_grant(&self) -> Result<Tokens, FetchError> {
+        let proof = self.proof()?;
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        let request = self.http.post(self.settings.endpoints.token.clone());
+        let request = proof.apply(request, &mut form);
+        self.extras(&mut form);
+        self.post(request.form(&form), &proof.secrets())
+            .await
+            .map_err(|e| with_assertion_hint(e, &proof))
+    }
+
+    fn extras<'a>(&'a self, form: &mut Vec<(&'a str, &'a str)>) {
         if let Some(scope) = &self.settings.scope {
             form.push(("scope", scope));
         }
         if let Some(audience) = &self.settings.audience {
             form.push(("audience", audience));
         }
-        let basic = basic_credential(&id, secret.expose_secret());
-        let result = self
-            .post(request.form(&form), &[secret.expose_secret(), &basic])
-            .await
-            .map_err(|e| with_grant_hint(e, self.settings.grant, &id));
-        self.remember_refusal(&result, &id, &secret);
-        result
     }
 
     /// The remembered refusal when these are the credentials the realm refused, recently.
@@ -463,7 +483,7 @@ impl TokenSource {
                 error,
                 description,
                 hint,
-            }) if self.settings.grant == Grant::ServiceAccount
+            }) if self.settings.grant.is_service_account()
                 && error.as_deref() == Some("invalid_grant") =>
             {
                 *held = Some(Refused {
@@ -498,31 +518,35 @@ impl TokenSource {
         )
     }
 
-    /// What refresh and revocation requests authenticate with: nothing for the public
-    /// `PolarsCloud` client, the confidential client's credentials (read now) otherwise.
-    fn client_credentials(&self) -> Result<Option<(String, SecretString)>, FetchError> {
-        match self.settings.grant {
-            Grant::ServiceAccount => Ok(None),
-            Grant::ClientCredentials(_) => Ok(Some(self.settings.credentials.load()?)),
+    /// What a client-credentials grant, a refresh or a revocation authenticates with, read
+    /// (or signed) now: nothing for the public `PolarsCloud` client, the confidential
+    /// client's secret or assertion otherwise.
+    fn proof(&self) -> Result<Proof, FetchError> {
+        let auth = match &self.settings.grant {
+            Grant::ServiceAccount => return Ok(Proof::Public),
+            Grant::ClientCredentials(auth) => auth,
+        };
+        if let ClientAuth::Assertion(assertion) = auth {
+            let id = self.settings.credentials.client_id()?;
+            let value = assertion.produce(
+                id.as_deref(),
+                self.settings.endpoints.issuer.as_str(),
+                SystemTime::now(),
+            )?;
+            return Ok(Proof::Assertion {
+                id,
+                assertion: value,
+                signed: matches!(assertion, Assertion::Key { .. }),
+            });
         }
-    }
-
-    /// Identifies the client on a refresh or revocation request.
-    fn as_client<'a>(
-        &self,
-        request: reqwest::RequestBuilder,
-        form: &mut Vec<(&'a str, &'a str)>,
-        creds: &'a Option<(String, SecretString)>,
-    ) -> reqwest::RequestBuilder {
-        match (self.settings.grant, creds) {
-            (Grant::ClientCredentials(auth), Some((id, secret))) => {
-                authenticate(request, form, auth, id, secret)
-            }
-            _ => {
-                form.push(("client_id", POLARS_CLIENT_ID));
-                request
-            }
-        }
+        let (id, secret) = self.settings.credentials.load()?;
+        let basic = basic_credential(&id, secret.expose_secret());
+        Ok(Proof::Secret {
+            basic: matches!(auth, ClientAuth::Basic),
+            id,
+            secret,
+            encoded: basic,
+        })
     }
 
     /// Revokes `token` at the realm's revocation endpoint (RFC 7009), authenticating the way
@@ -532,19 +556,14 @@ impl TokenSource {
         let url = self.settings.endpoints.revocation();
         let mut form: Vec<(&str, &str)> =
             vec![("token", token.expose_secret()), ("token_type_hint", hint)];
-        let creds = self.client_credentials()?;
-        let request = self.as_client(self.http.post(url.clone()), &mut form, &creds);
+        let proof = self.proof()?;
+        let request = proof.apply(self.http.post(url.clone()), &mut form);
         let reply = send(request.form(&form), url.as_str()).await?;
         if reply.status.is_success() {
             return Ok(());
         }
-        let basic = creds
-            .as_ref()
-            .map(|(id, secret)| basic_credential(id, secret.expose_secret()));
         let mut secrets = vec![token.expose_secret()];
-        if let (Some((_, secret)), Some(basic)) = (&creds, &basic) {
-            secrets.extend([secret.expose_secret(), basic.as_str()]);
-        }
+        secrets.extend(proof.secrets());
         Err(failure(
             reply.status,
             reply.retry_after,
@@ -584,27 +603,117 @@ pub(crate) async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<
     })
 }
 
-fn authenticate<'a>(
-    request: reqwest::RequestBuilder,
-    form: &mut Vec<(&'a str, &'a str)>,
-    auth: ClientAuth,
-    id: &'a str,
-    secret: &'a SecretString,
-) -> reqwest::RequestBuilder {
-    match auth {
-        ClientAuth::Basic => {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!(
-                "Basic {}",
-                basic_credential(id, secret.expose_secret())
-            ))
-            .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
-            value.set_sensitive(true);
-            request.header(reqwest::header::AUTHORIZATION, value)
+/// How the client identifies itself on one request, read or signed for that request.
+enum Proof {
+    /// The public `PolarsCloud` client: its id only.
+    Public,
+    /// A client secret, by HTTP Basic (`basic`) or in the form.
+    Secret {
+        basic: bool,
+        id: String,
+        secret: SecretString,
+        /// The Basic credential as sent, so that an echo of it is scrubbed too.
+        encoded: String,
+    },
+    /// A JWT client assertion; `signed` when we signed it (`private_key_jwt`).
+    Assertion {
+        id: Option<String>,
+        assertion: SecretString,
+        signed: bool,
+    },
+}
+
+impl Proof {
+    fn apply<'a>(
+        &'a self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'a str, &'a str)>,
+    ) -> reqwest::RequestBuilder {
+        match self {
+            Self::Public => {
+                form.push(("client_id", POLARS_CLIENT_ID));
+                request
+            }
+            Self::Secret {
+                basic: true,
+                encoded,
+                ..
+            } => {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}"))
+                    .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
+                value.set_sensitive(true);
+                request.header(reqwest::header::AUTHORIZATION, value)
+            }
+            Self::Secret { id, secret, .. } => {
+                form.extend([
+                    ("client_id", id.as_str()),
+                    ("client_secret", secret.expose_secret()),
+                ]);
+                request
+            }
+            Self::Assertion { id, assertion, .. } => {
+                // RFC 7521 section 4.2: client_id is optional; Keycloak checks it against
+                // the assertion's subject when sent.
+                if let Some(id) = id {
+                    form.push(("client_id", id));
+                }
+                form.extend([
+                    ("client_assertion_type", assertion::JWT_BEARER),
+                    ("client_assertion", assertion.expose_secret()),
+                ]);
+                request
+            }
         }
-        ClientAuth::Post => {
-            form.extend([("client_id", id), ("client_secret", secret.expose_secret())]);
-            request
+    }
+
+    /// What must not come back in an error.
+    fn secrets(&self) -> Vec<&str> {
+        match self {
+            Self::Public => Vec::new(),
+            Self::Secret {
+                secret, encoded, ..
+            } => vec![secret.expose_secret(), encoded.as_str()],
+            Self::Assertion { assertion, .. } => {
+                let jwt = assertion.expose_secret();
+                // The signature alone would replay nothing, but the whole JWT and its
+                // parts are what a provider echoes.
+                let mut parts = vec![jwt];
+                parts.extend(jwt.split('.').filter(|p| p.len() >= 16));
+                parts
+            }
         }
+    }
+}
+
+/// A refused assertion's hint says what the realm must be set up with.
+fn with_assertion_hint(e: FetchError, proof: &Proof) -> FetchError {
+    let Proof::Assertion { signed, .. } = proof else {
+        return e;
+    };
+    match e {
+        FetchError::Rejected {
+            status,
+            error,
+            description,
+            ..
+        } if matches!(
+            error.as_deref(),
+            Some("invalid_client" | "unauthorized_client")
+        ) =>
+        {
+            let hint = if *signed {
+                "the realm did not accept the JWT signed with --client-key-file: register its public key (or JWKS) and --client-key-id on the client, with the client authenticator \"Signed JWT\" (private_key_jwt), and check the client id"
+            } else {
+                "the realm did not accept the client assertion: the client needs the authenticator \"Signed JWT - Federated\" with an identity provider that trusts the assertion's issuer, the assertion's subject as its federated subject, and the realm's issuer URL as the assertion's audience"
+            };
+            FetchError::Rejected {
+                status,
+                error,
+                description,
+                hint: hint.to_string(),
+            }
+        }
+        e => e,
     }
 }
 
@@ -826,7 +935,7 @@ fn hint(status: StatusCode, error: Option<&str>) -> &'static str {
 }
 
 /// The service account hint names the user name we sent, which is the usual confusion.
-fn with_grant_hint(e: FetchError, grant: Grant, id: &str) -> FetchError {
+fn with_grant_hint(e: FetchError, grant: &Grant, id: &str) -> FetchError {
     match (e, grant) {
         (
             FetchError::Rejected {
@@ -1073,7 +1182,7 @@ mod tests {
     #[test]
     fn a_redirect_is_reported_as_a_wrong_url_not_a_wrong_secret() {
         let err = classify(StatusCode::FOUND, None, b"", now(), &[]).unwrap_err();
-        let err = with_grant_hint(err, Grant::ServiceAccount, "my-sa");
+        let err = with_grant_hint(err, &Grant::ServiceAccount, "my-sa");
         let text = err.to_string();
         assert!(text.contains("redirects"), "{text}");
         assert!(!text.contains("wrong client id or secret"), "{text}");
@@ -1109,7 +1218,7 @@ mod tests {
     fn service_account_rejections_name_the_user_name() {
         let body = br#"{"error":"invalid_grant","error_description":"Invalid user credentials"}"#;
         let err = classify(StatusCode::UNAUTHORIZED, None, body, now(), &[]).unwrap_err();
-        let err = with_grant_hint(err, Grant::ServiceAccount, "my-sa");
+        let err = with_grant_hint(err, &Grant::ServiceAccount, "my-sa");
         assert!(
             err.to_string().contains("'my-sa@sa.cloud.pola.rs'"),
             "{err}"
@@ -1280,6 +1389,176 @@ mod tests {
             "{request}"
         );
         assert!(!request.contains("client_secret="), "{request}");
+    }
+
+    fn form(request: &str) -> Vec<(String, String)> {
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    fn assertion_source(issuer: Url, assertion: Assertion, client_id: Option<&str>) -> TokenSource {
+        let credentials = Credentials::from_sources(credentials::Sources {
+            client_id: client_id.map(str::to_string),
+            ..credentials::Sources::default()
+        });
+        TokenSource::new(
+            http_client(&HttpSettings::default()).unwrap(),
+            Settings {
+                endpoints: Endpoints::new(issuer, None).unwrap(),
+                grant: Grant::ClientCredentials(ClientAuth::Assertion(assertion)),
+                credentials,
+                scope: Some("openid".into()),
+                audience: None,
+            },
+        )
+    }
+
+    /// RFC 7523 section 2.2: the assertion and its type in the form, no secret anywhere,
+    /// the file read again for every request (grant, refresh, revocation).
+    #[tokio::test]
+    async fn an_assertion_file_is_sent_and_reread_for_grant_refresh_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "hdr.first-assertion.sig\n").unwrap();
+        let (issuer, server) = serve(vec![
+            token_reply(60, 600),
+            token_reply(60, 600),
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+        ])
+        .await;
+        let source = assertion_source(issuer, Assertion::File(file.clone()), None);
+        source.fetch().await.unwrap();
+        std::fs::write(&file, "hdr.second-assertion.sig").unwrap();
+        source.fetch().await.unwrap();
+        source
+            .revoke(&refresh("r-9").value, "refresh_token")
+            .await
+            .unwrap();
+        let requests = server.await.unwrap();
+        let forms: Vec<_> = requests.iter().map(|r| form(r)).collect();
+        let get = |f: &Vec<(String, String)>, k: &str| {
+            f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get(&forms[0], "grant_type").as_deref(),
+            Some("client_credentials")
+        );
+        assert_eq!(get(&forms[0], "scope").as_deref(), Some("openid"));
+        assert_eq!(
+            get(&forms[1], "grant_type").as_deref(),
+            Some("refresh_token")
+        );
+        for (f, jwt) in forms.iter().zip([
+            "hdr.first-assertion.sig",
+            "hdr.second-assertion.sig",
+            "hdr.second-assertion.sig",
+        ]) {
+            assert_eq!(get(f, "client_assertion").as_deref(), Some(jwt), "{f:?}");
+            assert_eq!(
+                get(f, "client_assertion_type").as_deref(),
+                Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+            );
+            assert_eq!(get(f, "client_id"), None, "no client id was configured");
+            assert_eq!(get(f, "client_secret"), None);
+        }
+        for r in &requests {
+            assert!(!r.to_ascii_lowercase().contains("authorization:"), "{r}");
+        }
+    }
+
+    /// `private_key_jwt`: a fresh JWT per request, its iss and sub the client id, its aud
+    /// the realm's issuer, and the client id in the form.
+    #[tokio::test]
+    async fn a_client_key_signs_a_fresh_assertion_for_every_request() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, crate::assertion::tests::EC_PKCS8).unwrap();
+        let (issuer, server) = serve(vec![token_reply(60, 0), token_reply(60, 0)]).await;
+        let source = assertion_source(
+            issuer.clone(),
+            Assertion::Key {
+                path: key,
+                kid: Some("k1".into()),
+            },
+            Some("workload"),
+        );
+        source.fetch().await.unwrap();
+        source.grant().await.unwrap();
+        let requests = server.await.unwrap();
+        let mut jtis = Vec::new();
+        for r in &requests {
+            let f = form(r);
+            let get = |k: &str| {
+                f.iter()
+                    .find(|(n, _)| n == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap()
+            };
+            assert_eq!(get("client_id"), "workload");
+            let jwt = get("client_assertion");
+            let part = |i: usize| -> serde_json::Value {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(jwt.split('.').nth(i).unwrap())
+                    .unwrap();
+                serde_json::from_slice(&raw).unwrap()
+            };
+            assert_eq!(part(0)["alg"], "ES256");
+            assert_eq!(part(0)["kid"], "k1");
+            let claims = part(1);
+            assert_eq!(claims["iss"], "workload");
+            assert_eq!(claims["sub"], "workload");
+            assert_eq!(claims["aud"], issuer.as_str().trim_end_matches('/'));
+            assert_eq!(
+                claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+                60
+            );
+            jtis.push(claims["jti"].clone());
+        }
+        assert_ne!(jtis[0], jtis[1]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_assertion_is_scrubbed_and_says_what_the_realm_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.c2lnbmF0dXJlLWJ5dGVzLWhlcmU";
+        std::fs::write(&file, jwt).unwrap();
+        let body = format!(r#"{{"error":"invalid_client","error_description":"bad {jwt}"}}"#);
+        let reply = format!(
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (issuer, _server) = serve(vec![reply]).await;
+        let source = assertion_source(issuer, Assertion::File(file), Some("cc"));
+        let err = source.fetch().await.unwrap_err();
+        assert_eq!(err.class(), FailureClass::Permanent);
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("Signed JWT - Federated"), "{text}");
+        for part in jwt.split('.') {
+            assert!(!text.contains(part), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_assertion_file_fails_before_any_request_naming_the_flag() {
+        let source = assertion_source(
+            Url::parse("http://127.0.0.1:9/realms/r").unwrap(),
+            Assertion::File("/nonexistent/token".into()),
+            None,
+        );
+        let err = source.fetch().await.unwrap_err();
+        assert_eq!(err.class(), FailureClass::Permanent);
+        assert_eq!(
+            err.to_string(),
+            "failed to read the client assertion file '/nonexistent/token' (--client-assertion-file)"
+        );
+        assert_eq!(
+            crate::exit::code_for(&anyhow::Error::new(err)),
+            crate::exit::USAGE
+        );
     }
 
     /// Keycloak locks a user after a few refused passwords, for the right one too: an

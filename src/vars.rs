@@ -21,3 +21,12 @@ pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
 pub const HTTPS_PROXY: &str = "HTTPS_PROXY";
 /// Our containers: the app config directories the relay seeds.
 pub const RELAY_CLIENT_CONFIGS: &str = "POLARS_CLOUD_RELAY_CLIENT_CONFIGS";
+/// The workload's own JWT that authenticates its client instead of a secret (a projected
+/// service-account token); set by `inject` for the `client-assertion-audience` annotation.
+pub const CLIENT_ASSERTION_FILE: &str = "POLARS_CLOUD_CLIENT_ASSERTION_FILE";
+/// The private key that signs `private_key_jwt` client assertions.
+pub const CLIENT_KEY_FILE: &str = "POLARS_CLOUD_CLIENT_KEY_FILE";
+/// The `kid` of the JWTs signed with [`CLIENT_KEY_FILE`].
+pub const CLIENT_KEY_ID: &str = "POLARS_CLOUD_CLIENT_KEY_ID";
+/// The grant our containers use (`service-account`, `client-credentials`).
+pub const GRANT: &str = "POLARS_CLOUD_GRANT";

@@ -792,3 +792,268 @@ fn brute_force_detection_never_locks_the_account_for_init_or_a_sidecar_with_a_wr
     assert_eq!(record["disabled"], false, "{record}");
     assert_exit(&run(kc_cmd(&kc).arg("token")), 0);
 }
+
+// --- client assertions (RFC 7523): no secret anywhere ----------------------------------------
+
+const PKJWT_CLIENT: &str = "pkjwt-client";
+
+/// The binary with no client id and no secret anywhere in its environment.
+fn assertion_cmd(kc: &Keycloak) -> Command {
+    let mut c = kc_cmd(kc);
+    c.env_remove("POLARS_CLOUD_CLIENT_ID")
+        .env_remove("POLARS_CLOUD_CLIENT_SECRET");
+    c
+}
+
+/// `private_key_jwt`: the realm import registers the public keys of tests/data/assertion
+/// (`jwks.string`, kids `test-rsa` and `test-ec`) on a client whose authenticator is "Signed
+/// JWT"; the binary signs a fresh JWT per request with the private key.
+#[test]
+#[ignore = "needs Keycloak: scripts/test.sh --slow"]
+fn private_key_jwt_gets_a_token_with_rs256_and_es256_keys() {
+    let kc = Keycloak::get();
+    let keys = repo().join("tests/data/assertion");
+    for (file, kid) in [
+        ("rsa.pem", "test-rsa"),
+        ("ec.pem", "test-ec"),
+        ("ec.pem", ""),
+    ] {
+        let mut c = assertion_cmd(&kc);
+        c.args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-key-file",
+        ])
+        .arg(keys.join(file))
+        .env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT);
+        if !kid.is_empty() {
+            c.args(["--client-key-id", kid]);
+        }
+        let out = run(&mut c);
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{file} {kid}: {stderr}");
+        let token = claims(text(&out.stdout).trim_end());
+        assert_eq!(token["azp"], PKJWT_CLIENT, "{file}");
+        assert_eq!(token["preferred_username"], "service-account-pkjwt-client");
+    }
+    // Three client logins, each with its own assertion (Keycloak refuses a reused jti).
+    let events = kc.admin("GET", "/events?type=CLIENT_LOGIN&max=100", None);
+    let ours = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["clientId"] == PKJWT_CLIENT)
+        .count();
+    assert_eq!(ours, 3, "{events}");
+}
+
+/// A key the realm does not know is refused with Keycloak's own answer, exit 3, and a hint
+/// naming what to register.
+#[test]
+#[ignore = "needs Keycloak: scripts/test.sh --slow"]
+fn private_key_jwt_with_an_unregistered_key_exits_3() {
+    let kc = Keycloak::get();
+    let out = run(assertion_cmd(&kc)
+        .args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-key-file",
+        ])
+        .arg(repo().join("tests/data/assertion/ec-sec1.pem"))
+        .env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT));
+    let stderr = assert_exit(&out, 3);
+    assert!(stderr.contains("--client-key-file"), "{stderr}");
+    assert!(
+        stderr.contains("invalid_client") || stderr.contains("unauthorized_client"),
+        "{stderr}"
+    );
+}
+
+/// The cluster that `scripts/cluster.sh start` runs, from the environment it prints.
+struct Cluster {
+    kubectl: String,
+    issuer: String,
+}
+
+impl Cluster {
+    fn get() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: this test needs the real kube-apiserver too; run `eval \"$(scripts/cluster.sh env)\"` (scripts/test.sh --slow starts both)")
+            })
+        };
+        var("POLARS_CLOUD_AUTH_KUBECONFIG");
+        Self {
+            kubectl: var("POLARS_CLOUD_AUTH_KUBECTL"),
+            issuer: var("POLARS_CLOUD_AUTH_CLUSTER_ISSUER"),
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.kubectl)
+            .args(args)
+            .env(
+                "KUBECONFIG",
+                std::env::var("POLARS_CLOUD_AUTH_KUBECONFIG").unwrap(),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+}
+
+/// Sets up what an admin of a self-hosted realm sets up: a Kubernetes identity provider
+/// trusting the cluster's issuer, and a client whose authenticator is "Signed JWT -
+/// Federated" with the service account's subject. Returns the client id.
+fn federated_client(kc: &Keycloak, cluster: &Cluster, subject: &str) -> String {
+    let alias = "test-cluster";
+    let idp = json!({
+        "alias": alias,
+        "providerId": "kubernetes",
+        "enabled": true,
+        "config": {"issuer": cluster.issuer},
+    });
+    let bearer = format!("Bearer {}", kc.admin_token());
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    // A leftover from an earlier run of this test is replaced.
+    kc.http(
+        "DELETE",
+        &format!("/admin/realms/Polars/identity-provider/instances/{alias}"),
+        &headers,
+        "",
+    );
+    kc.admin("POST", "/identity-provider/instances", Some(idp));
+    let client_id = "k8s-workload";
+    let found = kc.admin("GET", &format!("/clients?clientId={client_id}"), None);
+    if let Some(uuid) = found[0]["id"].as_str() {
+        kc.admin("DELETE", &format!("/clients/{uuid}"), None);
+    }
+    kc.admin(
+        "POST",
+        "/clients",
+        Some(json!({
+            "clientId": client_id,
+            "enabled": true,
+            "publicClient": false,
+            "serviceAccountsEnabled": true,
+            "standardFlowEnabled": false,
+            "clientAuthenticatorType": "federated-jwt",
+            "attributes": {"jwt.credential.issuer": alias, "jwt.credential.sub": subject},
+        })),
+    );
+    client_id.to_string()
+}
+
+/// End to end with both real peers and no secret anywhere: the real API server issues a
+/// service-account token (TokenRequest, audience the realm), Keycloak's Kubernetes identity
+/// provider verifies it against the API server's own discovery document and JWKS, and the
+/// binary turns it into a Keycloak access token with `--client-assertion-file`.
+#[test]
+#[ignore = "needs Keycloak and the kube-apiserver: scripts/test.sh --slow"]
+fn a_kubernetes_service_account_token_gets_a_keycloak_token_with_no_secret() {
+    let kc = Keycloak::get();
+    let cluster = Cluster::get();
+    let ns = "assertion-e2e";
+    let sa = "workload";
+    let _ = Command::new(&cluster.kubectl)
+        .args(["create", "namespace", ns])
+        .env(
+            "KUBECONFIG",
+            std::env::var("POLARS_CLOUD_AUTH_KUBECONFIG").unwrap(),
+        )
+        .output();
+    let _ = Command::new(&cluster.kubectl)
+        .args(["create", "serviceaccount", sa, "-n", ns])
+        .env(
+            "KUBECONFIG",
+            std::env::var("POLARS_CLOUD_AUTH_KUBECONFIG").unwrap(),
+        )
+        .output();
+    let subject = format!("system:serviceaccount:{ns}:{sa}");
+    let client_id = federated_client(&kc, &cluster, &subject);
+    let token_for = |audience: &str| {
+        cluster
+            .kubectl(&[
+                "create",
+                "token",
+                sa,
+                "-n",
+                ns,
+                "--audience",
+                audience,
+                "--duration=10m",
+            ])
+            .trim()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let sa_token = token_for(&kc.issuer());
+    let sa_claims = claims(&sa_token);
+    assert_eq!(sa_claims["iss"], cluster.issuer.as_str());
+    assert_eq!(sa_claims["sub"], subject.as_str());
+    std::fs::write(&file, format!("{sa_token}\n")).unwrap();
+
+    // No client id, no secret: the assertion names the client.
+    let out = run(assertion_cmd(&kc)
+        .args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-assertion-file",
+        ])
+        .arg(&file));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let access = claims(text(&out.stdout).trim_end());
+    assert_eq!(access["azp"], client_id.as_str());
+    assert_eq!(access["iss"], kc.issuer().as_str());
+    assert_no_leak(&sa_token, &[&stderr]);
+
+    // With the client id given it must match; a mismatched one is refused.
+    let out = run(assertion_cmd(&kc)
+        .args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-assertion-file",
+        ])
+        .arg(&file)
+        .env("POLARS_CLOUD_CLIENT_ID", &client_id));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A token for another audience is refused: Keycloak checks that it was meant for it.
+    std::fs::write(&file, token_for("https://somewhere-else.example")).unwrap();
+    let out = run(assertion_cmd(&kc)
+        .args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-assertion-file",
+        ])
+        .arg(&file));
+    let stderr = assert_exit(&out, 3);
+    assert!(stderr.contains("Signed JWT - Federated"), "{stderr}");
+
+    // The file is read again at every use: a fresh token from the API server works again.
+    std::fs::write(&file, token_for(&kc.issuer())).unwrap();
+    let out = run(assertion_cmd(&kc)
+        .args([
+            "token",
+            "--grant",
+            "client-credentials",
+            "--client-assertion-file",
+        ])
+        .arg(&file));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

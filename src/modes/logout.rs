@@ -16,6 +16,10 @@ pub fn command(args: LogoutArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     // The session belongs to the public client people sign in with, whatever grant the
     // config file names for workloads.
     idp.grant = None;
+    idp.client_auth = None;
+    idp.client_assertion_file = None;
+    idp.client_key_file = None;
+    idp.client_key_id = None;
     let stores = Stores::from_args(&args.store)?;
     let source = idp.source()?;
     crate::current_thread(async move { run(&source, &stores).await })?;

@@ -27,6 +27,7 @@ import base64
 import copy
 import http.server
 import json
+import os
 import ssl
 import subprocess
 import threading
@@ -268,7 +269,10 @@ def test_token_request_works(kube, release):
     token = kube.run("create", "token", "default", "-n", APPS, "--duration=10m").stdout.strip()
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert payload["sub"] == f"system:serviceaccount:{APPS}:default"
-    assert payload["iss"] == "https://kubernetes.default.svc.cluster.local"
+    # scripts/cluster.sh makes the API server's own loopback URL the issuer, so that Keycloak
+    # can fetch its discovery and JWKS (tests/assertion.rs).
+    assert payload["iss"] == os.environ["POLARS_CLOUD_AUTH_CLUSTER_ISSUER"]
+    assert payload["iss"].startswith("https://127.0.0.1:")
 
 
 def test_the_api_server_validates_pods(kube, release):
