@@ -378,3 +378,84 @@ def test_the_log_names_workloads_and_holds_no_secret(world):
         assert secret not in log
     # No JWT (a service-account token or an access token) in the log.
     assert "eyJ" not in log
+
+
+class Sidecar:
+    """The real `polars-cloud-auth sidecar`, broker-backed: the environment the injector
+    gives a broker-backed container (client-credentials with the projected token as the
+    client assertion, the broker's token URL, its CA)."""
+
+    def __init__(self, tmp: Path, broker: Broker, assertion: Path, issuer: str):
+        self.port = cluster.free_port()
+        self.token = tmp / "token" / "token"
+        self.log = tmp / "sidecar.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost",
+               "POLARS_CLOUD_GRANT": "client-credentials",
+               "POLARS_CLOUD_TOKEN_URL": broker.base + "/token",
+               "POLARS_CLOUD_CLIENT_ASSERTION_FILE": str(assertion),
+               "POLARS_CLOUD_CA_FILE": str(broker.tls["ca"]),
+               "POLARS_CLOUD_ISSUER": issuer,
+               "POLARS_CLOUD_ACCESS_TOKEN_PATH": str(self.token),
+               "POLARS_CLOUD_LISTEN": f"127.0.0.1:{self.port}",
+               "POLARS_CLOUD_LOG_FORMAT": "json"}
+        self.proc = subprocess.Popen([str(cluster.binary()), "sidecar"], env=env,
+                                     stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+
+    def ready(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
+
+    def wait(self, what, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+def test_a_broker_backed_sidecar_keeps_its_token_while_the_broker_is_away(world, tmp_path):
+    kube, idp = world["kube"], world["idp"]
+    stored_pod(kube, "team-a", "sidecar-1")
+    assertion = tmp_path / "sa-token"
+    assertion.write_text(sa_token(kube, "team-a", "default", "sidecar-1"))
+    broker = Broker(tmp_path / "b", world["kubeconfig"], idp.issuer, world["policy"])
+    sidecar = Sidecar(tmp_path, broker, assertion, idp.issuer)
+    try:
+        sidecar.wait(lambda: sidecar.ready() == 200)
+        first = sidecar.token.read_text()
+        assert claims(first)["iss"] == idp.issuer
+        broker.stop()
+        # Away: the sidecar keeps the last good token and stays ready while it is valid.
+        time.sleep(3)
+        assert sidecar.token.read_text() == first
+        assert sidecar.ready() == 200
+    finally:
+        sidecar.stop()
+        broker.stop()
+    log = sidecar.log.read_text()
+    assert "eyJ" not in log
+
+
+def test_a_refused_sidecar_says_what_to_change_and_is_not_ready(world, tmp_path):
+    kube, idp, broker = world["kube"], world["idp"], world["broker"]
+    stored_pod(kube, "team-c", "sidecar-2")
+    assertion = tmp_path / "sa-token"
+    assertion.write_text(sa_token(kube, "team-c", "default", "sidecar-2"))
+    sidecar = Sidecar(tmp_path, broker, assertion, idp.issuer)
+    try:
+        sidecar.wait(lambda: "broker.grants" in sidecar.log.read_text())
+        assert sidecar.ready() == 503
+        assert not sidecar.token.exists()
+    finally:
+        sidecar.stop()
+    assert "eyJ" not in sidecar.log.read_text()
