@@ -254,6 +254,11 @@ pub struct IdpArgs {
     #[arg(long, env = "POLARS_CLOUD_CA_FILE", value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Extra trusted CA certificates as PEM text, on top of the system roots and
+    /// --ca-file (the injector passes the broker's CA this way: no file to mount).
+    #[arg(long, env = vars::CA_PEM, value_name = "PEM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
     /// Limit for one HTTP request [default: 10s].
     #[arg(long, env = "POLARS_CLOUD_HTTP_TIMEOUT", value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -886,6 +891,7 @@ impl IdpArgs {
     pub fn http(&self) -> HttpSettings {
         HttpSettings {
             ca_file: self.ca_file.clone(),
+            ca_pem: self.ca_pem.clone().filter(|p| !p.trim().is_empty()),
             timeout: self
                 .http_timeout
                 .map(|d| d.0)

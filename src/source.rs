@@ -155,6 +155,8 @@ pub struct Settings {
 pub struct HttpSettings {
     /// Extra trusted roots, PEM.
     pub ca_file: Option<PathBuf>,
+    /// Extra trusted roots, PEM text.
+    pub ca_pem: Option<String>,
     /// The limit for one request, connection included.
     pub timeout: Duration,
 }
@@ -163,6 +165,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             ca_file: None,
+            ca_pem: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -193,6 +196,15 @@ pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError
             builder = builder.add_root_certificate(cert);
         }
     }
+    if let Some(pem) = &settings.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or(HttpError::CaPemText)?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
     builder.build().map_err(HttpError::Build)
 }
 
@@ -209,6 +221,9 @@ pub enum HttpError {
     /// The CA file holds no PEM certificate.
     #[error("CA file '{}' holds no PEM certificate", path.display())]
     CaPem { path: PathBuf },
+    /// The CA text holds no PEM certificate.
+    #[error("POLARS_CLOUD_CA_PEM (--ca-pem) holds no PEM certificate")]
+    CaPemText,
     /// reqwest refused the configuration.
     #[error("failed to set up the HTTP client")]
     Build(#[source] reqwest::Error),
@@ -999,6 +1014,24 @@ mod tests {
             e.token.as_str(),
             "http://127.0.0.1:9/realms/Polars/protocol/openid-connect/token"
         );
+    }
+
+    #[test]
+    fn ca_pem_text_is_trusted_or_refused_with_its_variable_named() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["broker.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let with = |pem: &str| {
+            http_client(&HttpSettings {
+                ca_pem: Some(pem.into()),
+                ..HttpSettings::default()
+            })
+        };
+        assert!(with(&ca.pem()).is_ok());
+        let e = with("not a certificate").unwrap_err().to_string();
+        assert!(e.contains("POLARS_CLOUD_CA_PEM"), "{e}");
     }
 
     #[test]

@@ -30,3 +30,5 @@ pub const CLIENT_KEY_FILE: &str = "POLARS_CLOUD_CLIENT_KEY_FILE";
 pub const CLIENT_KEY_ID: &str = "POLARS_CLOUD_CLIENT_KEY_ID";
 /// The grant our containers use (`service-account`, `client-credentials`).
 pub const GRANT: &str = "POLARS_CLOUD_GRANT";
+/// Extra trusted CA certificates as PEM text (the broker's CA in broker-backed pods).
+pub const CA_PEM: &str = "POLARS_CLOUD_CA_PEM";
