@@ -467,6 +467,13 @@ pub struct InjectArgs {
     #[arg(long, env = "POLARS_CLOUD_INJECT_RELAY", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<bool>,
+    /// Authenticate the injected containers' client with a projected service-account token
+    /// for this audience (the realm's issuer URL) instead of the credentials Secret: a
+    /// client assertion, for a confidential client in a realm you control (set --issuer too)
+    /// [default: none, the Secret].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_assertion_audience: Option<String>,
 }
 
 fn token_path(s: &str) -> Result<String, String> {
@@ -554,6 +561,12 @@ impl InjectArgs {
             min_valid: d.min_valid,
             renew_at: d.renew_at,
             relay: self.relay.unwrap_or(d.relay),
+            client_assertion_audience: checked(
+                "client-assertion-audience",
+                "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE",
+                &self.client_assertion_audience,
+                inject::assertion::check_audience,
+            )?,
         };
         if inject::check_limits(&settings).is_err() {
             return Err(Error::Invalid(format!(
