@@ -843,9 +843,35 @@ impl IdpArgs {
     /// The token source these settings describe, with credentials from elsewhere (the
     /// GitHub Action's inputs).
     pub fn source_with(&self, credentials: Credentials) -> Result<source::TokenSource, Error> {
+        self.source_for(credentials, self.grant()?)
+    }
+
+    /// The token source for the client-credentials grant authenticated by an assertion
+    /// obtained elsewhere (the GitHub Action's OIDC token).
+    pub fn source_with_assertion(
+        &self,
+        credentials: Credentials,
+        assertion: Assertion,
+    ) -> Result<source::TokenSource, Error> {
+        if self.grant == Some(GrantKind::ServiceAccount) {
+            return Err(Error::Invalid(
+                "a client assertion needs the client-credentials grant and a confidential client in a realm you control: Polars Cloud's service accounts sign in with their secret".into(),
+            ));
+        }
+        self.source_for(
+            credentials,
+            Grant::ClientCredentials(ClientAuth::Assertion(assertion)),
+        )
+    }
+
+    fn source_for(
+        &self,
+        credentials: Credentials,
+        grant: Grant,
+    ) -> Result<source::TokenSource, Error> {
         let settings = source::Settings {
             endpoints: self.endpoints()?,
-            grant: self.grant()?,
+            grant,
             credentials,
             scope: self.scope.clone().filter(|s| !s.is_empty()),
             audience: self.audience.clone().filter(|s| !s.is_empty()),
