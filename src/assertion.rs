@@ -376,6 +376,57 @@ fn pem_block(text: &str) -> Option<(String, Vec<u8>)> {
     None
 }
 
+/// The variables the runner sets when the job may ask for its OIDC token
+/// (`permissions: id-token: write`).
+pub const GITHUB_OIDC_URL: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
+pub const GITHUB_OIDC_TOKEN: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+
+/// Fetches the GitHub Actions job's OIDC token for `audience`: GET
+/// `$ACTIONS_ID_TOKEN_REQUEST_URL&audience=...` with the request token as Bearer; the reply
+/// is `{"value": "<jwt>"}`. `url` and `bearer` are the two variables, `None` when unset.
+pub async fn github_oidc_token(
+    http: &reqwest::Client,
+    url: Option<&str>,
+    bearer: Option<&str>,
+    audience: &str,
+) -> Result<SecretString, Error> {
+    let (Some(url), Some(bearer)) = (
+        url.filter(|u| !u.is_empty()),
+        bearer.filter(|b| !b.is_empty()),
+    ) else {
+        return Err(Error::GithubOidcUnavailable);
+    };
+    let mut url = url::Url::parse(url).map_err(|_| Error::GithubOidc {
+        reason: format!("{GITHUB_OIDC_URL} is not a URL"),
+    })?;
+    url.query_pairs_mut().append_pair("audience", audience);
+    let reply = http
+        .get(url)
+        .bearer_auth(bearer)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| Error::GithubOidc {
+            reason: format!("the request failed ({})", e.without_url()),
+        })?;
+    let status = reply.status();
+    if !status.is_success() {
+        return Err(Error::GithubOidc {
+            reason: format!("HTTP {status}"),
+        });
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        value: Option<String>,
+    }
+    let body: Reply = reply.json().await.map_err(|_| Error::GithubOidc {
+        reason: "the reply is not JSON with a `value`".into(),
+    })?;
+    let value = body.value.unwrap_or_default();
+    check_jwt(value.trim(), || "job's OIDC token".to_string())?;
+    Ok(SecretString::from(value.trim().to_string()))
+}
+
 /// Why no client assertion could be made. Never carries the assertion or the key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -412,6 +463,14 @@ pub enum Error {
         "--client-key-file signs a JWT whose issuer and subject are the client id: set POLARS_CLOUD_CLIENT_ID, --client-id-file or --credentials-dir"
     )]
     NoClientId,
+    /// The runner did not offer the job an OIDC token.
+    #[error(
+        "the job's OIDC token is not available ({GITHUB_OIDC_URL} and {GITHUB_OIDC_TOKEN} are not set): grant the job `permissions: id-token: write`"
+    )]
+    GithubOidcUnavailable,
+    /// The runner's token service did not hand it out.
+    #[error("could not get the job's OIDC token from {GITHUB_OIDC_URL}: {reason}")]
+    GithubOidc { reason: String },
     /// The system's random source or the signer failed.
     #[error("failed to sign the client assertion")]
     Sign,
@@ -615,6 +674,50 @@ pub(crate) mod tests {
         assert!(!text.contains("secret-value"), "{text}");
         std::fs::write(&path, "a.b c.d").unwrap();
         assert!(a.produce(None, "x", now).is_err());
+    }
+
+    /// A local stand-in for GitHub's token service (the real one exists only on a runner):
+    /// it checks the Bearer and the audience and answers as GitHub does.
+    #[tokio::test]
+    async fn the_github_oidc_token_is_fetched_with_the_audience_and_bearer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let body = r#"{"count":1,"value":"eyJh.eyJzdWIiOiJyZXBvIn0.c2ln"}"#;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        let http = crate::source::http_client(&crate::source::HttpSettings::default()).unwrap();
+        let url = format!("http://{addr}/idtoken?api-version=2.0");
+        let jwt = github_oidc_token(&http, Some(&url), Some("req-tok"), "https://kc/realms/r")
+            .await
+            .unwrap();
+        assert_eq!(jwt.expose_secret(), "eyJh.eyJzdWIiOiJyZXBvIn0.c2ln");
+        let request = server.await.unwrap();
+        assert!(
+            request.starts_with(
+                "GET /idtoken?api-version=2.0&audience=https%3A%2F%2Fkc%2Frealms%2Fr HTTP/1.1"
+            ),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer req-tok"),
+            "{request}"
+        );
+        let e = github_oidc_token(&http, None, Some("x"), "a")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("id-token: write"), "{e}");
     }
 
     #[test]

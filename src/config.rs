@@ -472,6 +472,13 @@ pub struct InjectArgs {
     #[arg(long, env = "POLARS_CLOUD_INJECT_RELAY", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<bool>,
+    /// Authenticate the injected containers' client with a projected service-account token
+    /// for this audience (the realm's issuer URL) instead of the credentials Secret: a
+    /// client assertion, for a confidential client in a realm you control (set --issuer too)
+    /// [default: none, the Secret].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_assertion_audience: Option<String>,
 }
 
 fn token_path(s: &str) -> Result<String, String> {
@@ -559,6 +566,12 @@ impl InjectArgs {
             min_valid: d.min_valid,
             renew_at: d.renew_at,
             relay: self.relay.unwrap_or(d.relay),
+            client_assertion_audience: checked(
+                "client-assertion-audience",
+                "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE",
+                &self.client_assertion_audience,
+                inject::assertion::check_audience,
+            )?,
         };
         if inject::check_limits(&settings).is_err() {
             return Err(Error::Invalid(format!(
@@ -907,9 +920,35 @@ impl IdpArgs {
     /// The token source these settings describe, with credentials from elsewhere (the
     /// GitHub Action's inputs).
     pub fn source_with(&self, credentials: Credentials) -> Result<source::TokenSource, Error> {
+        self.source_for(credentials, self.grant()?)
+    }
+
+    /// The token source for the client-credentials grant authenticated by an assertion
+    /// obtained elsewhere (the GitHub Action's OIDC token).
+    pub fn source_with_assertion(
+        &self,
+        credentials: Credentials,
+        assertion: Assertion,
+    ) -> Result<source::TokenSource, Error> {
+        if self.grant == Some(GrantKind::ServiceAccount) {
+            return Err(Error::Invalid(
+                "a client assertion needs the client-credentials grant and a confidential client in a realm you control: Polars Cloud's service accounts sign in with their secret".into(),
+            ));
+        }
+        self.source_for(
+            credentials,
+            Grant::ClientCredentials(ClientAuth::Assertion(assertion)),
+        )
+    }
+
+    fn source_for(
+        &self,
+        credentials: Credentials,
+        grant: Grant,
+    ) -> Result<source::TokenSource, Error> {
         let settings = source::Settings {
             endpoints: self.endpoints()?,
-            grant: self.grant()?,
+            grant,
             credentials,
             scope: self.scope.clone().filter(|s| !s.is_empty()),
             audience: self.audience.clone().filter(|s| !s.is_empty()),

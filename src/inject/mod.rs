@@ -7,6 +7,7 @@
 //! dropped. Operations on existing containers come first, addressed by their original
 //! index; insertions (our init container goes first) come after.
 
+pub mod assertion;
 pub mod quantity;
 pub mod relay;
 pub mod workload;
@@ -52,9 +53,12 @@ pub mod annotation {
     pub const RENEW_AT: &str = "polars.cloud/renew-at";
     pub const RELAY: &str = "polars.cloud/relay";
     pub const ALLOW_SHARED_PROCESSES: &str = "polars.cloud/allow-shared-processes";
+    /// A projected service-account token for this audience authenticates the client
+    /// instead of the credentials Secret (see `inject::assertion`).
+    pub const CLIENT_ASSERTION_AUDIENCE: &str = "polars.cloud/client-assertion-audience";
 
     /// Every annotation we read, for the warning about unknown ones.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SECRET_NAME,
         TOKEN_PATH,
         MODE,
@@ -67,6 +71,7 @@ pub mod annotation {
         RENEW_AT,
         RELAY,
         ALLOW_SHARED_PROCESSES,
+        CLIENT_ASSERTION_AUDIENCE,
     ];
 }
 
@@ -216,6 +221,10 @@ pub struct Settings {
     /// The relay: the app's own client refreshes through our container (see
     /// `crate::relay`). Without it the app gets the token file only.
     pub relay: bool,
+    /// The audience of a projected service-account token that authenticates our
+    /// container's client (a client assertion) instead of the credentials Secret; for a
+    /// confidential client in a realm the user controls (`POLARS_CLOUD_ISSUER`).
+    pub client_assertion_audience: Option<String>,
 }
 
 impl Default for Settings {
@@ -233,6 +242,7 @@ impl Default for Settings {
             min_valid: None,
             renew_at: None,
             relay: true,
+            client_assertion_audience: None,
         }
     }
 }
@@ -472,6 +482,12 @@ fn effective(
         &mut s.min_valid,
     )?;
     apply(ann, a::RELAY, check::switch, &mut s.relay)?;
+    apply(
+        ann,
+        a::CLIENT_ASSERTION_AUDIENCE,
+        |v| assertion::check_audience(v).map(Some),
+        &mut s.client_assertion_audience,
+    )?;
     let mut renew_at = s.renew_at.unwrap_or_default();
     apply(ann, a::RENEW_AT, check::renew_at, &mut renew_at)?;
     if get(ann, a::RENEW_AT).is_some() {
@@ -504,7 +520,7 @@ fn effective(
                 ),
             };
             warnings.push(format!(
-                "annotation {key} is not known to polars-cloud-auth and has no effect; {hint}"
+                "annotation {key} is unknown and has no effect; {hint}"
             ));
         }
     }
@@ -662,7 +678,16 @@ pub fn inject(
         );
     }
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    let mut ours = vec![TOKEN_VOLUME, CREDENTIALS_VOLUME];
+    // With a client assertion our container needs no credentials Secret at all.
+    let assertion = assertion::plan(s.client_assertion_audience.as_deref());
+    let mut ours = vec![
+        TOKEN_VOLUME,
+        if assertion.is_some() {
+            assertion::VOLUME
+        } else {
+            CREDENTIALS_VOLUME
+        },
+    ];
     if relay_on {
         ours.extend([relay::CLIENT_VOLUME, relay::STATE_VOLUME]);
     }
@@ -800,8 +825,17 @@ pub fn inject(
     if !volumes.iter().any(|v| v.name == TOKEN_VOLUME) {
         new_volumes.push(memory_volume(TOKEN_VOLUME));
     }
-    if !volumes.iter().any(|v| v.name == CREDENTIALS_VOLUME) {
-        new_volumes.push(credentials_volume(&s.secret_name, fs_group));
+    match &assertion {
+        Some(plan) => {
+            if !volumes.iter().any(|v| v.name == plan.volume.name) {
+                new_volumes.push(plan.volume.clone());
+            }
+        }
+        None => {
+            if !volumes.iter().any(|v| v.name == CREDENTIALS_VOLUME) {
+                new_volumes.push(credentials_volume(&s.secret_name, fs_group));
+            }
+        }
     }
     if relay_on {
         for v in relay::volumes() {
@@ -872,24 +906,14 @@ pub fn inject(
     }
 
     if add_containers {
+        let ours = |role| token_container(&s, role, fs_group, relay_for, assertion.as_ref());
         let (first, sidecar) = match s.mode {
-            Mode::Native => (
-                token_container(&s, Role::NativeSidecar, fs_group, relay_for),
-                None,
-            ),
+            Mode::Native => (ours(Role::NativeSidecar), None),
             Mode::Classic => (
-                token_container(&s, Role::Init(INIT_CONTAINER), fs_group, relay_for),
-                Some(token_container(
-                    &s,
-                    Role::ClassicSidecar,
-                    fs_group,
-                    relay_for,
-                )),
+                ours(Role::Init(INIT_CONTAINER)),
+                Some(ours(Role::ClassicSidecar)),
             ),
-            Mode::InitOnly => (
-                token_container(&s, Role::Init(CONTAINER), fs_group, relay_for),
-                None,
-            ),
+            Mode::InitOnly => (ours(Role::Init(CONTAINER)), None),
         };
         let inits = pointer([Token::new("spec"), Token::new("initContainers")]);
         if spec.init_containers.is_none() {
@@ -1016,10 +1040,14 @@ fn token_container(
     role: Role,
     fs_group: bool,
     relay_for: Option<&[&Container]>,
+    assertion: Option<&assertion::Plan>,
 ) -> Container {
     let sidecar = !matches!(role, Role::Init(_));
-    let mut vars = vec![
-        env("POLARS_CLOUD_CREDENTIALS_DIR", CREDENTIALS_DIR),
+    let mut vars = match assertion {
+        Some(plan) => plan.env.clone(),
+        None => vec![env("POLARS_CLOUD_CREDENTIALS_DIR", CREDENTIALS_DIR)],
+    };
+    vars.extend([
         env(TOKEN_PATH_ENV, s.token_path.as_str()),
         // App containers usually run as other users; with an fsGroup the group suffices
         // (an emptyDir of such a pod is group-owned by it).
@@ -1027,7 +1055,7 @@ fn token_container(
             "POLARS_CLOUD_TOKEN_FILE_MODE",
             if fs_group { "0640" } else { "0644" },
         ),
-    ];
+    ]);
     if sidecar {
         vars.push(env(
             "POLARS_CLOUD_LISTEN",
@@ -1128,11 +1156,14 @@ fn token_container(
         }),
         volume_mounts: Some(
             vec![
-                VolumeMount {
-                    name: CREDENTIALS_VOLUME.into(),
-                    mount_path: CREDENTIALS_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
+                match assertion {
+                    Some(plan) => plan.mount.clone(),
+                    None => VolumeMount {
+                        name: CREDENTIALS_VOLUME.into(),
+                        mount_path: CREDENTIALS_DIR.into(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    },
                 },
                 VolumeMount {
                     name: TOKEN_VOLUME.into(),

@@ -556,7 +556,7 @@ fn warnings_for_unknown_annotations_and_classic_jobs() {
     assert_eq!(outcome.warnings.len(), 2, "{:?}", outcome.warnings);
     assert_eq!(
         outcome.warnings[0],
-        "annotation polars.cloud/secretname is not known to polars-cloud-auth and has no effect; did you mean polars.cloud/secret-name?"
+        "annotation polars.cloud/secretname is unknown and has no effect; did you mean polars.cloud/secret-name?"
     );
     assert!(outcome.warnings[1].contains("never completes"));
 }
@@ -725,4 +725,97 @@ fn token_paths_that_would_hide_system_files_or_ours_are_refused() {
     ] {
         assert!(TokenPath::parse(good).is_ok(), "{good}");
     }
+}
+
+/// A client assertion replaces the credentials Secret: a projected service-account token
+/// for the audience, mounted into our containers only, and the variables that point the
+/// client at it; no Secret volume anywhere.
+#[test]
+fn a_client_assertion_audience_projects_a_token_into_our_containers_only() {
+    let audience = "https://kc.example/realms/mine";
+    for mode in ["native", "classic", "init-only"] {
+        let ann = json!({
+            "polars.cloud/client-assertion-audience": audience,
+            "polars.cloud/mode": mode,
+        });
+        let (p, outcome) = run(&pod(ann, app()), &Settings::default()).unwrap();
+        assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+        let spec = &p["spec"];
+        let volumes = spec["volumes"].as_array().unwrap();
+        assert!(
+            !names(&spec["volumes"]).contains(&CREDENTIALS_VOLUME),
+            "{mode}"
+        );
+        let projected = volumes
+            .iter()
+            .find(|v| v["name"] == assertion::VOLUME)
+            .unwrap();
+        assert_eq!(
+            projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            audience
+        );
+        let ours: Vec<&Value> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .collect();
+        for c in ours {
+            let mounts = names(&c["volumeMounts"]);
+            if c["name"] == "app" {
+                assert!(
+                    !mounts.contains(&assertion::VOLUME),
+                    "the app must not see it"
+                );
+                continue;
+            }
+            assert!(mounts.contains(&assertion::VOLUME), "{mode} {c}");
+            assert!(!mounts.contains(&CREDENTIALS_VOLUME), "{mode} {c}");
+            assert_eq!(env_of(c, "POLARS_CLOUD_GRANT"), Some("client-credentials"));
+            assert_eq!(
+                env_of(c, "POLARS_CLOUD_CLIENT_ASSERTION_FILE"),
+                Some("/var/run/secrets/polars-cloud-assertion/token")
+            );
+            assert_eq!(env_of(c, "POLARS_CLOUD_CREDENTIALS_DIR"), None);
+        }
+        // A second pass adds nothing.
+        let (_, again) = run(&p, &Settings::default()).unwrap();
+        assert!(again.patch.0.is_empty(), "{mode}: {:?}", again.patch);
+    }
+}
+
+#[test]
+fn a_bad_client_assertion_audience_is_refused_and_a_typo_gets_did_you_mean() {
+    let e = err(&pod(
+        json!({"polars.cloud/client-assertion-audience": "two words"}),
+        app(),
+    ));
+    assert!(
+        e.starts_with("annotation polars.cloud/client-assertion-audience:")
+            && e.contains("issuer URL"),
+        "{e}"
+    );
+    let (_, outcome) = run(
+        &pod(
+            json!({"polars.cloud/client-assertion-audiense": "x"}),
+            app(),
+        ),
+        &Settings::default(),
+    )
+    .unwrap();
+    assert!(
+        outcome.warnings[0].ends_with("did you mean polars.cloud/client-assertion-audience?"),
+        "{:?}",
+        outcome.warnings
+    );
+}
+
+#[test]
+fn the_client_assertion_audience_can_be_the_injectors_default() {
+    let s = Settings {
+        client_assertion_audience: Some("https://kc.example/realms/r".into()),
+        ..Settings::default()
+    };
+    let (p, _) = run(&pod(json!({}), app()), &s).unwrap();
+    assert!(names(&p["spec"]["volumes"]).contains(&assertion::VOLUME));
 }

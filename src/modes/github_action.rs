@@ -16,6 +16,7 @@ use clap::ValueEnum;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use crate::assertion;
 use crate::config::{ClientAuthKind, GrantKind, IdpArgs};
 use crate::credentials::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, Credentials, Value};
 use crate::exit;
@@ -56,6 +57,8 @@ pub const INPUTS: &[&str] = &[
     "retries",
     "ca-file",
     "long-running",
+    "client-assertion",
+    "oidc-audience",
 ];
 
 /// The variable later steps (and the polars-cloud client) read the token from.
@@ -99,6 +102,9 @@ pub struct Inputs {
     pub domain: Option<String>,
     /// Keep the token fresh for later steps (the relay) instead of exporting one token.
     pub long_running: bool,
+    /// `client-assertion: github-oidc`: the job's OIDC token authenticates the client,
+    /// for this audience (`None`: the realm's issuer URL, which Keycloak expects).
+    pub github_oidc: Option<Option<String>>,
 }
 
 /// The variable the runner sets for an input: upper-cased, spaces to `_`, dashes kept.
@@ -213,7 +219,28 @@ impl Inputs {
                 )
             })?,
         };
+        let github_oidc = match input(lookup, "client-assertion").as_deref() {
+            None => None,
+            Some("github-oidc") => Some(input(lookup, "oidc-audience")),
+            Some(other) => {
+                return Err(bad(
+                    "client-assertion",
+                    other,
+                    "use github-oidc (the job's OIDC token; needs `permissions: id-token: write`)",
+                ));
+            }
+        };
+        if github_oidc.is_none()
+            && let Some(a) = input(lookup, "oidc-audience")
+        {
+            return Err(bad(
+                "oidc-audience",
+                &a,
+                "it is the audience of the job's OIDC token: set `client-assertion: github-oidc` too",
+            ));
+        }
         Ok(Self {
+            github_oidc,
             idp,
             credentials,
             export_env: boolean(lookup, "export-env", true)?,
@@ -313,7 +340,22 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
     } else {
         None
     };
-    let source = inputs.idp.source_with(inputs.credentials)?;
+    if inputs.long_running && inputs.github_oidc.is_some() {
+        return Err(bad(
+            "long-running",
+            "true",
+            "the relay renews with a client secret; with `client-assertion: github-oidc` set long-running to false",
+        )
+        .into());
+    }
+    let source = source(
+        lookup,
+        inputs.idp,
+        inputs.credentials,
+        &inputs.github_oidc,
+        out,
+    )
+    .await?;
     let cancel = shutdown::on_signals();
     let attempts = inputs.retries.saturating_add(1);
     let tokens = retry::fetch_at_most(&source, attempts, DEADLINE, &Policy::default(), &cancel)
@@ -610,9 +652,45 @@ async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
     Ok(removal?)
 }
 
+/// The token source of the inputs; with `client-assertion: github-oidc`, the job's OIDC
+/// token (fetched now, and masked before anything else) authenticates the client.
+async fn source(
+    lookup: Lookup<'_>,
+    idp: IdpArgs,
+    credentials: Credentials,
+    github_oidc: &Option<Option<String>>,
+    out: &mut impl Write,
+) -> anyhow::Result<crate::source::TokenSource> {
+    let Some(audience) = github_oidc else {
+        return Ok(idp.source_with(credentials)?);
+    };
+    let audience = match audience {
+        Some(a) => a.clone(),
+        None => idp.endpoints()?.issuer.to_string(),
+    };
+    let http = crate::source::http_client(&idp.http())?;
+    let jwt = assertion::github_oidc_token(
+        &http,
+        lookup(assertion::GITHUB_OIDC_URL).as_deref(),
+        lookup(assertion::GITHUB_OIDC_TOKEN).as_deref(),
+        &audience,
+    )
+    .await
+    .map_err(crate::source::FetchError::from)?;
+    github::add_mask(out, jwt.expose_secret())?;
+    Ok(idp.source_with_assertion(credentials, assertion::Assertion::Inline(jwt))?)
+}
+
 async fn revoke(lookup: Lookup<'_>, refresh: &RefreshToken) -> anyhow::Result<()> {
     let inputs = Inputs::parse(lookup)?;
-    let source = inputs.idp.source_with(inputs.credentials)?;
+    let source = source(
+        lookup,
+        inputs.idp,
+        inputs.credentials,
+        &inputs.github_oidc,
+        &mut std::io::stdout(),
+    )
+    .await?;
     source.revoke(&refresh.value, "refresh_token").await?;
     Ok(())
 }
@@ -647,6 +725,46 @@ mod tests {
         );
         let err = i.credentials.load().unwrap_err().to_string();
         assert!(err.contains("`client-id` input"), "{err}");
+    }
+
+    #[test]
+    fn client_assertion_takes_the_jobs_oidc_token_only() {
+        let i = parse(&[("INPUT_CLIENT-ASSERTION", "github-oidc")]).unwrap();
+        assert_eq!(i.github_oidc, Some(None));
+        let i = parse(&[
+            ("INPUT_CLIENT-ASSERTION", "github-oidc"),
+            ("INPUT_OIDC-AUDIENCE", "https://kc/realms/r"),
+        ])
+        .unwrap();
+        assert_eq!(i.github_oidc, Some(Some("https://kc/realms/r".into())));
+        let e = parse(&[("INPUT_CLIENT-ASSERTION", "file")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("github-oidc"), "{e}");
+        let e = parse(&[("INPUT_OIDC-AUDIENCE", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client-assertion: github-oidc"), "{e}");
+    }
+
+    /// Without `id-token: write` the runner sets no request variables: the step says so
+    /// before any request.
+    #[tokio::test]
+    async fn without_id_token_permission_the_error_names_it() {
+        let map = env(&[
+            ("INPUT_CLIENT-ASSERTION", "github-oidc"),
+            ("INPUT_ISSUER", "http://127.0.0.1:9/realms/r"),
+        ]);
+        let lookup = |k: &str| map.get(k).cloned();
+        let i = Inputs::parse(&lookup).unwrap();
+        let mut out = Vec::new();
+        let e = source(&lookup, i.idp, i.credentials, &i.github_oidc, &mut out)
+            .await
+            .err()
+            .unwrap();
+        let text = format!("{e:#}");
+        assert!(text.contains("permissions: id-token: write"), "{text}");
+        assert_eq!(crate::exit::code_for(&e), crate::exit::USAGE);
     }
 
     #[test]

@@ -60,7 +60,8 @@ CASES: dict[str, dict] = {
         "image": {"repository": "mirror/polars-cloud-auth", "tag": "0.2.0"},
         "secretName": "other-creds", "tokenPath": "/run/tokens/polars",
         "cpuRequest": "10m", "memoryRequest": "24Mi", "memoryLimit": "48Mi",
-        "domain": "eu.cloud.example", "issuer": "https://auth.cloud.example/realms/x"}},
+        "domain": "eu.cloud.example", "issuer": "https://auth.cloud.example/realms/x",
+        "clientAssertionAudience": "https://auth.cloud.example/realms/x"}},
     "log-text": {"logFormat": "text"},
     "self-signed-validity": {"tls": {"selfSigned": {"validityDays": 30}},
                              "clusterDomain": "corp.internal"},
@@ -361,6 +362,7 @@ def test_default_injection_env():
     }
     assert "POLARS_CLOUD_INJECT_DOMAIN" not in env
     assert "POLARS_CLOUD_INJECT_ISSUER" not in env
+    assert "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE" not in env
 
 
 @pytest.mark.parametrize("mode", k8s.INJECT_MODES)
@@ -378,6 +380,7 @@ def test_injection_options():
     assert env["POLARS_CLOUD_INJECT_MEMORY_LIMIT"] == "48Mi"
     assert env["POLARS_CLOUD_INJECT_DOMAIN"] == "eu.cloud.example"
     assert env["POLARS_CLOUD_INJECT_ISSUER"] == "https://auth.cloud.example/realms/x"
+    assert env["POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE"] == "https://auth.cloud.example/realms/x"
     # The webhook itself keeps the chart's image.
     assert webhook_container(docs("injection-options"))["image"] == "polars-cloud-auth:0.1.0"
 
