@@ -195,7 +195,7 @@ pub struct IdpArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Token endpoint URL, overriding the one derived from the issuer.
-    #[arg(long, env = "POLARS_CLOUD_TOKEN_URL", value_name = "URL")]
+    #[arg(long, env = vars::TOKEN_URL, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub token_url: Option<Url>,
@@ -479,6 +479,25 @@ pub struct InjectArgs {
     #[arg(long, env = "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_assertion_audience: Option<String>,
+    /// The token broker's endpoint: pods become broker-backed (a projected
+    /// service-account token instead of the credentials Secret) [default: none].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_URL", value_name = "URL", value_parser = inject::broker::check_url)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_url: Option<String>,
+    /// The CA (PEM) of the broker's certificate; required with --broker-url.
+    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_CA_FILE", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_ca_file: Option<PathBuf>,
+    /// Whether pods are broker-backed unless their annotation polars.cloud/broker says
+    /// otherwise [default: true with --broker-url].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<bool>,
+    /// Audience of the projected token a broker-backed container presents
+    /// [default: polars-cloud-auth].
+    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_audience: Option<String>,
 }
 
 fn token_path(s: &str) -> Result<String, String> {
@@ -486,6 +505,48 @@ fn token_path(s: &str) -> Result<String, String> {
 }
 
 impl InjectArgs {
+    /// The broker the pods are pointed at, if any; its CA file is read now.
+    fn broker_settings(&self) -> Result<Option<inject::broker::Broker>, Error> {
+        let Some(url) = &self.broker_url else {
+            if self.broker == Some(true) {
+                return Err(Error::Invalid(
+                    "--broker true (POLARS_CLOUD_INJECT_BROKER) needs --broker-url (POLARS_CLOUD_INJECT_BROKER_URL) and --broker-ca-file".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let url = inject::broker::check_url(url).map_err(|e| {
+            Error::Invalid(format!(
+                "--broker-url (POLARS_CLOUD_INJECT_BROKER_URL): {e}"
+            ))
+        })?;
+        let ca = self.broker_ca_file.as_deref().ok_or_else(|| {
+            Error::Invalid(
+                "--broker-url needs --broker-ca-file (POLARS_CLOUD_INJECT_BROKER_CA_FILE): the CA the broker's certificate is signed by".into(),
+            )
+        })?;
+        let ca_pem = inject::broker::read_ca(ca).map_err(|e| {
+            Error::Invalid(format!(
+                "--broker-ca-file (POLARS_CLOUD_INJECT_BROKER_CA_FILE): {e}"
+            ))
+        })?;
+        let audience = match &self.broker_audience {
+            Some(a) => inject::assertion::check_audience(a).map_err(|e| {
+                Error::Invalid(format!(
+                    "--broker-audience (POLARS_CLOUD_INJECT_BROKER_AUDIENCE): {e}"
+                ))
+            })?,
+            None => crate::broker::DEFAULT_AUDIENCE.to_string(),
+        };
+        Ok(Some(inject::broker::Broker {
+            url,
+            ca_pem,
+            audience,
+            expiration_seconds: inject::broker::EXPIRATION_SECONDS,
+            default_on: self.broker.unwrap_or(true),
+        }))
+    }
+
     /// The injection settings, every value checked (the config file's too).
     pub fn settings(&self) -> Result<inject::Settings, Error> {
         use inject::check;
@@ -572,6 +633,7 @@ impl InjectArgs {
                 &self.client_assertion_audience,
                 inject::assertion::check_audience,
             )?,
+            broker: self.broker_settings()?,
         };
         if inject::check_limits(&settings).is_err() {
             return Err(Error::Invalid(format!(

@@ -32,3 +32,5 @@ pub const CLIENT_KEY_ID: &str = "POLARS_CLOUD_CLIENT_KEY_ID";
 pub const GRANT: &str = "POLARS_CLOUD_GRANT";
 /// Extra trusted CA certificates as PEM text (the broker's CA in broker-backed pods).
 pub const CA_PEM: &str = "POLARS_CLOUD_CA_PEM";
+/// The token endpoint, overriding the issuer's (the broker's, in broker-backed pods).
+pub const TOKEN_URL: &str = "POLARS_CLOUD_TOKEN_URL";

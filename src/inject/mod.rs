@@ -8,6 +8,7 @@
 //! index; insertions (our init container goes first) come after.
 
 pub mod assertion;
+pub mod broker;
 pub mod quantity;
 pub mod relay;
 pub mod workload;
@@ -56,9 +57,12 @@ pub mod annotation {
     /// A projected service-account token for this audience authenticates the client
     /// instead of the credentials Secret (see `inject::assertion`).
     pub const CLIENT_ASSERTION_AUDIENCE: &str = "polars.cloud/client-assertion-audience";
+    /// `"true"` or `"false"`: whether our container gets its tokens from the cluster's
+    /// token broker (see `inject::broker`).
+    pub const BROKER: &str = "polars.cloud/broker";
 
     /// Every annotation we read, for the warning about unknown ones.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SECRET_NAME,
         TOKEN_PATH,
         MODE,
@@ -72,6 +76,7 @@ pub mod annotation {
         RELAY,
         ALLOW_SHARED_PROCESSES,
         CLIENT_ASSERTION_AUDIENCE,
+        BROKER,
     ];
 }
 
@@ -225,6 +230,9 @@ pub struct Settings {
     /// container's client (a client assertion) instead of the credentials Secret; for a
     /// confidential client in a realm the user controls (`POLARS_CLOUD_ISSUER`).
     pub client_assertion_audience: Option<String>,
+    /// The token broker, when the cluster runs one: pods are then broker-backed (unless
+    /// they opt out, or name their own client-assertion audience).
+    pub broker: Option<broker::Broker>,
 }
 
 impl Default for Settings {
@@ -243,6 +251,7 @@ impl Default for Settings {
             renew_at: None,
             relay: true,
             client_assertion_audience: None,
+            broker: None,
         }
     }
 }
@@ -488,6 +497,16 @@ fn effective(
         |v| assertion::check_audience(v).map(Some),
         &mut s.client_assertion_audience,
     )?;
+    match &mut s.broker {
+        Some(b) => apply(ann, a::BROKER, check::switch, &mut b.default_on)?,
+        None if get(ann, a::BROKER) == Some("true") => {
+            return Err(InjectError::Annotation {
+                key: a::BROKER,
+                reason: "this injector knows no token broker: install the chart with broker.enabled=true, or give `inject` --broker-url and --broker-ca-file".into(),
+            });
+        }
+        None => apply(ann, a::BROKER, check::switch, &mut false)?,
+    }
     let mut renew_at = s.renew_at.unwrap_or_default();
     apply(ann, a::RENEW_AT, check::renew_at, &mut renew_at)?;
     if get(ann, a::RENEW_AT).is_some() {
@@ -678,14 +697,15 @@ pub fn inject(
         );
     }
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    // With a client assertion our container needs no credentials Secret at all.
-    let assertion = assertion::plan(s.client_assertion_audience.as_deref());
+    // With a client assertion, to the realm or to the broker, our container needs no
+    // credentials Secret at all. A pod's own realm audience wins over the broker.
+    let assertion = assertion::plan(s.client_assertion_audience.as_deref())
+        .or_else(|| s.broker.as_ref().filter(|b| b.default_on).map(broker::plan));
     let mut ours = vec![
         TOKEN_VOLUME,
-        if assertion.is_some() {
-            assertion::VOLUME
-        } else {
-            CREDENTIALS_VOLUME
+        match &assertion {
+            Some(plan) => plan.volume.name.as_str(),
+            None => CREDENTIALS_VOLUME,
         },
     ];
     if relay_on {

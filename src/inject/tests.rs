@@ -819,3 +819,131 @@ fn the_client_assertion_audience_can_be_the_injectors_default() {
     let (p, _) = run(&pod(json!({}), app()), &s).unwrap();
     assert!(names(&p["spec"]["volumes"]).contains(&assertion::VOLUME));
 }
+
+fn with_broker(default_on: bool) -> Settings {
+    Settings {
+        broker: Some(broker::Broker {
+            url: "https://pca-broker.pca.svc:443/token".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            audience: "polars-cloud-auth".into(),
+            expiration_seconds: broker::EXPIRATION_SECONDS,
+            default_on,
+        }),
+        ..Settings::default()
+    }
+}
+
+/// A broker-backed pod mounts no Secret of ours: our containers present the pod's
+/// projected token to the broker, trusting its CA; the relay is unchanged.
+#[test]
+fn a_broker_backed_pod_mounts_no_secret_and_presents_its_projected_token() {
+    for mode in ["native", "classic", "init-only"] {
+        let (p, outcome) = run(
+            &pod(json!({"polars.cloud/mode": mode}), app()),
+            &with_broker(true),
+        )
+        .unwrap();
+        assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+        let spec = &p["spec"];
+        assert!(
+            spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v.get("secret").is_none()),
+            "{mode}: {}",
+            spec["volumes"]
+        );
+        let projected = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == broker::VOLUME)
+            .unwrap();
+        assert_eq!(
+            projected["projected"]["sources"][0]["serviceAccountToken"],
+            json!({"audience": "polars-cloud-auth", "expirationSeconds": 600, "path": "token"})
+        );
+        let all: Vec<&Value> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .collect();
+        for c in all {
+            let mounts = names(&c["volumeMounts"]);
+            if c["name"] == "app" {
+                assert!(!mounts.contains(&broker::VOLUME), "the app must not see it");
+                if mode != "init-only" {
+                    // The relay is there as without the broker.
+                    assert_eq!(
+                        env_of(c, "POLARS_CLOUD_DOMAIN"),
+                        Some("polars-cloud-auth.internal")
+                    );
+                }
+                continue;
+            }
+            assert!(mounts.contains(&broker::VOLUME), "{mode} {c}");
+            assert_eq!(env_of(c, "POLARS_CLOUD_GRANT"), Some("client-credentials"));
+            assert_eq!(
+                env_of(c, "POLARS_CLOUD_TOKEN_URL"),
+                Some("https://pca-broker.pca.svc:443/token")
+            );
+            assert_eq!(
+                env_of(c, "POLARS_CLOUD_CLIENT_ASSERTION_FILE"),
+                Some("/var/run/secrets/polars-cloud-broker/token")
+            );
+            assert!(
+                env_of(c, "POLARS_CLOUD_CA_PEM")
+                    .unwrap()
+                    .contains("BEGIN CERTIFICATE")
+            );
+            assert_eq!(env_of(c, "POLARS_CLOUD_CREDENTIALS_DIR"), None);
+        }
+        let (_, again) = run(&p, &with_broker(true)).unwrap();
+        assert!(again.patch.0.is_empty(), "{mode}: {:?}", again.patch);
+    }
+}
+
+#[test]
+fn pods_opt_in_and_out_of_the_broker_and_its_absence_is_explained() {
+    let secret = |p: &Value| names(&p["spec"]["volumes"]).contains(&CREDENTIALS_VOLUME);
+    let (p, _) = run(
+        &pod(json!({"polars.cloud/broker": "false"}), app()),
+        &with_broker(true),
+    )
+    .unwrap();
+    assert!(secret(&p));
+    let (p, _) = run(
+        &pod(json!({"polars.cloud/broker": "true"}), app()),
+        &with_broker(false),
+    )
+    .unwrap();
+    assert!(!secret(&p) && names(&p["spec"]["volumes"]).contains(&broker::VOLUME));
+    let (p, _) = run(&pod(json!({}), app()), &with_broker(false)).unwrap();
+    assert!(secret(&p));
+    // A pod's own realm audience wins over the broker.
+    let (p, _) = run(
+        &pod(
+            json!({"polars.cloud/client-assertion-audience": "https://kc.example/realms/r"}),
+            app(),
+        ),
+        &with_broker(true),
+    )
+    .unwrap();
+    assert!(names(&p["spec"]["volumes"]).contains(&assertion::VOLUME));
+    assert!(!names(&p["spec"]["volumes"]).contains(&broker::VOLUME));
+    let e = err(&pod(json!({"polars.cloud/broker": "true"}), app()));
+    assert!(
+        e.contains("knows no token broker") && e.contains("broker.enabled"),
+        "{e}"
+    );
+    // "false" without a broker is no error.
+    assert!(
+        run(
+            &pod(json!({"polars.cloud/broker": "false"}), app()),
+            &Settings::default()
+        )
+        .is_ok()
+    );
+}

@@ -33,8 +33,12 @@ import cluster
 import idp_peer
 import k8s
 
-NS = "pca-broker"
-RELEASE = "pca"
+NS = "pcb-broker"
+# Not test_cluster.py's release name: the cluster-scoped objects (ClusterRole,
+# MutatingWebhookConfiguration) are named after the release.
+RELEASE = "pcb"
+FULLNAME = f"{RELEASE}-polars-cloud-auth"
+APPS = "pcb-apps"
 BROKER_SA = f"{RELEASE}-polars-cloud-auth-broker"
 AUD = "polars-cloud-auth"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -54,17 +58,22 @@ def kube():
     return cluster.connect()
 
 
-def chart_rbac(kube) -> list[dict]:
-    """The broker's ServiceAccount, ClusterRole and ClusterRoleBinding as the chart renders
-    them."""
-    out = kube.helm_run("template", RELEASE, str(k8s.CHART), "--namespace", NS,
-                        "--set", "broker.enabled=true",
-                        "--set", "credentials.clientId=x", "--set", "credentials.clientSecret=y")
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    wanted = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-              and d["metadata"]["name"] == BROKER_SA]
-    assert {d["kind"] for d in wanted} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}, docs
-    return wanted
+def install_chart(kube, tmp: Path) -> None:
+    """The chart with the broker, installed with the real Helm CLI: the broker's
+    ServiceAccount, ClusterRole and binding, policy ConfigMap, Deployment and Service are
+    stored (accepted by the API server), and its RBAC is what the broker runs with here."""
+    values = tmp / "values.yaml"
+    values.write_text(json.dumps({
+        "credentials": {"clientId": "pcb-test-id", "clientSecret": "pcb-test-secret"},
+        "broker": {"enabled": True, "grants": [{"namespace": APPS, "credential": "default"}]},
+        "webhook": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": APPS}}},
+    }))
+    kube.helm_run("upgrade", "--install", RELEASE, str(k8s.CHART), "-n", NS,
+                  "--create-namespace", "-f", str(values))
+    for kind in ("serviceaccount", "deployment", "service", "configmap"):
+        name = f"{FULLNAME}-broker" + ("-policy" if kind == "configmap" else "")
+        kube.get(kind, name, "-n", NS)
+    kube.get("clusterrolebinding", BROKER_SA)
 
 
 def kubeconfig_for(kube, sa: str, namespace: str, path: Path) -> Path:
@@ -153,9 +162,8 @@ def world(kube, tmp_path_factory):
     """The broker's namespace and RBAC, app namespaces with pods, the IdP and a broker."""
     tmp = tmp_path_factory.mktemp("broker")
     kube.namespace(NS)
-    for obj in chart_rbac(kube):
-        kube.apply(obj)
-    for ns in ("team-a", "team-b", "team-c"):
+    install_chart(kube, tmp)
+    for ns in ("team-a", "team-b", "team-c", APPS):
         kube.namespace(ns)
     for ns, sa in (("team-a", "etl"), ("team-b", "reporter")):
         kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -176,8 +184,9 @@ def world(kube, tmp_path_factory):
            "tmp": tmp, "kubeconfig": config}
     broker.stop()
     idp.stop()
-    for ns in ("team-a", "team-b", "team-c"):
+    for ns in ("team-a", "team-b", "team-c", APPS):
         kube.run("delete", "pods", "--all", "-n", ns, "--wait=false", check=False)
+    kube.helm_run("uninstall", RELEASE, "-n", NS, check=False)
 
 
 def stored_pod(kube, ns: str, name: str, sa: str = "default") -> str:
@@ -385,15 +394,17 @@ class Sidecar:
     gives a broker-backed container (client-credentials with the projected token as the
     client assertion, the broker's token URL, its CA)."""
 
-    def __init__(self, tmp: Path, broker: Broker, assertion: Path, issuer: str):
+    def __init__(self, tmp: Path, broker: Broker, assertion: Path, issuer: str,
+                 stored: dict[str, str] | None = None):
         self.port = cluster.free_port()
         self.token = tmp / "token" / "token"
         self.log = tmp / "sidecar.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost",
+               **(stored or {}),
                "POLARS_CLOUD_GRANT": "client-credentials",
                "POLARS_CLOUD_TOKEN_URL": broker.base + "/token",
                "POLARS_CLOUD_CLIENT_ASSERTION_FILE": str(assertion),
-               "POLARS_CLOUD_CA_FILE": str(broker.tls["ca"]),
+               "POLARS_CLOUD_CA_PEM": broker.tls["ca"].read_text(),
                "POLARS_CLOUD_ISSUER": issuer,
                "POLARS_CLOUD_ACCESS_TOKEN_PATH": str(self.token),
                "POLARS_CLOUD_LISTEN": f"127.0.0.1:{self.port}",
@@ -459,3 +470,77 @@ def test_a_refused_sidecar_says_what_to_change_and_is_not_ready(world, tmp_path)
     finally:
         sidecar.stop()
     assert "eyJ" not in sidecar.log.read_text()
+
+
+def test_a_pod_created_through_the_api_is_broker_backed_and_mounts_no_secret(world, tmp_path):
+    """The chart's webhook settings with the broker on (the installed Deployment's env),
+    our real webhook, the API server's admission and validation: the stored pod presents
+    a projected token to the chart's broker and mounts no Secret; then the real sidecar,
+    with that stored container's environment (addresses and files moved to where they
+    are here), gets its token from a broker."""
+    kube, idp = world["kube"], world["idp"]
+    # test_cluster.py's release leaves its webhook configuration (for a webhook it has
+    # stopped) matching every namespace; it reinstalls it when it runs again.
+    kube.run("delete", "mutatingwebhookconfiguration", "pca-polars-cloud-auth",
+             "--ignore-not-found")
+    secret = kube.get("secret", f"{FULLNAME}-tls", "-n", NS)
+    chart_ca = tmp_path / "chart-ca.crt"
+    chart_ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+    deployment = kube.get("deployment", FULLNAME, "-n", NS)
+    (container,) = k8s.pod_spec(deployment)["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    assert env["POLARS_CLOUD_INJECT_BROKER"] == "true"
+    broker_url = env["POLARS_CLOUD_INJECT_BROKER_URL"]
+    assert broker_url == f"https://{FULLNAME}-broker.{NS}.svc:443/token"
+    env["POLARS_CLOUD_INJECT_BROKER_CA_FILE"] = str(chart_ca)
+    tls = cluster.make_tls(tmp_path / "webhook-tls")
+    webhook = cluster.Webhook(env, tls, tmp_path / "webhook.log")
+    try:
+        config = kube.get("mutatingwebhookconfiguration", FULLNAME)
+        path = config["webhooks"][0]["clientConfig"]["service"]["path"]
+        kube.run("patch", "mutatingwebhookconfiguration", FULLNAME, "--type=json", "-p",
+                 json.dumps([{"op": "replace", "path": "/webhooks/0/clientConfig",
+                              "value": {"url": webhook.base + path,
+                                        "caBundle": cluster.b64(tls["ca"])}}]))
+        kube.run("delete", "pod", "app-1", "-n", APPS, "--ignore-not-found", "--wait=true")
+        pod = kube.create({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "app-1", "namespace": APPS,
+                                        "labels": {k8s.INJECT_LABEL: "true"}},
+                           "spec": {"containers": [{"name": "app", "image": "busybox:1.36"}]}})
+    finally:
+        webhook.stop()
+    spec = pod["spec"]
+    assert pod["metadata"]["annotations"].get("polars.cloud/injected"), pod["metadata"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert not [n for n, v in volumes.items() if "secret" in v], volumes
+    projected = volumes["polars-cloud-broker-token"]["projected"]["sources"][0]
+    assert projected["serviceAccountToken"]["audience"] == AUD
+    (ours,) = [c for c in spec["initContainers"] if c["name"] == "polars-cloud-auth"]
+    ours_env = {e["name"]: e.get("value") for e in ours["env"]}
+    assert ours_env["POLARS_CLOUD_TOKEN_URL"] == broker_url
+    assert ours_env["POLARS_CLOUD_CA_PEM"].strip() == chart_ca.read_text().strip()
+    assert "POLARS_CLOUD_CREDENTIALS_DIR" not in ours_env
+    (app,) = spec["containers"]
+    assert not any(m["name"] == "polars-cloud-broker-token" for m in app.get("volumeMounts", []))
+    # The runtime half: the kubelet would write the pod's projected token; TokenRequest
+    # bound to the stored pod gives the same. Our container's stored environment, with the
+    # broker reached on loopback (its Service name does not resolve here).
+    assertion = tmp_path / "projected-token"
+    assertion.write_text(sa_token(kube, APPS, "default", "app-1"))
+    broker = world["broker"]
+    write_policy(world["policy"], world["creds"], {
+        **POLICY, "grants": POLICY["grants"] + [{"namespace": APPS, "credential": "prod"}]})
+    # The stored environment, but where things are here: the broker's loopback address and
+    # test CA, the token files, the listener. The relay stays off (it needs port 443).
+    here = {"POLARS_CLOUD_TOKEN_URL", "POLARS_CLOUD_CA_PEM", "POLARS_CLOUD_CLIENT_ASSERTION_FILE",
+            "POLARS_CLOUD_ACCESS_TOKEN_PATH", "POLARS_CLOUD_LISTEN",
+            "POLARS_CLOUD_RELAY_CLIENT_CONFIGS"}
+    stored = {k: v for k, v in ours_env.items() if v is not None and k not in here}
+    assert stored["POLARS_CLOUD_GRANT"] == "client-credentials", stored
+    sidecar = Sidecar(tmp_path, broker, assertion, idp.issuer, stored)
+    try:
+        sidecar.wait(lambda: sidecar.ready() == 200)
+        assert claims(sidecar.token.read_text())["iss"] == idp.issuer
+    finally:
+        sidecar.stop()
+        write_policy(world["policy"], world["creds"], POLICY)
