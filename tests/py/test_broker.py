@@ -395,8 +395,10 @@ class Sidecar:
     client assertion, the broker's token URL, its CA)."""
 
     def __init__(self, tmp: Path, broker: Broker, assertion: Path, issuer: str,
-                 stored: dict[str, str] | None = None):
+                 stored: dict[str, str] | None = None, relay: bool = False):
         self.port = cluster.free_port()
+        self.relay_port = cluster.free_port()
+        self.client_dir = tmp / "client"
         self.token = tmp / "token" / "token"
         self.log = tmp / "sidecar.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_PROXY": "127.0.0.1,localhost",
@@ -409,6 +411,10 @@ class Sidecar:
                "POLARS_CLOUD_ACCESS_TOKEN_PATH": str(self.token),
                "POLARS_CLOUD_LISTEN": f"127.0.0.1:{self.port}",
                "POLARS_CLOUD_LOG_FORMAT": "json"}
+        if relay:
+            env.update(POLARS_CLOUD_RELAY_CLIENT_CONFIGS=str(self.client_dir),
+                       POLARS_CLOUD_RELAY_STATE_DIR=str(tmp / "relay-state"),
+                       POLARS_CLOUD_RELAY_LISTEN=f"127.0.0.1:{self.relay_port}")
         self.proc = subprocess.Popen([str(cluster.binary()), "sidecar"], env=env,
                                      stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -544,3 +550,46 @@ def test_a_pod_created_through_the_api_is_broker_backed_and_mounts_no_secret(wor
     finally:
         sidecar.stop()
         write_policy(world["policy"], world["creds"], POLICY)
+
+
+def relay_refresh(sidecar: Sidecar, handle: str) -> tuple[int, dict]:
+    """What the app's polars-cloud client sends when its token nears expiry: a refresh
+    with the handle from its config.toml, to auth.<relay domain> (our container)."""
+    import socket
+    context = ssl.create_default_context(cafile=str(sidecar.token.parent / "ca-bundle.pem"))
+    body = urllib.parse.urlencode({"grant_type": "refresh_token", "refresh_token": handle,
+                                   "client_id": "PolarsCloud"})
+    host = "auth.polars-cloud-auth.internal"
+    with socket.create_connection(("127.0.0.1", sidecar.relay_port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall((f"POST /realms/Polars/protocol/openid-connect/token HTTP/1.1\r\n"
+                         f"Host: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+            reply = b""
+            while chunk := tls.recv(65536):
+                reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_the_relay_works_unchanged_on_a_broker_backed_sidecar(world, tmp_path):
+    """The app's client refreshes through our container; our container's token comes from
+    the broker. The handle in its config.toml is worth nothing anywhere else."""
+    kube, idp, broker = world["kube"], world["idp"], world["broker"]
+    stored_pod(kube, "team-a", "relay-1")
+    assertion = tmp_path / "sa-token"
+    assertion.write_text(sa_token(kube, "team-a", "default", "relay-1"))
+    sidecar = Sidecar(tmp_path, broker, assertion, idp.issuer, relay=True)
+    try:
+        sidecar.wait(lambda: sidecar.ready() == 200)
+        config = (sidecar.client_dir / "config.toml").read_text()
+        import tomllib
+        auth = tomllib.loads(config)["auth"]
+        assert auth["access_token"] == sidecar.token.read_text().strip()
+        status, body = relay_refresh(sidecar, auth["refresh_token"])
+        assert status == 200, body
+        assert claims(body["access_token"])["iss"] == idp.issuer
+        # The broker would not take the handle as a client assertion either.
+        assert broker.request(auth["refresh_token"])[0] == 401
+    finally:
+        sidecar.stop()
