@@ -122,6 +122,23 @@ pub struct Claims {
     pub azp: Option<String>,
     pub preferred_username: Option<String>,
     pub email: Option<String>,
+    /// RFC 7519 allows one string or a list.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Aud>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Aud::One(s)) => vec![s],
+        Some(Aud::Many(v)) => v,
+    })
 }
 
 /// Why a token could not be read as a JWT.

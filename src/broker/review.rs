@@ -8,11 +8,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
-use serde::Deserialize;
 
 use super::policy::Identity;
 
@@ -67,40 +65,10 @@ pub enum Refusal {
 )]
 pub struct Unavailable(pub String);
 
-/// The claims read before asking the API server. Not verified: they can only refuse.
-#[derive(Deserialize)]
-struct Claims {
-    exp: Option<u64>,
-    #[serde(default, deserialize_with = "one_or_many")]
-    aud: Vec<String>,
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Aud {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Option::<Aud>::deserialize(d)? {
-        None => Vec::new(),
-        Some(Aud::One(s)) => vec![s],
-        Some(Aud::Many(v)) => v,
-    })
-}
-
 /// Checks what the token says of itself; returns until when a good review may be cached.
 pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<SystemTime, Refusal> {
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Refusal::Malformed);
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .map_err(|_| Refusal::Malformed)?;
-    let claims: Claims = serde_json::from_slice(&bytes).map_err(|_| Refusal::Malformed)?;
+    // Not verified: the claims can only refuse; the API server's review accepts.
+    let claims = crate::token::claims(token).map_err(|_| Refusal::Malformed)?;
     if !claims.aud.iter().any(|a| a == audience) {
         return Err(Refusal::Audience {
             found: claims.aud.join(", "),
@@ -108,14 +76,11 @@ pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<SystemTi
         });
     }
     let cap = now + MAX_CACHED;
-    match claims.exp {
-        Some(exp) => {
-            let at = UNIX_EPOCH + Duration::from_secs(exp);
-            match now.duration_since(at) {
-                Ok(ago) => Err(Refusal::Expired { ago: ago.as_secs() }),
-                Err(_) => Ok(at.min(cap)),
-            }
-        }
+    match claims.exp.and_then(crate::token::unix_time) {
+        Some(at) => match now.duration_since(at) {
+            Ok(ago) => Err(Refusal::Expired { ago: ago.as_secs() }),
+            Err(_) => Ok(at.min(cap)),
+        },
         None => Ok(cap),
     }
 }
@@ -312,8 +277,10 @@ fn digest(token: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use k8s_openapi::api::authentication::v1::UserInfo;
     use std::collections::BTreeMap;
+    use std::time::UNIX_EPOCH;
 
     fn jwt(claims: serde_json::Value) -> String {
         let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
