@@ -700,12 +700,25 @@ impl Proof {
     }
 }
 
+/// How the token broker (`crate::broker`) starts its refusals' descriptions, so that a
+/// sidecar's hint points at them rather than at a realm's setup.
+pub const BROKER_REFUSAL: &str = "polars-cloud-auth broker: ";
+
 /// A refused assertion's hint says what the realm must be set up with.
 fn with_assertion_hint(e: FetchError, proof: &Proof) -> FetchError {
     let Proof::Assertion { signed, .. } = proof else {
         return e;
     };
     match e {
+        // The broker's description already says what to change.
+        FetchError::Rejected {
+            ref description, ..
+        } if description
+            .as_deref()
+            .is_some_and(|d| d.starts_with(BROKER_REFUSAL)) =>
+        {
+            e
+        }
         FetchError::Rejected {
             status,
             error,
@@ -804,7 +817,14 @@ pub(crate) fn failure(
         .unwrap_or_default();
     let error = error.map(|e| scrub(&e, secrets));
     let description = description.map(|d| scrub(&d, secrets));
-    let hint = hint(status, error.as_deref()).to_string();
+    let hint = if description
+        .as_deref()
+        .is_some_and(|d| d.starts_with(BROKER_REFUSAL))
+    {
+        "the token broker says what to change, above".to_string()
+    } else {
+        hint(status, error.as_deref()).to_string()
+    };
     FetchError::Rejected {
         status: status.as_u16(),
         error,

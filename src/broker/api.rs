@@ -19,6 +19,7 @@ use serde_json::json;
 use super::{Broker, Outcome, TOKEN_PATH};
 use crate::prom::{self, family};
 use crate::server::Shared;
+use crate::source::BROKER_REFUSAL;
 
 /// Token requests are small: a form with a service-account token.
 const MAX_BODY: usize = 32 * 1024;
@@ -137,7 +138,10 @@ async fn token(State(state): State<AppState>, body: Bytes) -> Response {
             (
                 status,
                 [(CACHE_CONTROL, "no-store")],
-                axum::Json(json!({"error": error, "error_description": description})),
+                axum::Json(json!({
+                    "error": error,
+                    "error_description": format!("{BROKER_REFUSAL}{description}"),
+                })),
             )
                 .into_response()
         }
@@ -149,9 +153,10 @@ async fn token(State(state): State<AppState>, body: Bytes) -> Response {
                     (CACHE_CONTROL, "no-store"),
                     (axum::http::header::RETRY_AFTER, "1"),
                 ],
-                axum::Json(
-                    json!({"error": "temporarily_unavailable", "error_description": description}),
-                ),
+                axum::Json(json!({
+                    "error": "temporarily_unavailable",
+                    "error_description": format!("{BROKER_REFUSAL}{description}"),
+                })),
             )
                 .into_response()
         }

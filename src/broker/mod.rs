@@ -9,6 +9,7 @@
 //! hands out a refresh token, and the app namespaces hold no Secret of ours.
 
 pub mod api;
+pub mod apiserver;
 pub mod keeper;
 pub mod policy;
 pub mod review;
@@ -124,12 +125,12 @@ impl Broker {
     /// Loads the policy and starts a keeper per credential (each signs in once now).
     pub fn start(
         settings: Settings,
-        client: kube::Client,
+        api: apiserver::ApiServer,
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
         let stamp = stamp(&settings.policy_file);
         let policy = Policy::load(&settings.policy_file)?;
-        let reviewer = Reviewer::new(client, settings.audience.clone());
+        let reviewer = Reviewer::new(api, settings.audience.clone());
         let broker = Self {
             reviewer,
             loaded: Mutex::new(Loaded {

@@ -146,7 +146,7 @@ struct Cached {
 
 /// Reviews tokens through the API server, remembering the good ones.
 pub struct Reviewer {
-    api: kube::Api<TokenReview>,
+    api: super::apiserver::ApiServer,
     audience: String,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     /// One review in flight per token: concurrent first requests wait for it.
@@ -161,9 +161,9 @@ pub struct Reviewer {
 }
 
 impl Reviewer {
-    pub fn new(client: kube::Client, audience: String) -> Self {
+    pub fn new(api: super::apiserver::ApiServer, audience: String) -> Self {
         Self {
-            api: kube::Api::all(client),
+            api,
             audience,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -224,14 +224,11 @@ impl Reviewer {
     ) -> Result<Result<Identity, Refusal>, Unavailable> {
         let reviewed = self
             .api
-            .create(
-                &kube::api::PostParams::default(),
-                &request(token, &self.audience),
-            )
+            .review(&request(token, &self.audience))
             .await
             .map_err(|e| {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                Unavailable(e.to_string())
+                Unavailable(e)
             })?;
         let verdict = identity(&reviewed.status.unwrap_or_default(), &self.audience);
         match &verdict {

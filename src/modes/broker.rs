@@ -52,11 +52,10 @@ pub async fn run(
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     let cert = server::load_cert(&config).context("failed to load the broker's TLS certificate")?;
-    let client = kube::Client::try_default().await.context(
-        "failed to set up the Kubernetes client (in a pod: the service-account token mount; elsewhere: KUBECONFIG)",
-    )?;
+    let api = broker::apiserver::ApiServer::infer()
+        .context("failed to find the Kubernetes API server for token reviews")?;
     let audience = settings.audience.clone();
-    let broker = Arc::new(Broker::start(settings, client, cancel.clone())?);
+    let broker = Arc::new(Broker::start(settings, api, cancel.clone())?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;

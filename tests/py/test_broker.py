@@ -472,6 +472,8 @@ def test_a_refused_sidecar_says_what_to_change_and_is_not_ready(world, tmp_path)
     try:
         sidecar.wait(lambda: "broker.grants" in sidecar.log.read_text())
         assert sidecar.ready() == 503
+        # The hint points at the broker's reason, not at a realm's client setup.
+        assert "the token broker says what to change" in sidecar.log.read_text()
         assert not sidecar.token.exists()
     finally:
         sidecar.stop()
@@ -543,6 +545,10 @@ def test_a_pod_created_through_the_api_is_broker_backed_and_mounts_no_secret(wor
             "POLARS_CLOUD_RELAY_CLIENT_CONFIGS"}
     stored = {k: v for k, v in ours_env.items() if v is not None and k not in here}
     assert stored["POLARS_CLOUD_GRANT"] == "client-credentials", stored
+    deadline = time.monotonic() + 10
+    while broker.request(assertion.read_text())[0] != 200:  # the policy file is re-read
+        assert time.monotonic() < deadline, "the widened policy never applied"
+        time.sleep(0.2)
     sidecar = Sidecar(tmp_path, broker, assertion, idp.issuer, stored)
     try:
         sidecar.wait(lambda: sidecar.ready() == 200)

@@ -1,0 +1,330 @@
+//! The one Kubernetes API call the broker makes: `POST .../tokenreviews`.
+//!
+//! Why not the `kube` client: it added 2.2 MiB to the one binary and 1.4 MiB to the RSS of
+//! every sidecar (which never talks to the API server) against the sidecar's 8 MiB goal
+//! (docs/benchmarks.md), for a single request with a bearer token. So this module finds
+//! the API server as kube-rs does for the two cases the broker meets (in a pod: the
+//! service-account mount and `KUBERNETES_SERVICE_HOST`; elsewhere: `KUBECONFIG`'s current
+//! context with a token), and sends the review with the binary's own HTTP client, using
+//! `k8s-openapi`'s types.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenReview;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Where a pod's service-account token, CA and namespace are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// A review is a small request to a nearby server: do not let one hang a sidecar's wait.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the broker authenticates to the API server.
+enum Credential {
+    /// Re-read at every call: the kubelet rotates a projected token.
+    File(PathBuf),
+    Token(SecretString),
+}
+
+/// The API server, found once at start.
+pub struct ApiServer {
+    http: reqwest::Client,
+    reviews: url::Url,
+    credential: Credential,
+}
+
+/// Why the API server cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no Kubernetes API server: not in a pod (no {SERVICE_ACCOUNT_DIR}/token or KUBERNETES_SERVICE_HOST) and KUBECONFIG is not set"
+    )]
+    NotFound,
+    #[error("failed to read '{}': {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the kubeconfig '{}' is unusable: {message}", path.display())]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("the API server's CA is not PEM: {0}")]
+    Ca(String),
+    #[error("failed to set up the HTTP client for the API server")]
+    Http(#[source] reqwest::Error),
+}
+
+/// The parts of a kubeconfig the broker reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Kubeconfig {
+    current_context: Option<String>,
+    #[serde(default)]
+    contexts: Vec<Named<ContextRef>>,
+    #[serde(default)]
+    clusters: Vec<Named<ClusterEntry>>,
+    #[serde(default)]
+    users: Vec<Named<UserEntry>>,
+}
+
+#[derive(Deserialize)]
+struct Named<T> {
+    name: String,
+    #[serde(alias = "context", alias = "cluster", alias = "user")]
+    value: T,
+}
+
+#[derive(Deserialize)]
+struct ContextRef {
+    cluster: String,
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ClusterEntry {
+    server: String,
+    certificate_authority_data: Option<String>,
+    certificate_authority: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct UserEntry {
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+impl ApiServer {
+    /// `KUBECONFIG` when set, else the pod's service account.
+    pub fn infer() -> Result<Self, Error> {
+        match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            Some(path) => Self::from_kubeconfig(Path::new(&path)),
+            None => Self::in_cluster(),
+        }
+    }
+
+    /// In a pod: `KUBERNETES_SERVICE_HOST`/`_PORT` and the service-account mount.
+    pub fn in_cluster() -> Result<Self, Error> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| Error::NotFound)?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let dir = Path::new(SERVICE_ACCOUNT_DIR);
+        let token = dir.join("token");
+        if !token.exists() {
+            return Err(Error::NotFound);
+        }
+        let ca = read(&dir.join("ca.crt"))?;
+        // An IPv6 address needs brackets in a URL.
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Self::new(
+            &format!("https://{host}:{port}"),
+            &ca,
+            Credential::File(token),
+        )
+        .map_err(|e| match e {
+            Error::Kubeconfig { message, .. } => Error::Ca(message),
+            e => e,
+        })
+    }
+
+    /// The current context of a kubeconfig, authenticated by a token.
+    pub fn from_kubeconfig(path: &Path) -> Result<Self, Error> {
+        let bad = |message: String| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = read(path)?;
+        let config: Kubeconfig = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let current = config
+            .current_context
+            .ok_or_else(|| bad("no current-context".into()))?;
+        let context = config
+            .contexts
+            .into_iter()
+            .find(|c| c.name == current)
+            .ok_or_else(|| bad(format!("no context named '{current}'")))?
+            .value;
+        let cluster = config
+            .clusters
+            .into_iter()
+            .find(|c| c.name == context.cluster)
+            .ok_or_else(|| bad(format!("no cluster named '{}'", context.cluster)))?
+            .value;
+        let user = config
+            .users
+            .into_iter()
+            .find(|u| u.name == context.user)
+            .ok_or_else(|| bad(format!("no user named '{}'", context.user)))?
+            .value;
+        let ca = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(data), _) => {
+                use base64::Engine as _;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|_| bad("certificate-authority-data is not base64".into()))?;
+                String::from_utf8(bytes)
+                    .map_err(|_| bad("certificate-authority-data is not PEM".into()))?
+            }
+            (None, Some(file)) => read(file)?,
+            (None, None) => String::new(),
+        };
+        let credential = match (user.token, user.token_file) {
+            (Some(t), _) => Credential::Token(t.into()),
+            (None, Some(file)) => Credential::File(file),
+            (None, None) => {
+                return Err(bad(format!(
+                    "user '{}' has no token or tokenFile: the broker authenticates with a bearer token",
+                    context.user
+                )));
+            }
+        };
+        Self::new(&cluster.server, &ca, credential).map_err(|e| match e {
+            Error::Kubeconfig { message, .. } => bad(message),
+            e => e,
+        })
+    }
+
+    fn new(server: &str, ca: &str, credential: Credential) -> Result<Self, Error> {
+        let bad = |message: String| Error::Kubeconfig {
+            path: PathBuf::new(),
+            message,
+        };
+        let base = url::Url::parse(server).map_err(|e| bad(format!("server '{server}': {e}")))?;
+        if base.scheme() != "https" {
+            return Err(bad(format!(
+                "server '{server}' is not https: the broker sends its token there"
+            )));
+        }
+        let reviews = base
+            .join(REVIEW_PATH)
+            .map_err(|e| bad(format!("server '{server}': {e}")))?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!(
+                "polars-cloud-auth-broker/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(TIMEOUT);
+        if !ca.trim().is_empty() {
+            let certs = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| Error::Ca("no certificate in it".into()))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            http: builder.build().map_err(Error::Http)?,
+            reviews,
+            credential,
+        })
+    }
+
+    /// Sends a TokenReview and returns the API server's answer.
+    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
+        let bearer = match &self.credential {
+            Credential::Token(t) => t.clone(),
+            Credential::File(path) => std::fs::read_to_string(path)
+                .map(|t| SecretString::from(t.trim().to_string()))
+                .map_err(|e| {
+                    format!(
+                        "failed to read the broker's own token '{}': {e}",
+                        path.display()
+                    )
+                })?,
+        };
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
+                .map_err(|_| "the broker's own token is not a valid header value".to_string())?;
+        auth.set_sensitive(true);
+        let response = self
+            .http
+            .post(self.reviews.clone())
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .json(review)
+            .send()
+            .await
+            .map_err(|e| format!("the API server at {} did not answer: {e}", self.reviews))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("the API server's answer broke off: {e}"))?;
+        if !status.is_success() {
+            #[derive(Deserialize)]
+            struct Status {
+                message: Option<String>,
+            }
+            let message = serde_json::from_slice::<Status>(&body)
+                .ok()
+                .and_then(|s| s.message)
+                .unwrap_or_default();
+            return Err(format!("the API server answered {status}: {message}"));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("the API server's answer is not a TokenReview: {e}"))
+    }
+}
+
+fn read(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("kubeconfig");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_kubeconfigs_current_context_gives_server_and_token() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nclusters:\n- name: k\n  cluster: {server: 'https://127.0.0.1:6443'}\nusers:\n- name: u\n  user: {token: abc}\n";
+        let api = ApiServer::from_kubeconfig(&write(d.path(), ok)).unwrap();
+        assert_eq!(
+            api.reviews.as_str(),
+            "https://127.0.0.1:6443/apis/authentication.k8s.io/v1/tokenreviews"
+        );
+        for (text, want) in [
+            (
+                ok.replace("current-context: c", "current-context: x"),
+                "no context named 'x'",
+            ),
+            (ok.replace("{token: abc}", "{username: a}"), "has no token"),
+            (ok.replace("https://", "http://"), "is not https"),
+            (
+                ok.replace(
+                    "{server: 'https://127.0.0.1:6443'}",
+                    "{server: 'https://127.0.0.1:6443', certificate-authority-data: '!!'}",
+                ),
+                "not base64",
+            ),
+            ("[".to_string(), "is unusable"),
+        ] {
+            let e = ApiServer::from_kubeconfig(&write(d.path(), &text))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(want) && e.contains("kubeconfig"), "{e}");
+        }
+    }
+}
