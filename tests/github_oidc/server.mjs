@@ -17,11 +17,15 @@
 // stdout carries one line once it serves:
 //   {"issuer":"https://127.0.0.1:PORT","port":PORT,"request_url":"...","request_token":"..."}
 // Everything else goes to stderr. It exits when stdin reaches EOF and on SIGTERM/SIGINT.
-// Test hook: GET /__test/requests lists the token requests (audience, whether the bearer
-// was right, the status, and the JWT handed out).
+// Test hooks, on a second, plain-http loopback port (`hooks_port` in the ready line):
+// GET /__test/requests lists the token requests (audience, whether the bearer was right,
+// the status, and the JWT handed out); GET /__test/ref?value=refs/heads/x changes the ref
+// of the job (and so the `sub`) from the next token on; GET /__test/forge?value=1 signs the
+// next tokens with another key, one the JWKS does not list (value=0 goes back).
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as https from 'node:https';
 
 const log = (...args) => console.error('[github-oidc]', ...args);
@@ -34,7 +38,7 @@ if (!cert || !key) {
 }
 const PORT = Number(process.env.GH_OIDC_PORT ?? 0);
 const REPOSITORY = process.env.GH_OIDC_REPOSITORY ?? 'octo-org/octo-repo';
-const REF = process.env.GH_OIDC_REF ?? 'refs/heads/main';
+let REF = process.env.GH_OIDC_REF ?? 'refs/heads/main';
 const OWNER = REPOSITORY.split('/')[0];
 const REQUEST_TOKEN = process.env.GH_OIDC_REQUEST_TOKEN ?? crypto.randomBytes(24).toString('base64url');
 // GitHub's request URL: the job's token endpoint on the pipelines service, api-version 2.0.
@@ -48,6 +52,10 @@ const thumbprint = crypto
   .update(JSON.stringify({ e: jwk.e, kty: jwk.kty, n: jwk.n }))
   .digest('base64url');
 const KID = thumbprint.slice(0, 27);
+
+// A key no JWKS lists: tokens signed with it must be refused by whoever verifies them.
+const forger = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
+let forge = false;
 
 const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
 
@@ -93,7 +101,7 @@ function idToken(audience) {
   };
   const head = b64({ typ: 'JWT', alg: 'RS256', x5t: KID, kid: KID });
   const input = `${head}.${b64(claims)}`;
-  const signature = crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url');
+  const signature = crypto.sign('sha256', Buffer.from(input), forge ? forger : privateKey).toString('base64url');
   return `${input}.${signature}`;
 }
 
@@ -138,22 +146,37 @@ const server = https.createServer({ cert: fs.readFileSync(cert), key: fs.readFil
     entry.token = idToken(audience);
     return send(res, 200, { value: entry.token });
   }
-  if (url.pathname === '/__test/requests') return send(res, 200, requests);
   return send(res, 404, { message: 'not found' });
 });
 
+const hooks = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  if (url.pathname === '/__test/requests') return send(res, 200, requests);
+  if (url.pathname === '/__test/ref' && url.searchParams.get('value')) {
+    REF = url.searchParams.get('value');
+    return send(res, 200, { ref: REF });
+  }
+  if (url.pathname === '/__test/forge') {
+    forge = url.searchParams.get('value') === '1';
+    return send(res, 200, { forge });
+  }
+  return send(res, 404, { message: 'not found' });
+});
+
+await new Promise((resolve) => hooks.listen(0, '127.0.0.1', resolve));
 server.listen(PORT, '127.0.0.1', () => {
   const port = server.address().port;
   issuer = `https://127.0.0.1:${port}`;
   process.stdout.write(`${JSON.stringify({
     issuer,
     port,
+    hooks_port: hooks.address().port,
     request_url: `${issuer}${REQUEST_PATH}?api-version=2.0`,
     request_token: REQUEST_TOKEN,
   })}\n`);
 });
 
-const stop = () => server.close(() => process.exit(0));
+const stop = () => process.exit(0);
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 process.stdin.on('end', () => process.exit(0));
