@@ -14,15 +14,21 @@
 # in the cache. The database is in memory (dev-mem), so every start is a fresh realm.
 #
 # Federated client authentication ("Signed JWT - Federated") and the Kubernetes identity
-# provider that verifies service-account tokens (tests/assertion.rs) are on by default in
+# provider that verifies service-account tokens (tests/keycloak.rs) are on by default in
 # the pinned Keycloak 26.7 (its server info lists both as DEFAULT features; earlier releases
 # had them as previews behind --features=client-auth-federated,kubernetes-service-accounts).
 # POLARS_CLOUD_AUTH_KEYCLOAK_TRUSTSTORE: PEM files (colon-separated) Keycloak trusts for its
 # outgoing TLS, e.g. the test cluster's CA so it can fetch the API server's JWKS.
+# Keycloak also trusts a CA made at every start for test peers that the tests run themselves
+# over HTTPS on loopback (the stand-in of GitHub's ID-token service, tests/github_oidc): its
+# certificate for 127.0.0.1 and key are in $POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS
+# (ca.pem, cert.pem, key.pem). Keycloak reads its truststore once, at start, so the CA must
+# exist before it starts.
 #
 # Exports: POLARS_CLOUD_AUTH_KEYCLOAK_URL (base URL, no trailing slash),
 #          POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN / _ADMIN_PASSWORD (master realm, admin-cli),
-#          POLARS_CLOUD_AUTH_KEYCLOAK_MANAGEMENT_URL (health), POLARS_CLOUD_AUTH_KEYCLOAK_PID.
+#          POLARS_CLOUD_AUTH_KEYCLOAK_MANAGEMENT_URL (health), POLARS_CLOUD_AUTH_KEYCLOAK_PID,
+#          POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS (the loopback peers' CA, certificate and key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +101,25 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# A private CA and a certificate for 127.0.0.1 it signed, for loopback test peers Keycloak
+# calls over HTTPS, as it calls a real issuer such as GitHub's.
+peer_tls() {
+  local dir=$1
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout ca.key -out ca.pem -subj "/CN=polars-cloud-auth loopback peers CA" -days 2
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -keyout key.pem -out leaf.csr -subj "/CN=127.0.0.1"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >leaf.ext
+    openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -out cert.pem -days 2 -extfile leaf.ext
+    rm -f leaf.csr leaf.ext ca.srl ca.key
+  ) >/dev/null 2>&1 || { log "openssl failed to make the loopback peers' certificates"; exit 1; }
+}
+
 print_env() {
   cat "$RUN_DIR/env"
 }
@@ -113,11 +138,11 @@ start() {
   while [ "$mport" = "$port" ]; do mport=$(free_port); done
   mkdir -p "$RUN_DIR" "$KC_HOME/data/import"
   cp "$REALM" "$KC_HOME/data/import/realm-polars.json"
-  local extra=()
-  if [ -n "$TRUSTSTORE" ]; then
-    # Keycloak's outgoing requests trust these and the system roots.
-    extra+=(--truststore-paths="$(echo "$TRUSTSTORE" | tr ':' ',')")
-  fi
+  peer_tls "$RUN_DIR/peer-tls"
+  local trust=$RUN_DIR/peer-tls/ca.pem
+  [ -n "$TRUSTSTORE" ] && trust="$TRUSTSTORE:$trust"
+  # Keycloak's outgoing requests trust these and the system roots.
+  local extra=(--truststore-paths="$(echo "$trust" | tr ':' ',')")
   began=$(date +%s.%N)
   # setsid: its own process group, so stop can end kc.sh and the JVM together.
   JAVA_HOME=$java_home PATH="$java_home/bin:$PATH" \
@@ -131,7 +156,7 @@ start() {
     --hostname-strict=false \
     --health-enabled=true \
     --import-realm \
-    ${extra[@]+"${extra[@]}"} \
+    "${extra[@]}" \
     --log-level=warn,org.keycloak.quarkus:info,io.quarkus:info \
     >"$RUN_DIR/keycloak.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/pid"
@@ -141,6 +166,7 @@ start() {
     echo "export POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN=$ADMIN"
     echo "export POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD=$ADMIN_PASSWORD"
     echo "export POLARS_CLOUD_AUTH_KEYCLOAK_PID=$(cat "$RUN_DIR/pid")"
+    echo "export POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS=$RUN_DIR/peer-tls"
   } >"$RUN_DIR/env"
   log "starting Keycloak $KC_VERSION (Java: $java_home) on 127.0.0.1:$port; log: $RUN_DIR/keycloak.log"
   local deadline=$(( $(date +%s) + START_TIMEOUT ))
@@ -178,6 +204,7 @@ stop() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$RUN_DIR/pid" "$RUN_DIR/env"
+  rm -rf "$RUN_DIR/peer-tls"
   log "stopped"
 }
 

@@ -50,6 +50,8 @@ if [ "$slow" = 1 ]; then
     eval "$kc_env"
     echo "== Keycloak conformance (tests/keycloak.rs, real Keycloak, and the cluster for client assertions)"
     cargo test --locked --test keycloak -- --ignored --test-threads=1
+    echo "== GitHub Action with client-assertion: github-oidc (tests/github_action.rs: the action wrapper, a stand-in of GitHub's ID-token service, real Keycloak)"
+    cargo test --locked --test github_action -- --ignored --test-threads=1
     .venv/bin/pytest -q tests/py/test_keycloak_long_running.py
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).

@@ -699,3 +699,473 @@ fn action_yml_declares_what_the_binary_and_wrapper_read() {
     let outputs: Vec<&String> = action["outputs"].as_object().unwrap().keys().collect();
     assert_eq!(outputs, ["access-token", "expires-at", "token-file"]);
 }
+
+// --- client-assertion: github-oidc -----------------------------------------------------------
+//
+// GitHub's own ID-token service only answers jobs running on GitHub, so it cannot be used
+// here: `tests/github_oidc/server.mjs` stands in for it (the per-job request URL and bearer
+// the runner sets as ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN, RS256 JWTs with GitHub's claim
+// shape, its discovery document and JWKS, over HTTPS on loopback). What checks the token
+// is real: Keycloak, whose OIDC identity provider ("supportsClientAssertions") verifies it
+// for a client with the authenticator "Signed JWT - Federated" (FederatedJWTClientAuthenticator
+// in Keycloak 26.7: it looks the identity provider up by the token's `iss`, the client by
+// its attributes `jwt.credential.issuer` = the provider's alias and `jwt.credential.sub` =
+// the token's `sub`, then checks signature against the provider's JWKS, audience = the
+// realm's issuer URL, expiry, a single use of `jti`, and `iat` at most 300 s ago).
+
+/// The job's `sub` on the main branch of the stand-in's repository.
+const GITHUB_SUB: &str = "repo:octo-org/octo-repo:ref:refs/heads/main";
+
+/// The running stand-in of GitHub's ID-token service; ends with its stdin.
+struct GithubOidc {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+    issuer: String,
+    request_url: String,
+    request_token: String,
+    hooks_port: u16,
+}
+
+impl GithubOidc {
+    /// Serves https with `cert`/`key` (PEM files).
+    fn start(cert: &Path, key: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new("node")
+            .arg(repo().join("tests/github_oidc/server.mjs"))
+            .env("GH_OIDC_TLS_CERT", cert)
+            .env("GH_OIDC_TLS_KEY", key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("failed to start node");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|_| panic!("the GitHub OIDC stand-in did not start: {line:?}"));
+        let s = |k: &str| ready[k].as_str().unwrap().to_string();
+        Self {
+            issuer: s("issuer"),
+            request_url: s("request_url"),
+            request_token: s("request_token"),
+            hooks_port: ready["hooks_port"].as_u64().unwrap() as u16,
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    /// What the runner sets for a job with `permissions: id-token: write`.
+    fn env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("ACTIONS_ID_TOKEN_REQUEST_URL", self.request_url.as_str()),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+                self.request_token.as_str(),
+            ),
+        ]
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        let (status, body) = http_get(self.hooks_port, "/__test/requests").unwrap();
+        assert_eq!(status, 200);
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Signs the next tokens with a key the JWKS does not list (or not).
+    fn forge(&self, on: bool) {
+        let (status, _) = http_get(
+            self.hooks_port,
+            &format!("/__test/forge?value={}", on as u8),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+
+    fn set_ref(&self, r: &str) {
+        let (status, _) = http_get(self.hooks_port, &format!("/__test/ref?value={r}")).unwrap();
+        assert_eq!(status, 200);
+    }
+}
+
+impl Drop for GithubOidc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `with:` of a job that authenticates a client-credentials client with its OIDC token.
+fn with_github_oidc(issuer: &str, ca_file: Option<&Path>) -> Vec<(&'static str, String)> {
+    let mut with = vec![
+        ("binary-path", bin().to_string_lossy().into_owned()),
+        ("issuer", issuer.to_string()),
+        ("grant", "client-credentials".to_string()),
+        ("client-assertion", "github-oidc".to_string()),
+    ];
+    if let Some(ca) = ca_file {
+        with.push(("ca-file", ca.to_string_lossy().into_owned()));
+    }
+    with
+}
+
+const NO_ID_TOKEN: &str = "the job's OIDC token is not available (ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN are not set): grant the job `permissions: id-token: write`";
+
+/// A job without `permissions: id-token: write` gets no ACTIONS_ID_TOKEN_REQUEST_* variables:
+/// the documented error and exit code 2, nothing handed on, nothing sent.
+#[test]
+fn github_oidc_without_the_id_token_permission_fails_with_the_documented_error() {
+    let idp = Idp::start();
+    let runner = Runner::new();
+    let with = with_github_oidc(&idp.issuer, None);
+    let step = runner.run("main.js", &refs(&with), &[]);
+    assert_eq!(step.code, Some(2), "log:\n{}", step.log());
+    assert_eq!(step.error(), NO_ID_TOKEN);
+    step.no_files();
+    assert_eq!(idp.token_requests().len(), 0);
+    assert_eq!(runner.post(&step, &refs(&with)).code, Some(0));
+}
+
+/// A minimal admin client of the Keycloak that `scripts/keycloak.sh start` runs (the
+/// environment it prints; tests/keycloak.rs has the full one).
+struct KeycloakAdmin {
+    base: String,
+    port: u16,
+}
+
+impl KeycloakAdmin {
+    fn get() -> Self {
+        let base = std::env::var("POLARS_CLOUD_AUTH_KEYCLOAK_URL").unwrap_or_else(|_| {
+            panic!("POLARS_CLOUD_AUTH_KEYCLOAK_URL is not set: run `eval \"$(scripts/keycloak.sh start)\"` first, or scripts/test.sh --slow")
+        });
+        let base = base.trim_end_matches('/').to_string();
+        let port = base.rsplit(':').next().unwrap().parse().unwrap();
+        Self { base, port }
+    }
+
+    fn issuer(&self) -> String {
+        format!("{}/realms/Polars", self.base)
+    }
+
+    /// One HTTP/1.0 exchange (no chunked replies): (status, body).
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        write!(stream, "{head}\r\n{body}").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = reply.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (status, body.to_string())
+    }
+
+    fn admin_token(&self) -> String {
+        let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("grant_type", "password"),
+                ("client_id", "admin-cli"),
+                ("username", &var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN")),
+                (
+                    "password",
+                    &var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD"),
+                ),
+            ])
+            .finish();
+        let (status, reply) = self.http(
+            "POST",
+            "/realms/master/protocol/openid-connect/token",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &body,
+        );
+        assert_eq!(status, 200, "admin sign-in: {reply}");
+        serde_json::from_str::<Value>(&reply).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// An admin REST call under /admin/realms/Polars: (status, JSON body or null).
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let bearer = format!("Bearer {}", self.admin_token());
+        let (status, reply) = self.http(
+            method,
+            &format!("/admin/realms/Polars{path}"),
+            &[
+                ("Authorization", &bearer),
+                ("Content-Type", "application/json"),
+            ],
+            &body.map(|b| b.to_string()).unwrap_or_default(),
+        );
+        (status, serde_json::from_str(&reply).unwrap_or(Value::Null))
+    }
+
+    /// The realm's latest client-login event: (type, clientId, error).
+    fn last_client_event(&self) -> (String, String, String) {
+        let events = self.admin(
+            "GET",
+            "/events?type=CLIENT_LOGIN&type=CLIENT_LOGIN_ERROR&max=1",
+            None,
+        );
+        let e = &events[0];
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+        (s("type"), s("clientId"), s("error"))
+    }
+
+    /// Like `call`, failing on a non-2xx answer.
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, reply) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {reply}"
+        );
+        reply
+    }
+}
+
+/// What the admin of a self-hosted realm sets up for GitHub: an OpenID Connect identity
+/// provider imported from the issuer's discovery document (as the admin console's "Discovery
+/// endpoint" does) with "Supports client assertions" on, and a client whose authenticator is
+/// "Signed JWT - Federated" with the job's subject. Returns the client id.
+fn github_federated_client(kc: &KeycloakAdmin, gh: &GithubOidc) -> String {
+    let alias = "github-actions";
+    // Keycloak itself fetches the discovery document, over TLS, trusting the peers' CA.
+    let imported = kc.admin(
+        "POST",
+        "/identity-provider/import-config",
+        Some(json!({
+            "providerId": "oidc",
+            "fromUrl": format!("{}/.well-known/openid-configuration", gh.issuer),
+        })),
+    );
+    assert_eq!(imported["issuer"], gh.issuer.as_str(), "{imported}");
+    assert_eq!(
+        imported["jwksUrl"],
+        format!("{}/.well-known/jwks", gh.issuer),
+        "{imported}"
+    );
+    assert_eq!(imported["useJwksUrl"], "true", "{imported}");
+    assert_eq!(imported["validateSignature"], "true", "{imported}");
+    let mut config = imported.as_object().unwrap().clone();
+    config.insert("supportsClientAssertions".into(), json!("true"));
+    // A leftover from an earlier run is replaced.
+    kc.call(
+        "DELETE",
+        &format!("/identity-provider/instances/{alias}"),
+        None,
+    );
+    kc.admin(
+        "POST",
+        "/identity-provider/instances",
+        Some(json!({"alias": alias, "providerId": "oidc", "enabled": true, "config": config})),
+    );
+    let client_id = "gha-deploy";
+    let found = kc.admin("GET", &format!("/clients?clientId={client_id}"), None);
+    if let Some(uuid) = found[0]["id"].as_str() {
+        kc.admin("DELETE", &format!("/clients/{uuid}"), None);
+    }
+    kc.admin(
+        "POST",
+        "/clients",
+        Some(json!({
+            "clientId": client_id,
+            "enabled": true,
+            "publicClient": false,
+            "serviceAccountsEnabled": true,
+            "standardFlowEnabled": false,
+            "directAccessGrantsEnabled": false,
+            "clientAuthenticatorType": "federated-jwt",
+            "attributes": {"jwt.credential.issuer": alias, "jwt.credential.sub": GITHUB_SUB},
+        })),
+    );
+    client_id.to_string()
+}
+
+/// End to end: the action's main step, as a runner runs it with `id-token: write`, fetches
+/// the job's OIDC token from the stand-in of GitHub's service, masks it, and Keycloak (real)
+/// verifies it as the client's assertion and issues a token for that client; no secret
+/// anywhere. Then the controls: another branch's token (another `sub`), a token for another
+/// audience, a wrong request bearer, and no `id-token: write`.
+#[test]
+#[ignore = "needs Keycloak: scripts/test.sh --slow"]
+fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
+    let kc = KeycloakAdmin::get();
+    let tls = PathBuf::from(std::env::var("POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS").expect(
+        "POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS is not set: scripts/keycloak.sh start prints it",
+    ));
+    let gh = GithubOidc::start(&tls.join("cert.pem"), &tls.join("key.pem"));
+    let client_id = github_federated_client(&kc, &gh);
+    let runner = Runner::new();
+    // The binary fetches the OIDC token over TLS from the stand-in: `ca-file` is its CA (on
+    // GitHub the system roots trust token.actions.githubusercontent.com).
+    let ca = tls.join("ca.pem");
+    let with = with_github_oidc(&kc.issuer(), Some(&ca));
+    let inputs = refs(&with);
+
+    let main = runner.run("main.js", &inputs, &gh.env());
+    assert_eq!(main.code, Some(0), "log:\n{}", main.log());
+    // One request to the ID-token service, with the runner's bearer, for the realm.
+    let requests = gh.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["authorized"], true);
+    assert_eq!(requests[0]["apiVersion"], "2.0");
+    assert_eq!(requests[0]["audience"], kc.issuer().as_str());
+    let oidc = requests[0]["token"].as_str().unwrap().to_string();
+    let oidc_claims = claims(&oidc);
+    assert_eq!(oidc_claims["iss"], gh.issuer.as_str());
+    assert_eq!(oidc_claims["sub"], GITHUB_SUB);
+    assert_eq!(oidc_claims["aud"], kc.issuer().as_str());
+
+    // Keycloak's token, for the federated client, handed on.
+    let env = entries(&main.env);
+    assert_eq!(names(&env), ["POLARS_CLOUD_ACCESS_TOKEN"]);
+    let token = value(&env, "POLARS_CLOUD_ACCESS_TOKEN");
+    assert_eq!(value(&entries(&main.output), "access-token"), token);
+    let access = claims(token);
+    assert_eq!(access["iss"], kc.issuer().as_str());
+    assert_eq!(access["azp"], client_id.as_str());
+    assert_eq!(
+        access["preferred_username"],
+        format!("service-account-{client_id}")
+    );
+
+    // The OIDC token is masked, before the access token, and appears nowhere else.
+    let mask = format!("::add-mask::{oidc}");
+    assert_eq!(
+        main.stdout.lines().next(),
+        Some(mask.as_str()),
+        "{}",
+        main.stdout
+    );
+    only_masked(&oidc, &main.log());
+    only_masked(token, &main.log());
+    assert_no_leak(
+        &oidc,
+        &[
+            &main.stderr,
+            &main.env,
+            &main.output,
+            &main.state,
+            &main.summary,
+        ],
+    );
+    let post = runner.post(&main, &inputs);
+    assert_eq!(post.code, Some(0), "log:\n{}", post.log());
+    assert_no_leak(&oidc, &[&post.log()]);
+
+    // Another branch: a valid token from the same issuer, but no client has its `sub`.
+    gh.set_ref("refs/heads/feature");
+    let other = runner.run("main.js", &inputs, &gh.env());
+    assert_eq!(other.code, Some(3), "log:\n{}", other.log());
+    let refused = gh.requests().last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        claims(&refused)["sub"],
+        "repo:octo-org/octo-repo:ref:refs/heads/feature"
+    );
+    let error = other.error();
+    assert!(error.contains("invalid_client"), "{error}");
+    assert_eq!(
+        kc.last_client_event(),
+        (
+            "CLIENT_LOGIN_ERROR".into(),
+            String::new(),
+            "client_not_found".into()
+        )
+    );
+    only_masked(&refused, &other.log());
+    other.no_files();
+    gh.set_ref("refs/heads/main");
+
+    // A token for another audience (GitHub's default, the owner's URL): refused.
+    let wrong_aud = [
+        inputs.clone(),
+        vec![("oidc-audience", "https://github.com/octo-org")],
+    ]
+    .concat();
+    let other = runner.run("main.js", &wrong_aud, &gh.env());
+    assert_eq!(other.code, Some(3), "log:\n{}", other.log());
+    assert_eq!(
+        gh.requests().last().unwrap()["audience"],
+        "https://github.com/octo-org"
+    );
+    assert_eq!(
+        kc.last_client_event(),
+        (
+            "CLIENT_LOGIN_ERROR".into(),
+            client_id.clone(),
+            "invalid_client_credentials".into()
+        )
+    );
+    other.no_files();
+
+    // The right claims, signed by a key the issuer's JWKS does not list: refused.
+    gh.forge(true);
+    let other = runner.run("main.js", &inputs, &gh.env());
+    assert_eq!(other.code, Some(3), "log:\n{}", other.log());
+    let forged = gh.requests().last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(claims(&forged)["sub"], GITHUB_SUB);
+    assert_eq!(claims(&forged)["aud"], kc.issuer().as_str());
+    assert!(
+        other.error().contains("invalid_client"),
+        "{}",
+        other.error()
+    );
+    other.no_files();
+    gh.forge(false);
+
+    // The control for all three: the main branch, the realm's audience, the issuer's key.
+    let again = runner.run("main.js", &inputs, &gh.env());
+    assert_eq!(again.code, Some(0), "log:\n{}", again.log());
+    assert_eq!(
+        kc.last_client_event(),
+        ("CLIENT_LOGIN".into(), client_id.clone(), String::new())
+    );
+
+    // A request bearer the service refuses (an expired job's): no token, exit 2.
+    let stale = [
+        ("ACTIONS_ID_TOKEN_REQUEST_URL", gh.request_url.as_str()),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "not-this-jobs-request-token",
+        ),
+    ];
+    let other = runner.run("main.js", &inputs, &stale);
+    assert_eq!(other.code, Some(2), "log:\n{}", other.log());
+    assert_eq!(gh.requests().last().unwrap()["status"], 401);
+    assert!(other.error().contains("HTTP 401"), "{}", other.error());
+    other.no_files();
+
+    // No `id-token: write`: the documented error, nothing asked of either service.
+    let before = gh.requests().len();
+    let other = runner.run("main.js", &inputs, &[]);
+    assert_eq!(other.code, Some(2), "log:\n{}", other.log());
+    assert_eq!(other.error(), NO_ID_TOKEN);
+    other.no_files();
+    assert_eq!(gh.requests().len(), before);
+}

@@ -268,6 +268,18 @@ function resourceServerInfo() {
   };
 }
 
+// `private_key_jwt`: the public halves of the test keys in tests/data/assertion, with the
+// kids the Keycloak realm registers too (test-rsa, test-ec). ec-sec1.pem is another P-256
+// key that no client knows, for the wrong-key case.
+const ASSERTION_KEYS = new URL('../data/assertion/', import.meta.url);
+const PKJWT_CLIENT = 'cc-pkjwt';
+const pkjwtKeys = [['rsa.pem', 'test-rsa', 'RS256'], ['ec.pem', 'test-ec', 'ES256']].map(([file, kid, alg]) => ({
+  ...crypto.createPublicKey(fs.readFileSync(new URL(file, ASSERTION_KEYS))).export({ format: 'jwk' }),
+  kid,
+  alg,
+  use: 'sig',
+}));
+
 const provider = new Provider(issuer, {
   adapter: TestAdapter,
   jwks: { keys: [signingKey] },
@@ -307,6 +319,14 @@ const provider = new Provider(issuer, {
       client_id: 'cc-post',
       client_secret: 'cc-post-secret',
       token_endpoint_auth_method: 'client_secret_post',
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+    },
+    {
+      client_id: PKJWT_CLIENT,
+      token_endpoint_auth_method: 'private_key_jwt',
+      jwks: { keys: pkjwtKeys },
       grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
