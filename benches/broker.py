@@ -226,7 +226,7 @@ def fleet(broker: tb.Broker, api: Api, idp: idp_peer.Idp, tokens: list[str], arg
     lock = threading.Lock()
     wake = threading.Condition(lock)
     stats = {"requests": 0, "ok": 0, "failed": 0, "latency": [], "per_pod": [0] * len(tokens),
-             "expires_in": []}
+             "expires_in": [], "seconds": {}}
     start = time.monotonic() + 1
     end = start + args.stagger + args.lives * args.ttl
     for i in range(len(tokens)):
@@ -244,10 +244,17 @@ def fleet(broker: tb.Broker, api: Api, idp: idp_peer.Idp, tokens: list[str], arg
             stats["requests"] += 1
             stats["per_pod"][i] += 1
             stats["latency"].append(t1 - t0)
+            stats["seconds"][int(t0)] = stats["seconds"].get(int(t0), 0) + 1
             if status == 200:
                 stats["ok"] += 1
                 stats["expires_in"].append(body["expires_in"])
                 due = t1 + 0.8 * body["expires_in"]
+                if args.renewal == "jwt":
+                    # The token engine's own rule (src/renew.rs next_renewal): 80% of the
+                    # JWT's iat..exp less up to 10% jitter, at least 1 s from now.
+                    c = tb.claims(body["access_token"])
+                    target = c["iat"] + (0.8 - 0.1 * random.random()) * (c["exp"] - c["iat"])
+                    due = t1 + max(1.0, target - time.time())
             else:
                 stats["failed"] += 1
                 if stats["failed"] <= 3:
@@ -289,11 +296,13 @@ def fleet(broker: tb.Broker, api: Api, idp: idp_peer.Idp, tokens: list[str], arg
     lat = sorted(stats["latency"])
     pct = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3, 2)  # noqa: E731
     per_pod = stats["per_pod"]
-    emit("fleet", pods=len(tokens), credentials=credentials, broker_replicas=1,
+    emit("fleet", pods=len(tokens), renewal=args.renewal, credentials=credentials,
+         broker_replicas=1,
          idp_token_ttl_s=args.ttl, lives=args.lives, stagger_s=args.stagger,
          window_s=round(window, 1),
          broker_requests=stats["requests"], granted=stats["ok"], failed=stats["failed"],
          broker_requests_per_s=round(stats["requests"] / window, 2),
+         broker_requests_peak_per_s=max(stats["seconds"].values()),
          requests_per_pod_min_mean_max=[min(per_pod), round(sum(per_pod) / len(per_pod), 2),
                                         max(per_pod)],
          expires_in_min_max=[min(stats["expires_in"]), max(stats["expires_in"])],
@@ -366,6 +375,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--oha", default=shutil.which("oha") or str(Path.home() / ".cargo/bin/oha"))
+    ap.add_argument("--renewal", choices=("received", "jwt"), default="received",
+                    help="when a sidecar asks again: at 80%% of the answer's expires_in, or by "
+                    "the token engine's rule on the JWT's iat and exp (src/renew.rs)")
     ap.add_argument("--skip", default="", help="comma-separated: fleet,oha,rss")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
