@@ -32,6 +32,10 @@ Prints, as JSON lines:
 3. `rss`: a second broker's VmRSS/VmHWM right after start, and after its review cache was
    primed with 1,000 and then --known distinct pod-bound tokens (--known stored pods).
 
+The default --ttl is 120 s, not shorter: the broker's keeper renews at least 30 s before a
+token expires (it hands out only tokens with 20 s left), so a life of 30 s or less makes it
+renew every second whatever the fleet does.
+
 Setup times (pods and tokens created through the API with threads, the admin token from
 the cluster's kubeconfig) are printed too. Asserts nothing. Results: docs/benchmarks.md,
 section "Broker".
