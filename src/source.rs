@@ -846,7 +846,10 @@ fn parse_success(body: &[u8], sent_at: SystemTime) -> Result<Tokens, FetchError>
     }
     let value = SecretString::from(raw);
     let access = match AccessToken::from_jwt(value.clone()) {
-        Ok(token) => token,
+        // Renewal counts from when we got it: a token handed out from a cache (the
+        // broker's) may be well into its life already, and renewing at 80% of its whole
+        // life would come at once and again every second until the cache renews.
+        Ok(token) => token.received_at(sent_at),
         Err(e @ JwtError::ExpiryOutOfRange) => return Err(FetchError::Malformed(e.to_string())),
         Err(JwtError::NotJwt | JwtError::BadPayload | JwtError::NoExpiry) => {
             // Opaque tokens are fine as long as the reply says how long they live.
@@ -1103,6 +1106,28 @@ mod tests {
         let r = t.refresh.unwrap();
         assert_eq!(r.value.expose_secret(), "r1");
         assert!(r.expires_at.is_some());
+    }
+
+    /// A token from a cache (the broker's) 200 s into its 300 s life is renewed 80% into
+    /// the 100 s it has left, not at once.
+    #[test]
+    fn a_token_well_into_its_life_counts_its_life_from_receipt() {
+        let sent = now();
+        let at = |d: i64| {
+            (sent
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                + d) as u64
+        };
+        let access = jwt(&serde_json::json!({"exp": at(100), "iat": at(-200)}));
+        let body = serde_json::json!({"access_token": access, "expires_in": 100});
+        let t = classify(StatusCode::OK, None, body.to_string().as_bytes(), sent, &[]).unwrap();
+        assert_eq!(t.access.issued_at(), sent);
+        let policy = crate::renew::Policy::default();
+        let wait = crate::renew::next_renewal(&t.access, sent, &policy, 0.0);
+        // 80% of the 99 to 100 s left (the claims are whole seconds).
+        assert!((79.0..=80.0).contains(&wait.as_secs_f64()), "{wait:?}");
     }
 
     #[test]

@@ -45,6 +45,13 @@ impl AccessToken {
         &self.value
     }
 
+    /// The same token, its life counted from `at` when it was issued before that (never
+    /// past its expiry).
+    pub fn received_at(mut self, at: SystemTime) -> Self {
+        self.issued_at = self.issued_at.max(at).min(self.expires_at);
+        self
+    }
+
     pub fn issued_at(&self) -> SystemTime {
         self.issued_at
     }

@@ -16,10 +16,25 @@ use crate::renew::{self, Policy};
 use crate::source::{FailureClass, TokenSource};
 use crate::token::AccessToken;
 
-/// A token is handed out only with at least this much life left; nearer its end the
-/// keeper is renewing it and a request waits for the new one. The relay's clients ask
-/// for a new token with about 10 s left, so they must get more than that.
+/// A token is handed out only with at least this much life left (a fifth of its life for
+/// tokens shorter than 100 s); nearer its end the keeper is renewing it and a request
+/// waits for the new one. The relay's clients ask for a new token with about 10 s left,
+/// so they must get more than that.
 pub const HANDOUT_MIN: Duration = Duration::from_secs(20);
+/// The keeper renews at least this long before expiry (a third of the life for tokens
+/// shorter than 90 s), so that a renewed token is there before the held one stops being
+/// handed out.
+pub const LEAD: Duration = Duration::from_secs(30);
+
+/// [`HANDOUT_MIN`] for a token of `life`.
+pub fn handout_min(life: Duration) -> Duration {
+    HANDOUT_MIN.min(life / 5)
+}
+
+/// [`LEAD`] for a token of `life`: always more than [`handout_min`].
+pub fn lead(life: Duration) -> Duration {
+    LEAD.min(life / 3)
+}
 /// A request waits at most this long for a keeper's first (or next) token.
 pub const WAIT_LIMIT: Duration = Duration::from_secs(5);
 
@@ -90,7 +105,7 @@ impl Keeper {
         let usable = |h: &Held| {
             h.token
                 .as_ref()
-                .is_some_and(|t| t.remaining(SystemTime::now()) >= HANDOUT_MIN)
+                .is_some_and(|t| t.remaining(SystemTime::now()) >= handout_min(t.lifetime()))
         };
         let waited = tokio::time::timeout(WAIT_LIMIT, held.wait_for(usable)).await;
         if let Ok(Ok(h)) = &waited
@@ -135,6 +150,10 @@ async fn run(
             Ok(tokens) => {
                 counts.fetched.fetch_add(1, Ordering::Relaxed);
                 attempt = 0;
+                let policy = Policy {
+                    lead: policy.lead.max(lead(tokens.access.lifetime())),
+                    ..policy.clone()
+                };
                 let wait = renew::next_renewal(&tokens.access, now, &policy, renew::draw());
                 tracing::info!(
                     credential = %name,
@@ -184,5 +203,35 @@ async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::AccessToken;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn renewal_comes_before_the_held_token_stops_being_handed_out() {
+        for secs in [10, 30, 60, 120, 300, 3600] {
+            let life = Duration::from_secs(secs);
+            assert!(lead(life) > handout_min(life), "{secs}");
+            // The keeper renews by 80% of the life at the latest, and no earlier than
+            // two thirds of it: at most about 1.5 renewals per life.
+            let at = UNIX_EPOCH + Duration::from_secs(1_000);
+            let token = AccessToken::new("t".to_string().into(), at, at + life);
+            let policy = Policy {
+                lead: lead(life),
+                ..Policy::default()
+            };
+            let wait = renew::next_renewal(&token, at, &policy, 0.0);
+            assert!(
+                wait >= life * 2 / 3 && wait <= life * 4 / 5,
+                "{secs}: {wait:?}"
+            );
+        }
+        assert_eq!(lead(Duration::from_secs(300)), LEAD);
+        assert_eq!(handout_min(Duration::from_secs(300)), HANDOUT_MIN);
     }
 }

@@ -2,7 +2,8 @@
 //! server (TokenReview), which also checks that the pod it is bound to still exists.
 //!
 //! A review is cached until the token's `exp` (at most [`MAX_CACHED`]), so the API server
-//! sees one review per pod per token life, not one per request. Cheap checks on the
+//! sees one review per pod per token life, not one per request; a refusal is cached the
+//! same way, so a refused token repeated cannot become a stream of reviews. Cheap checks on the
 //! token's own claims (audience, expiry) come first and refuse without asking.
 
 use std::collections::HashMap;
@@ -139,8 +140,11 @@ pub fn request(token: &str, audience: &str) -> TokenReview {
     }
 }
 
+/// A review's verdict, kept until the token's `exp` (at most [`MAX_CACHED`]). Refusals
+/// are kept too: a token the API server refused (its pod deleted, its signature wrong)
+/// stays refused, and a client repeating it must not become a stream of reviews.
 struct Cached {
-    identity: Identity,
+    verdict: Result<Identity, Refusal>,
     until: SystemTime,
 }
 
@@ -195,18 +199,18 @@ impl Reviewer {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let key = digest(token);
-        if let Some(identity) = self.lookup(&key, now) {
+        if let Some(verdict) = self.lookup(&key, now) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Ok(identity));
+            return Ok(verdict);
         }
         let gate = match self.inflight.lock() {
             Ok(mut m) => m.entry(key).or_default().clone(),
             Err(_) => Arc::default(),
         };
         let _turn = gate.lock().await;
-        if let Some(identity) = self.lookup(&key, now) {
+        if let Some(verdict) = self.lookup(&key, now) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Ok(identity));
+            return Ok(verdict);
         }
         let verdict = self.review(token, key, until, now).await;
         if let Ok(mut m) = self.inflight.lock() {
@@ -231,25 +235,29 @@ impl Reviewer {
                 Unavailable(e)
             })?;
         let verdict = identity(&reviewed.status.unwrap_or_default(), &self.audience);
-        match &verdict {
-            Ok(identity) => {
-                self.accepted.fetch_add(1, Ordering::Relaxed);
-                self.remember(key, identity.clone(), until, now);
-            }
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let counter = if verdict.is_ok() {
+            &self.accepted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.remember(key, verdict.clone(), until, now);
         Ok(verdict)
     }
 
-    fn lookup(&self, key: &[u8; 32], now: SystemTime) -> Option<Identity> {
+    fn lookup(&self, key: &[u8; 32], now: SystemTime) -> Option<Result<Identity, Refusal>> {
         let cache = self.cache.lock().ok()?;
         let hit = cache.get(key)?;
-        (hit.until > now).then(|| hit.identity.clone())
+        (hit.until > now).then(|| hit.verdict.clone())
     }
 
-    fn remember(&self, key: [u8; 32], identity: Identity, until: SystemTime, now: SystemTime) {
+    fn remember(
+        &self,
+        key: [u8; 32],
+        verdict: Result<Identity, Refusal>,
+        until: SystemTime,
+        now: SystemTime,
+    ) {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
@@ -259,7 +267,7 @@ impl Reviewer {
             cache.retain(|_, c| c.until > now);
         }
         if cache.len() < MAX_ENTRIES {
-            cache.insert(key, Cached { identity, until });
+            cache.insert(key, Cached { verdict, until });
         }
     }
 }

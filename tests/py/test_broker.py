@@ -305,10 +305,16 @@ def test_a_deleted_pods_token_is_refused(world):
     stored_pod(kube, "team-a", "gone-1")
     token = sa_token(kube, "team-a", "default", "gone-1")
     kube.run("delete", "pod", "gone-1", "-n", "team-a", "--wait=true")
+    refused = 'polars_cloud_auth_broker_token_reviews_total{result="refused"}'
+    before = broker.metrics().get(refused, 0)
     status, body = broker.request(token)
     assert (status, body["error"]) == (401, "invalid_client"), body
     assert "API server did not accept" in body["error_description"], body
     print("\ndeleted pod:", body["error_description"])
+    # Repeated, it is refused from the cache: one review, however often it comes.
+    for _ in range(5):
+        assert broker.request(token)[0] == 401
+    assert broker.metrics()[refused] - before == 1
 
 
 def test_a_policy_change_applies_to_the_next_request(world):
