@@ -605,3 +605,46 @@ def test_the_relay_works_unchanged_on_a_broker_backed_sidecar(world, tmp_path):
         assert broker.request(auth["refresh_token"])[0] == 401
     finally:
         sidecar.stop()
+
+
+def signed_by_the_api_server(claims_: dict) -> str:
+    """A service-account token signed with the test cluster's own signing key
+    (scripts/cluster.sh keeps it beside its CA): what TokenRequest would issue, but with the
+    claims we choose, such as an `exp` in the past."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    pki = Path(os.environ["POLARS_CLOUD_AUTH_CLUSTER_CA"]).parent
+    key = serialization.load_pem_private_key((pki / "sa.key").read_bytes(), None)
+    b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    signing_input = f"{b64({'alg': 'RS256', 'typ': 'JWT'})}.{b64(claims_)}"
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def test_an_expired_token_signed_by_the_api_server_is_refused(world):
+    """The same token is accepted while its exp is ahead: only the expiry differs. The broker
+    refuses on the token's own exp, and the API server's review agrees."""
+    kube, broker = world["kube"], world["broker"]
+    uid = stored_pod(kube, "team-a", "expired-1")
+    sa_uid = kube.get("serviceaccount", "default", "-n", "team-a")["metadata"]["uid"]
+    now = int(time.time())
+
+    def token(exp: int) -> str:
+        return signed_by_the_api_server({
+            "iss": os.environ["POLARS_CLOUD_AUTH_CLUSTER_ISSUER"], "aud": [AUD],
+            "sub": "system:serviceaccount:team-a:default", "iat": now - 700, "nbf": now - 700,
+            "exp": exp, "kubernetes.io": {
+                "namespace": "team-a", "serviceaccount": {"name": "default", "uid": sa_uid},
+                "pod": {"name": "expired-1", "uid": uid}}})
+
+    status, body = broker.request(token(now + 300))
+    assert status == 200, body
+    expired = token(now - 60)
+    status, body = broker.request(expired)
+    assert (status, body["error"]) == (401, "invalid_client"), body
+    import re
+    assert re.search(r"expired 6\d s ago|expired 6\ds ago", body["error_description"]), body
+    review = kube.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                          "spec": {"token": expired, "audiences": [AUD]}})
+    assert not review["status"].get("authenticated"), review["status"]
+    assert "expired" in review["status"].get("error", ""), review["status"]
