@@ -3,12 +3,14 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
+use crate::values::HumanDuration;
+
 use crate::config::{
-    BrokerArgs, FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs,
-    ServeArgs, WebhookArgs,
+    BrokerArgs, FileArgs, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
+    WebhookArgs,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -53,7 +55,7 @@ pub enum Command {
     /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
     GithubAction {
         #[arg(value_enum)]
-        step: crate::modes::github_action::Step,
+        step: Step,
     },
     /// Add the token setup to the pods and pod templates of Kubernetes manifests (YAML
     /// from files or stdin) and print them, like `linkerd inject`.
@@ -63,6 +65,19 @@ pub enum Command {
     /// Serve tokens to broker-backed sidecars, which authenticate with their pod's
     /// service-account token; the only place that holds the credentials.
     Broker(BrokerCmdArgs),
+}
+
+/// Which entry point of the action is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Step {
+    /// Get a token and hand it to the job's later steps.
+    Main,
+    /// After the job: delete the token file and revoke the refresh token.
+    Post,
+    /// Started by main with `long-running: true`: keeps a token fresh for the later steps'
+    /// clients (the relay) until post stops it. Reads the inputs from stdin, not the
+    /// environment, so the secret is in no process environment that later steps can read.
+    Relay,
 }
 
 #[derive(Args, Debug)]

@@ -26,6 +26,7 @@ pub mod source;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod values;
 pub mod vars;
 
 use cli::{Cli, Command};
@@ -54,19 +55,9 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::Token(args) => modes::token::command(args, &file),
         Command::Init(args) => modes::init::command(args, &file),
         Command::Sidecar(args) => modes::sidecar::command(args, &file),
-        Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
+        Command::GithubAction { step } => modes::current_thread(modes::github_action::run(step)),
         Command::Inject(args) => modes::inject::command(args, &file),
         Command::Webhook(args) => modes::webhook::command(args, &file),
         Command::Broker(args) => modes::broker::command(args, &file),
     }
-}
-
-/// The token modes are I/O-bound and small: one thread keeps memory low.
-fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T>>>(
-    f: F,
-) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
 }

@@ -31,7 +31,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::config::{Fraction, HumanDuration};
+use crate::values::{Fraction, HumanDuration};
 
 /// The label a pod (template) carries to ask for a token. The webhook's objectSelector
 /// matches it, so other pods never reach the webhook.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::ExecArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::credentials::CLIENT_SECRET_ENV;
+use crate::exit;
 use crate::relay::local::{self, Feed};
 use crate::renew::Policy;
 use crate::sink::TokenFile;
@@ -105,8 +106,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn exit_code(&self) -> u8 {
+impl exit::KnownCode for Error {
+    fn exit_code(&self) -> u8 {
         match self {
             Self::NotFound { .. } => 127,
             Self::CannotRun { .. } => 126,
@@ -125,8 +126,8 @@ pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let min_valid = args.min_valid.0;
     let command = args.command;
     let env_only = args.env_token;
-    let mut code = crate::exit::OK;
-    crate::current_thread(async {
+    let mut code = exit::OK;
+    super::current_thread(async {
         let policy = renew.policy();
         let (token, from) = token(&places, min_valid, &idp, renew.deadline(), &policy).await?;
         let mut env = ChildEnv::default();
@@ -249,15 +250,18 @@ pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
         // An access token of ours would win over the renewed config.toml and die.
         .env_remove(TOKEN_ENV)
         .envs(&env.set);
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            program: name.clone(),
-        },
-        _ => Error::CannotRun {
-            program: name.clone(),
-            source,
-        },
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                program: name.clone(),
+            },
+            _ => Error::CannotRun {
+                program: name.clone(),
+                source,
+            },
+        })
+        .map_err(exit::Coded::new)?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
@@ -410,12 +414,11 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit_code(std::process::ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(std::process::ExitStatus::from_raw(15)), 143);
-        assert_eq!(
-            Error::NotFound {
-                program: "x".into()
-            }
-            .exit_code(),
-            127
-        );
+        let not_found = exit::Coded::new(Error::NotFound {
+            program: "x".into(),
+        });
+        let chain = anyhow::Error::new(not_found).context("exec failed");
+        assert_eq!(exit::code_for(&chain), 127);
+        assert_eq!(format!("{chain:#}"), "exec failed: command not found: 'x'");
     }
 }

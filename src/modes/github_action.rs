@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::assertion;
+use crate::cli::Step;
 use crate::config::{ClientAuthKind, GrantKind, IdpArgs};
 use crate::credentials::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, Credentials, Value};
 use crate::exit;
@@ -26,19 +27,6 @@ use crate::shutdown;
 use crate::sink::TokenFile;
 use crate::sink::github::{self, FileCommand, Runner};
 use crate::token::RefreshToken;
-
-/// Which entry point of the action is running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Step {
-    /// Get a token and hand it to the job's later steps.
-    Main,
-    /// After the job: delete the token file and revoke the refresh token.
-    Post,
-    /// Started by main with `long-running: true`: keeps a token fresh for the later steps'
-    /// clients (the relay) until post stops it. Reads the inputs from stdin, not the
-    /// environment, so the secret is in no process environment that later steps can read.
-    Relay,
-}
 
 /// The inputs the binary reads. `action.yml` declares these plus `version` and
 /// `binary-path`, which only the wrapper reads.

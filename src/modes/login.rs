@@ -80,7 +80,7 @@ pub fn command(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         open_browser: should_open_browser(args.no_browser, &|k| std::env::var_os(k)),
         target,
     };
-    crate::current_thread(async move {
+    super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(&settings, &cancel).await
     })?;

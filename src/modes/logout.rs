@@ -22,7 +22,7 @@ pub fn command(args: LogoutArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     idp.client_key_id = None;
     let stores = Stores::from_args(&args.store)?;
     let source = idp.source()?;
-    crate::current_thread(async move { run(&source, &stores).await })?;
+    super::current_thread(async move { run(&source, &stores).await })?;
     Ok(crate::exit::OK)
 }
 
