@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
+use crate::sink::client_config;
+use crate::sink::stored::Stores;
 use crate::values::HumanDuration;
 
 use crate::config::{
@@ -179,6 +181,13 @@ pub struct StoreArgs {
     /// or ~/.config/polars_cloud].
     #[arg(long, env = "POLARS_CLOUD_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The stores these flags name, defaults from the environment.
+    pub fn stores(&self) -> Result<Stores, client_config::Error> {
+        Stores::from_env(self.path.as_deref(), self.config_dir.as_deref())
+    }
 }
 
 #[derive(Args, Debug)]
