@@ -63,12 +63,12 @@ pub enum LogFormat {
 #[command(next_help_heading = "Identity provider")]
 pub struct IdpArgs {
     /// Realm issuer URL [default: https://auth.{domain}/realms/Polars].
-    #[arg(long, env = "POLARS_CLOUD_ISSUER", value_name = "URL")]
+    #[arg(long, env = vars::ISSUER, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub issuer: Option<Url>,
     /// Polars Cloud domain, used when no issuer is given [default: prd.cloud.pola.rs].
-    #[arg(long, env = "POLARS_CLOUD_DOMAIN")]
+    #[arg(long, env = vars::DOMAIN)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Token endpoint URL, overriding the one derived from the issuer.
@@ -82,24 +82,24 @@ pub struct IdpArgs {
     pub grant: Option<GrantKind>,
     /// How a client-credentials client authenticates [default: basic, or assertion with
     /// --client-assertion-file or --client-key-file].
-    #[arg(long, env = "POLARS_CLOUD_CLIENT_AUTH", value_enum)]
+    #[arg(long, env = vars::CLIENT_AUTH, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthKind>,
     /// Client id (a service account's id for the default grant). The secret is read only
     /// from POLARS_CLOUD_CLIENT_SECRET or a file, never from a flag.
-    #[arg(long, env = "POLARS_CLOUD_CLIENT_ID", value_name = "ID")]
+    #[arg(long, env = vars::CLIENT_ID, value_name = "ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// File holding the client id (wins over POLARS_CLOUD_CLIENT_ID).
-    #[arg(long, env = "POLARS_CLOUD_CLIENT_ID_FILE", value_name = "PATH")]
+    #[arg(long, env = vars::CLIENT_ID_FILE, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id_file: Option<PathBuf>,
     /// File holding the client secret, re-read at every renewal.
-    #[arg(long, env = "POLARS_CLOUD_CLIENT_SECRET_FILE", value_name = "PATH")]
+    #[arg(long, env = vars::CLIENT_SECRET_FILE, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_secret_file: Option<PathBuf>,
     /// Directory holding `client_id` and `client_secret` files, as a mounted Secret.
-    #[arg(long, env = "POLARS_CLOUD_CREDENTIALS_DIR", value_name = "DIR")]
+    #[arg(long, env = vars::CREDENTIALS_DIR, value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_dir: Option<PathBuf>,
     /// File holding a JWT that authenticates the client instead of a secret (a projected
@@ -120,15 +120,15 @@ pub struct IdpArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_id: Option<String>,
     /// `scope` parameter to send.
-    #[arg(long, env = "POLARS_CLOUD_SCOPE")]
+    #[arg(long, env = vars::SCOPE)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// `audience` parameter to send.
-    #[arg(long, env = "POLARS_CLOUD_AUDIENCE")]
+    #[arg(long, env = vars::AUDIENCE)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// Extra trusted CA certificates (PEM), on top of the system roots.
-    #[arg(long, env = "POLARS_CLOUD_CA_FILE", value_name = "PATH")]
+    #[arg(long, env = vars::CA_FILE, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Extra trusted CA certificates as PEM text, on top of the system roots and
@@ -137,7 +137,7 @@ pub struct IdpArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_pem: Option<String>,
     /// Limit for one HTTP request [default: 10s].
-    #[arg(long, env = "POLARS_CLOUD_HTTP_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, env = vars::HTTP_TIMEOUT, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_timeout: Option<HumanDuration>,
 }
@@ -150,7 +150,7 @@ pub struct FileArgs {
     /// Token file path [default: /var/run/polars-cloud/token].
     #[arg(
         long = "token-file",
-        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        env = vars::ACCESS_TOKEN_PATH,
         value_name = "PATH"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,7 +158,7 @@ pub struct FileArgs {
     /// Token file mode, octal [default: 0640].
     #[arg(
         long = "file-mode",
-        env = "POLARS_CLOUD_TOKEN_FILE_MODE",
+        env = vars::TOKEN_FILE_MODE,
         value_name = "MODE"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -171,23 +171,23 @@ pub struct FileArgs {
 #[command(next_help_heading = "Renewal")]
 pub struct RenewArgs {
     /// Renew after this fraction of the token's life [default: 0.8].
-    #[arg(long, env = "POLARS_CLOUD_RENEW_AT", value_name = "FRACTION")]
+    #[arg(long, env = vars::RENEW_AT, value_name = "FRACTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<Fraction>,
     /// Never renew more often than this [default: 1s].
-    #[arg(long, env = "POLARS_CLOUD_MIN_RENEW_INTERVAL", value_name = "DURATION")]
+    #[arg(long, env = vars::MIN_RENEW_INTERVAL, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_renew_interval: Option<HumanDuration>,
     /// Longest wait between retries after transient failures [default: 30s].
-    #[arg(long, env = "POLARS_CLOUD_MAX_BACKOFF", value_name = "DURATION")]
+    #[arg(long, env = vars::MAX_BACKOFF, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_backoff: Option<HumanDuration>,
     /// Wait between attempts after the credentials were rejected (sidecar) [default: 60s].
-    #[arg(long, env = "POLARS_CLOUD_REJECTED_RETRY", value_name = "DURATION")]
+    #[arg(long, env = vars::REJECTED_RETRY, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_retry: Option<HumanDuration>,
     /// How long `token` and `init` keep retrying transient failures [default: 60s].
-    #[arg(long, env = "POLARS_CLOUD_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, env = vars::TIMEOUT, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
 }
@@ -198,12 +198,12 @@ pub struct RenewArgs {
 #[command(next_help_heading = "Sidecar")]
 pub struct ServeArgs {
     /// Address for /healthz, /readyz and /metrics [default: 0.0.0.0:8471].
-    #[arg(long, env = "POLARS_CLOUD_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = vars::LISTEN, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub listen: Option<std::net::SocketAddr>,
     /// /readyz fails when the token on disk expires sooner than this [default: 30s].
-    #[arg(long, env = "POLARS_CLOUD_READY_MARGIN", value_name = "DURATION")]
+    #[arg(long, env = vars::READY_MARGIN, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_margin: Option<HumanDuration>,
 }
@@ -218,7 +218,7 @@ pub struct RelayArgs {
     /// config.toml whose refresh token only the relay accepts; repeat or comma-separate.
     #[arg(
         long = "client-config",
-        env = "POLARS_CLOUD_RELAY_CLIENT_CONFIGS",
+        env = vars::RELAY_CLIENT_CONFIGS,
         value_name = "DIR",
         value_delimiter = ','
     )]
@@ -226,7 +226,7 @@ pub struct RelayArgs {
     pub client_configs: Vec<PathBuf>,
     /// The private domain the apps are given as POLARS_CLOUD_DOMAIN; the relay serves
     /// auth.{domain} [default: polars-cloud-auth.internal].
-    #[arg(long = "relay-domain", env = "POLARS_CLOUD_RELAY_DOMAIN", value_parser = inject::check::domain)]
+    #[arg(long = "relay-domain", env = vars::RELAY_DOMAIN, value_parser = inject::check::domain)]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(rename = "domain")]
     pub relay_domain: Option<String>,
@@ -234,7 +234,7 @@ pub struct RelayArgs {
     /// [default: /var/run/polars-cloud-auth].
     #[arg(
         long = "relay-state-dir",
-        env = "POLARS_CLOUD_RELAY_STATE_DIR",
+        env = vars::RELAY_STATE_DIR,
         value_name = "DIR"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -244,7 +244,7 @@ pub struct RelayArgs {
     /// relay's CA [default: ca-bundle.pem beside the token file].
     #[arg(
         long = "relay-ca-bundle",
-        env = "POLARS_CLOUD_RELAY_CA_BUNDLE",
+        env = vars::RELAY_CA_BUNDLE,
         value_name = "PATH"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -254,7 +254,7 @@ pub struct RelayArgs {
     /// the client always uses].
     #[arg(
         long = "relay-listen",
-        env = "POLARS_CLOUD_RELAY_LISTEN",
+        env = vars::RELAY_LISTEN,
         value_name = "ADDR"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -306,73 +306,73 @@ impl RelayArgs {
 #[command(next_help_heading = "Injection")]
 pub struct InjectArgs {
     /// Image of the injected containers [default: polars-cloud-auth:<this version>].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_IMAGE", value_name = "IMAGE", value_parser = inject::check::image)]
+    #[arg(long, env = vars::INJECT_IMAGE, value_name = "IMAGE", value_parser = inject::check::image)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Credentials Secret (keys `client_id`, `client_secret`) in the pod's namespace
     /// [default: polars-cloud-credentials].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_SECRET_NAME", value_name = "NAME", value_parser = inject::check::secret_name)]
+    #[arg(long, env = vars::INJECT_SECRET_NAME, value_name = "NAME", value_parser = inject::check::secret_name)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// How the token gets into pods [default: native].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_MODE", value_enum)]
+    #[arg(long, env = vars::INJECT_MODE, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<inject::Mode>,
     /// Token file path in the pods; its directory becomes the token volume's mount point
     /// [default: /var/run/polars-cloud/token].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_TOKEN_PATH", value_name = "PATH", value_parser = token_path)]
+    #[arg(long, env = vars::INJECT_TOKEN_PATH, value_name = "PATH", value_parser = token_path)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_path: Option<String>,
     /// CPU request of the injected containers [default: 5m].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_CPU_REQUEST", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[arg(long, env = vars::INJECT_CPU_REQUEST, value_name = "QUANTITY", value_parser = inject::check::quantity)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_request: Option<String>,
     /// Memory request of the injected containers [default: 16Mi].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_MEMORY_REQUEST", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[arg(long, env = vars::INJECT_MEMORY_REQUEST, value_name = "QUANTITY", value_parser = inject::check::quantity)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_request: Option<String>,
     /// Memory limit of the injected containers [default: 32Mi].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_MEMORY_LIMIT", value_name = "QUANTITY", value_parser = inject::check::quantity)]
+    #[arg(long, env = vars::INJECT_MEMORY_LIMIT, value_name = "QUANTITY", value_parser = inject::check::quantity)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<String>,
     /// Polars Cloud domain of the injected containers (their POLARS_CLOUD_DOMAIN)
     /// [default: theirs].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_DOMAIN", value_parser = inject::check::domain)]
+    #[arg(long, env = vars::INJECT_DOMAIN, value_parser = inject::check::domain)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// Issuer URL of the injected containers (their POLARS_CLOUD_ISSUER) [default: theirs].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_ISSUER", value_name = "URL", value_parser = inject::check::issuer)]
+    #[arg(long, env = vars::INJECT_ISSUER, value_name = "URL", value_parser = inject::check::issuer)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     /// Let the app's Polars Cloud client renew its token through our container (the
     /// relay); `false` gives the app the token file only [default: true].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_RELAY", value_name = "BOOL")]
+    #[arg(long, env = vars::INJECT_RELAY, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<bool>,
     /// Authenticate the injected containers' client with a projected service-account token
     /// for this audience (the realm's issuer URL) instead of the credentials Secret: a
     /// client assertion, for a confidential client in a realm you control (set --issuer too)
     /// [default: none, the Secret].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[arg(long, env = vars::INJECT_CLIENT_ASSERTION_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_assertion_audience: Option<String>,
     /// The token broker's endpoint: pods become broker-backed (a projected
     /// service-account token instead of the credentials Secret) [default: none].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_URL", value_name = "URL", value_parser = inject::broker::check_url)]
+    #[arg(long, env = vars::INJECT_BROKER_URL, value_name = "URL", value_parser = inject::broker::check_url)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_url: Option<String>,
     /// The CA (PEM) of the broker's certificate; required with --broker-url.
-    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_CA_FILE", value_name = "PATH")]
+    #[arg(long, env = vars::INJECT_BROKER_CA_FILE, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_ca_file: Option<PathBuf>,
     /// Whether pods are broker-backed unless their annotation polars.cloud/broker says
     /// otherwise [default: true with --broker-url].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER", value_name = "BOOL")]
+    #[arg(long, env = vars::INJECT_BROKER, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<bool>,
     /// Audience of the projected token a broker-backed container presents
     /// [default: polars-cloud-auth].
-    #[arg(long, env = "POLARS_CLOUD_INJECT_BROKER_AUDIENCE", value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[arg(long, env = vars::INJECT_BROKER_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_audience: Option<String>,
 }
@@ -446,16 +446,11 @@ impl InjectArgs {
         }
         let d = inject::Settings::default();
         let settings = inject::Settings {
-            image: checked(
-                "image",
-                "POLARS_CLOUD_INJECT_IMAGE",
-                &self.image,
-                check::image,
-            )?
-            .unwrap_or(d.image),
+            image: checked("image", vars::INJECT_IMAGE, &self.image, check::image)?
+                .unwrap_or(d.image),
             secret_name: checked(
                 "secret-name",
-                "POLARS_CLOUD_INJECT_SECRET_NAME",
+                vars::INJECT_SECRET_NAME,
                 &self.secret_name,
                 check::secret_name,
             )?
@@ -463,50 +458,40 @@ impl InjectArgs {
             mode: self.mode.unwrap_or(d.mode),
             token_path: checked(
                 "token-path",
-                "POLARS_CLOUD_INJECT_TOKEN_PATH",
+                vars::INJECT_TOKEN_PATH,
                 &self.token_path,
                 check::token_path,
             )?
             .unwrap_or(d.token_path),
             cpu_request: checked(
                 "cpu-request",
-                "POLARS_CLOUD_INJECT_CPU_REQUEST",
+                vars::INJECT_CPU_REQUEST,
                 &self.cpu_request,
                 check::quantity,
             )?
             .unwrap_or(d.cpu_request),
             memory_request: checked(
                 "memory-request",
-                "POLARS_CLOUD_INJECT_MEMORY_REQUEST",
+                vars::INJECT_MEMORY_REQUEST,
                 &self.memory_request,
                 check::quantity,
             )?
             .unwrap_or(d.memory_request),
             memory_limit: checked(
                 "memory-limit",
-                "POLARS_CLOUD_INJECT_MEMORY_LIMIT",
+                vars::INJECT_MEMORY_LIMIT,
                 &self.memory_limit,
                 check::quantity,
             )?
             .unwrap_or(d.memory_limit),
-            domain: checked(
-                "domain",
-                "POLARS_CLOUD_INJECT_DOMAIN",
-                &self.domain,
-                check::domain,
-            )?,
-            issuer: checked(
-                "issuer",
-                "POLARS_CLOUD_INJECT_ISSUER",
-                &self.issuer,
-                check::issuer,
-            )?,
+            domain: checked("domain", vars::INJECT_DOMAIN, &self.domain, check::domain)?,
+            issuer: checked("issuer", vars::INJECT_ISSUER, &self.issuer, check::issuer)?,
             min_valid: d.min_valid,
             renew_at: d.renew_at,
             relay: self.relay.unwrap_or(d.relay),
             client_assertion_audience: checked(
                 "client-assertion-audience",
-                "POLARS_CLOUD_INJECT_CLIENT_ASSERTION_AUDIENCE",
+                vars::INJECT_CLIENT_ASSERTION_AUDIENCE,
                 &self.client_assertion_audience,
                 inject::assertion::check_audience,
             )?,
@@ -529,23 +514,23 @@ impl InjectArgs {
 pub struct WebhookArgs {
     /// Address to serve HTTPS on: /mutate, /healthz, /readyz, /metrics
     /// [default: 0.0.0.0:8443].
-    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = vars::WEBHOOK_LISTEN, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub listen: Option<std::net::SocketAddr>,
     /// TLS certificate chain (PEM); re-read when it changes.
-    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_TLS_CERT", value_name = "PATH")]
+    #[arg(long, env = vars::WEBHOOK_TLS_CERT, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM); re-read when it changes.
-    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_TLS_KEY", value_name = "PATH")]
+    #[arg(long, env = vars::WEBHOOK_TLS_KEY, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// After SIGTERM, keep serving this long with /readyz failing, so the API server stops
     /// sending reviews before the port closes [default: 5s].
     #[arg(
         long,
-        env = "POLARS_CLOUD_WEBHOOK_SHUTDOWN_DELAY",
+        env = vars::WEBHOOK_SHUTDOWN_DELAY,
         value_name = "DURATION"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -555,7 +540,7 @@ pub struct WebhookArgs {
     /// body [default: 20s].
     #[arg(
         long,
-        env = "POLARS_CLOUD_WEBHOOK_IDLE_TIMEOUT",
+        env = vars::WEBHOOK_IDLE_TIMEOUT,
         value_name = "DURATION"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -564,14 +549,14 @@ pub struct WebhookArgs {
     /// slowly they trickle in [default: 10s].
     #[arg(
         long,
-        env = "POLARS_CLOUD_WEBHOOK_REQUEST_TIMEOUT",
+        env = vars::WEBHOOK_REQUEST_TIMEOUT,
         value_name = "DURATION"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<HumanDuration>,
     /// Open connections at most; new ones over the limit are closed at once
     /// [default: 256].
-    #[arg(long, env = "POLARS_CLOUD_WEBHOOK_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, env = vars::WEBHOOK_MAX_CONNECTIONS, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<std::num::NonZeroUsize>,
 }
@@ -589,10 +574,10 @@ impl WebhookArgs {
                 .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8443))),
             self.tls_cert
                 .clone()
-                .ok_or_else(|| missing("cert", "POLARS_CLOUD_WEBHOOK_TLS_CERT"))?,
+                .ok_or_else(|| missing("cert", vars::WEBHOOK_TLS_CERT))?,
             self.tls_key
                 .clone()
-                .ok_or_else(|| missing("key", "POLARS_CLOUD_WEBHOOK_TLS_KEY"))?,
+                .ok_or_else(|| missing("key", vars::WEBHOOK_TLS_KEY))?,
         ))
     }
 }
@@ -608,28 +593,28 @@ pub const DEFAULT_BROKER_AUDIENCE: &str = "polars-cloud-auth";
 pub struct BrokerArgs {
     /// Address to serve HTTPS on: /token, /healthz, /readyz, /metrics
     /// [default: 0.0.0.0:8443].
-    #[arg(long, env = "POLARS_CLOUD_BROKER_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = vars::BROKER_LISTEN, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub listen: Option<std::net::SocketAddr>,
     /// TLS certificate chain (PEM); re-read when it changes.
-    #[arg(long, env = "POLARS_CLOUD_BROKER_TLS_CERT", value_name = "PATH")]
+    #[arg(long, env = vars::BROKER_TLS_CERT, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM); re-read when it changes.
-    #[arg(long, env = "POLARS_CLOUD_BROKER_TLS_KEY", value_name = "PATH")]
+    #[arg(long, env = vars::BROKER_TLS_KEY, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// The policy: which credentials exist (their mounted Secrets) and which service
     /// accounts receive which; re-read when it changes (the chart renders it).
-    #[arg(long, env = "POLARS_CLOUD_BROKER_POLICY", value_name = "PATH")]
+    #[arg(long, env = vars::BROKER_POLICY, value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<PathBuf>,
     /// Audience the sidecars' projected service-account tokens must carry
     /// [default: polars-cloud-auth].
     #[arg(
         long,
-        env = "POLARS_CLOUD_BROKER_TOKEN_AUDIENCE",
+        env = vars::BROKER_TOKEN_AUDIENCE,
         value_name = "AUDIENCE"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -637,7 +622,7 @@ pub struct BrokerArgs {
     /// After SIGTERM, keep serving this long with /readyz failing [default: 5s].
     #[arg(
         long,
-        env = "POLARS_CLOUD_BROKER_SHUTDOWN_DELAY",
+        env = vars::BROKER_SHUTDOWN_DELAY,
         value_name = "DURATION"
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -654,18 +639,14 @@ impl BrokerArgs {
             self.listen
                 .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 8443))),
             self.tls_cert.clone().ok_or_else(|| {
-                missing(
-                    "tls-cert",
-                    "POLARS_CLOUD_BROKER_TLS_CERT",
-                    "a TLS certificate (PEM)",
-                )
+                missing("tls-cert", vars::BROKER_TLS_CERT, "a TLS certificate (PEM)")
             })?,
-            self.tls_key.clone().ok_or_else(|| {
-                missing("tls-key", "POLARS_CLOUD_BROKER_TLS_KEY", "a TLS key (PEM)")
-            })?,
+            self.tls_key
+                .clone()
+                .ok_or_else(|| missing("tls-key", vars::BROKER_TLS_KEY, "a TLS key (PEM)"))?,
             self.policy
                 .clone()
-                .ok_or_else(|| missing("policy", "POLARS_CLOUD_BROKER_POLICY", "a policy file"))?,
+                .ok_or_else(|| missing("policy", vars::BROKER_POLICY, "a policy file"))?,
         ))
     }
 }
@@ -676,11 +657,11 @@ impl BrokerArgs {
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log line format [default: text].
-    #[arg(long, global = true, env = "POLARS_CLOUD_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, env = vars::LOG_FORMAT, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. `info` or `polars_cloud_auth=debug` [default: info].
-    #[arg(long, global = true, env = "POLARS_CLOUD_LOG", value_name = "FILTER")]
+    #[arg(long, global = true, env = vars::LOG, value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
 }
@@ -838,7 +819,7 @@ impl IdpArgs {
         Credentials::from_sources(credentials::Sources {
             client_id: self.client_id.clone(),
             client_id_file: self.client_id_file.clone(),
-            client_secret: std::env::var(credentials::CLIENT_SECRET_ENV).ok(),
+            client_secret: std::env::var(vars::CLIENT_SECRET).ok(),
             client_secret_file: self.client_secret_file.clone(),
             credentials_dir: self.credentials_dir.clone(),
         })

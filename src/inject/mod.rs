@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::values::{Fraction, HumanDuration};
+use crate::vars;
 
 /// The label a pod (template) carries to ask for a token. The webhook's objectSelector
 /// matches it, so other pods never reach the webhook.
@@ -790,7 +791,7 @@ pub fn inject(
 
         let vars = c.env.as_deref().unwrap_or_default();
         let mut new_vars = Vec::new();
-        match vars.iter().find(|v| v.name == TOKEN_PATH_ENV) {
+        match vars.iter().find(|v| v.name == vars::ACCESS_TOKEN_PATH) {
             Some(v)
                 if v.value.as_deref() == Some(s.token_path.as_str()) && v.value_from.is_none() => {}
             Some(v) => {
@@ -800,7 +801,7 @@ pub fn inject(
                     want: s.token_path.as_str().to_string(),
                 });
             }
-            None => new_vars.push(env(TOKEN_PATH_ENV, s.token_path.as_str())),
+            None => new_vars.push(env(vars::ACCESS_TOKEN_PATH, s.token_path.as_str())),
         }
         if relay_on {
             for (var, on_conflict) in relay::app_env(&c.name, token_dir, real_domain) {
@@ -978,8 +979,6 @@ pub fn inject(
     })
 }
 
-const TOKEN_PATH_ENV: &str = crate::vars::ACCESS_TOKEN_PATH;
-
 /// Adds `items` to the list at `ptr`: the whole list when the pod has none, else each at
 /// its end.
 fn push_list<T: Serialize>(
@@ -1065,34 +1064,31 @@ fn token_container(
     let sidecar = !matches!(role, Role::Init(_));
     let mut vars = match assertion {
         Some(plan) => plan.env.clone(),
-        None => vec![env("POLARS_CLOUD_CREDENTIALS_DIR", CREDENTIALS_DIR)],
+        None => vec![env(vars::CREDENTIALS_DIR, CREDENTIALS_DIR)],
     };
     vars.extend([
-        env(TOKEN_PATH_ENV, s.token_path.as_str()),
+        env(vars::ACCESS_TOKEN_PATH, s.token_path.as_str()),
         // App containers usually run as other users; with an fsGroup the group suffices
         // (an emptyDir of such a pod is group-owned by it).
         env(
-            "POLARS_CLOUD_TOKEN_FILE_MODE",
+            vars::TOKEN_FILE_MODE,
             if fs_group { "0640" } else { "0644" },
         ),
     ]);
     if sidecar {
-        vars.push(env(
-            "POLARS_CLOUD_LISTEN",
-            &format!("0.0.0.0:{SIDECAR_PORT}"),
-        ));
+        vars.push(env(vars::LISTEN, &format!("0.0.0.0:{SIDECAR_PORT}")));
         if let Some(r) = s.renew_at {
-            vars.push(env("POLARS_CLOUD_RENEW_AT", &r.to_string()));
+            vars.push(env(vars::RENEW_AT, &r.to_string()));
         }
     }
     if let Some(d) = &s.domain {
-        vars.push(env("POLARS_CLOUD_DOMAIN", d));
+        vars.push(env(vars::DOMAIN, d));
     }
     if let Some(apps) = relay_for {
         vars.push(relay::our_env(apps));
     }
     if let Some(i) = &s.issuer {
-        vars.push(env("POLARS_CLOUD_ISSUER", i));
+        vars.push(env(vars::ISSUER, i));
     }
     let http_probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {

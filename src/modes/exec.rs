@@ -16,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::ExecArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
-use crate::credentials::CLIENT_SECRET_ENV;
 use crate::exit;
 use crate::relay::local::{self, Feed};
 use crate::renew::Policy;
@@ -25,9 +24,6 @@ use crate::sink::stored::{self, Stored, pick};
 use crate::source::{DEFAULT_DOMAIN, TokenSource};
 use crate::token::AccessToken;
 use crate::vars;
-
-/// The variable the Polars Cloud client reads first.
-pub const TOKEN_ENV: &str = vars::ACCESS_TOKEN;
 
 /// Why the command could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +67,7 @@ pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         let mut env = ChildEnv::default();
         if env_only {
             env.set
-                .insert(TOKEN_ENV, token.secret().expose_secret().into());
+                .insert(vars::ACCESS_TOKEN, token.secret().expose_secret().into());
             code = run(&command, &env).await?;
             return Ok(());
         }
@@ -184,9 +180,9 @@ pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         // The long-lived secret stays with us; the command gets only short-lived tokens.
-        .env_remove(CLIENT_SECRET_ENV)
+        .env_remove(vars::CLIENT_SECRET)
         // An access token of ours would win over the renewed config.toml and die.
-        .env_remove(TOKEN_ENV)
+        .env_remove(vars::ACCESS_TOKEN)
         .envs(&env.set);
     let mut child = cmd
         .spawn()

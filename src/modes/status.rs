@@ -11,11 +11,12 @@ use crate::cli::StatusArgs;
 use crate::sink::client_config::{self, StoredAuth};
 use crate::sink::stored::Stores;
 use crate::token::claims;
+use crate::vars;
 
 /// `polars-cloud-auth status`.
 pub fn command(args: StatusArgs) -> anyhow::Result<u8> {
     let stores = args.store.stores()?;
-    let env_token = std::env::var("POLARS_CLOUD_ACCESS_TOKEN")
+    let env_token = std::env::var(vars::ACCESS_TOKEN)
         .ok()
         .filter(|t| !t.trim().is_empty())
         .map(SecretString::from);
