@@ -4,7 +4,6 @@
 //! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
 
-pub mod admission;
 pub mod assertion;
 pub mod broker;
 pub mod cli;
@@ -28,6 +27,7 @@ pub mod tls;
 pub mod token;
 pub mod values;
 pub mod vars;
+pub mod webhook;
 
 use cli::{Cli, Command};
 use config::ConfigFile;
