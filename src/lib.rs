@@ -3,6 +3,8 @@
 //! The library holds everything; `main` only parses, sets up logging and maps the result
 //! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
+//! At the bottom, knowing nothing of modes: [`values`] (parsed values) and [`vars`]
+//! (the variable names); [`config`] resolves the flags into settings above them.
 
 pub mod assertion;
 pub mod broker;
