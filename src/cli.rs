@@ -3,12 +3,17 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
+use crate::sink::client_config;
+use crate::sink::stored::Stores;
+use crate::values::HumanDuration;
+use crate::vars;
+
 use crate::config::{
-    BrokerArgs, FileArgs, HumanDuration, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs,
-    ServeArgs, WebhookArgs,
+    BrokerArgs, FileArgs, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
+    WebhookArgs,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -20,7 +25,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "POLARS_CLOUD_AUTH_CONFIG",
+        env = vars::AUTH_CONFIG,
         value_name = "PATH"
     )]
     pub config: Option<PathBuf>,
@@ -53,7 +58,7 @@ pub enum Command {
     /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
     GithubAction {
         #[arg(value_enum)]
-        step: crate::modes::github_action::Step,
+        step: Step,
     },
     /// Add the token setup to the pods and pod templates of Kubernetes manifests (YAML
     /// from files or stdin) and print them, like `linkerd inject`.
@@ -63,6 +68,19 @@ pub enum Command {
     /// Serve tokens to broker-backed sidecars, which authenticate with their pod's
     /// service-account token; the only place that holds the credentials.
     Broker(BrokerCmdArgs),
+}
+
+/// Which entry point of the action is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Step {
+    /// Get a token and hand it to the job's later steps.
+    Main,
+    /// After the job: delete the token file and revoke the refresh token.
+    Post,
+    /// Started by main with `long-running: true`: keeps a token fresh for the later steps'
+    /// clients (the relay) until post stops it. Reads the inputs from stdin, not the
+    /// environment, so the secret is in no process environment that later steps can read.
+    Relay,
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +123,7 @@ pub struct ProbeArgs {
     pub file: FileArgs,
     /// The token must stay valid at least this long [default: 30s, but at most a tenth of
     /// the token's life, so that short tokens pass].
-    #[arg(long, env = "POLARS_CLOUD_MIN_VALID", value_name = "DURATION")]
+    #[arg(long, env = vars::MIN_VALID, value_name = "DURATION")]
     pub min_valid: Option<HumanDuration>,
 }
 
@@ -115,22 +133,22 @@ pub struct ProbeArgs {
 #[command(next_help_heading = "Identity provider")]
 pub struct RealmArgs {
     /// Realm issuer URL [default: https://auth.{domain}/realms/Polars].
-    #[arg(long, env = "POLARS_CLOUD_ISSUER", value_name = "URL")]
+    #[arg(long, env = vars::ISSUER, value_name = "URL")]
     pub issuer: Option<Url>,
     /// Polars Cloud domain, used when no issuer is given [default: prd.cloud.pola.rs].
-    #[arg(long, env = "POLARS_CLOUD_DOMAIN")]
+    #[arg(long, env = vars::DOMAIN)]
     pub domain: Option<String>,
     /// `audience` parameter of the device authorization request [default: account].
-    #[arg(long, env = "POLARS_CLOUD_AUDIENCE")]
+    #[arg(long, env = vars::AUDIENCE)]
     pub audience: Option<String>,
     /// `scope` parameter of the device authorization request.
-    #[arg(long, env = "POLARS_CLOUD_SCOPE")]
+    #[arg(long, env = vars::SCOPE)]
     pub scope: Option<String>,
     /// Extra trusted CA certificates (PEM), on top of the system roots.
-    #[arg(long, env = "POLARS_CLOUD_CA_FILE", value_name = "PATH")]
+    #[arg(long, env = vars::CA_FILE, value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
     /// Limit for one HTTP request [default: 10s].
-    #[arg(long, env = "POLARS_CLOUD_HTTP_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, env = vars::HTTP_TIMEOUT, value_name = "DURATION")]
     pub http_timeout: Option<HumanDuration>,
 }
 
@@ -156,14 +174,21 @@ pub struct StoreArgs {
     #[arg(
         long,
         alias = "token-file",
-        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        env = vars::ACCESS_TOKEN_PATH,
         value_name = "PATH"
     )]
     pub path: Option<PathBuf>,
     /// The directory of the current client's config.toml [default: $XDG_CONFIG_HOME/polars_cloud
     /// or ~/.config/polars_cloud].
-    #[arg(long, env = "POLARS_CLOUD_CONFIG_DIR", value_name = "DIR")]
+    #[arg(long, env = vars::CONFIG_DIR, value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The stores these flags name, defaults from the environment.
+    pub fn stores(&self) -> Result<Stores, client_config::Error> {
+        Stores::from_env(self.path.as_deref(), self.config_dir.as_deref())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -199,13 +224,13 @@ pub struct ExecArgs {
     /// Only put one token into POLARS_CLOUD_ACCESS_TOKEN, as before the relay: the client
     /// cannot renew it, so the command must end within the token's life. By default the
     /// command's client renews its token through polars-cloud-auth (the relay).
-    #[arg(long, env = "POLARS_CLOUD_EXEC_ENV_TOKEN")]
+    #[arg(long, env = vars::EXEC_ENV_TOKEN)]
     pub env_token: bool,
     /// A stored token is used only when it stays valid at least this long; otherwise a new
     /// one is fetched with the configured credentials.
     #[arg(
         long,
-        env = "POLARS_CLOUD_MIN_VALID",
+        env = vars::MIN_VALID,
         default_value = "30s",
         value_name = "DURATION"
     )]
@@ -222,7 +247,7 @@ pub struct ExecArgs {
     /// login's ~/.polars/cloud_access_token and config.toml].
     #[arg(
         long,
-        env = "POLARS_CLOUD_ACCESS_TOKEN_PATH",
+        env = vars::ACCESS_TOKEN_PATH,
         value_name = "PATH",
         help_heading = "Stored tokens"
     )]
@@ -230,7 +255,7 @@ pub struct ExecArgs {
     /// The directory of the current client's config.toml, looked at after the token files.
     #[arg(
         long,
-        env = "POLARS_CLOUD_CONFIG_DIR",
+        env = vars::CONFIG_DIR,
         value_name = "DIR",
         help_heading = "Stored tokens"
     )]

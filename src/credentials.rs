@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
-/// The environment variable holding the client id.
-pub const CLIENT_ID_ENV: &str = "POLARS_CLOUD_CLIENT_ID";
-/// The environment variable holding the client secret.
-pub const CLIENT_SECRET_ENV: &str = "POLARS_CLOUD_CLIENT_SECRET";
+use crate::vars;
 
 /// Where one credential value is read from.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,14 +70,14 @@ impl Credentials {
                 s.client_id.clone(),
                 s.client_id_file.clone(),
                 "client_id",
-                CLIENT_ID_ENV,
+                vars::CLIENT_ID,
                 "client id: set POLARS_CLOUD_CLIENT_ID, --client-id-file or --credentials-dir",
             ),
             client_secret: pick(
                 s.client_secret.clone(),
                 s.client_secret_file.clone(),
                 "client_secret",
-                CLIENT_SECRET_ENV,
+                vars::CLIENT_SECRET,
                 "client secret: set POLARS_CLOUD_CLIENT_SECRET, --client-secret-file or --credentials-dir",
             ),
         }

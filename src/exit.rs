@@ -19,12 +19,42 @@ pub const UNREACHABLE: u8 = 4;
 /// The token file could not be written.
 pub const TOKEN_FILE: u8 = 5;
 /// Stopped by a signal before finishing.
-pub const INTERRUPTED: u8 = 130;
+pub const INTERRUPTED: u8 = crate::shutdown::INTERRUPTED_CODE;
 
-/// Marks an error as an interruption (SIGINT or SIGTERM before the work was done).
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted before a token was obtained")]
-pub struct Interrupted;
+/// A failure that decides its own exit code. A mode whose failures have codes of their
+/// own (`exec` answers 126 and 127 as a shell does) implements this for its error enum
+/// and hands the error up as [`Coded`], so this module knows error kinds, never modes.
+pub trait KnownCode: std::error::Error + Send + Sync + 'static {
+    fn exit_code(&self) -> u8;
+}
+
+/// Carries a [`KnownCode`] error up an `anyhow` chain, where [`code_for`] finds it. It
+/// shows and chains as the error it carries.
+pub struct Coded(Box<dyn KnownCode>);
+
+impl Coded {
+    pub fn new(error: impl KnownCode) -> Self {
+        Self(Box::new(error))
+    }
+}
+
+impl std::fmt::Debug for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Coded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// The exit code for an error chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
@@ -56,10 +86,10 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         {
             return TOKEN_FILE;
         }
-        if let Some(e) = cause.downcast_ref::<crate::modes::exec::Error>() {
-            return e.exit_code();
+        if let Some(e) = cause.downcast_ref::<Coded>() {
+            return e.0.exit_code();
         }
-        if cause.is::<Interrupted>() {
+        if cause.is::<crate::shutdown::Interrupted>() {
             return INTERRUPTED;
         }
     }

@@ -3,8 +3,9 @@
 //! The library holds everything; `main` only parses, sets up logging and maps the result
 //! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
 //! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
+//! At the bottom, knowing nothing of modes: [`values`] (parsed values) and [`vars`]
+//! (the variable names); [`config`] resolves the flags into settings above them.
 
-pub mod admission;
 pub mod assertion;
 pub mod broker;
 pub mod cli;
@@ -26,7 +27,9 @@ pub mod source;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod values;
 pub mod vars;
+pub mod webhook;
 
 use cli::{Cli, Command};
 use config::ConfigFile;
@@ -54,19 +57,9 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::Token(args) => modes::token::command(args, &file),
         Command::Init(args) => modes::init::command(args, &file),
         Command::Sidecar(args) => modes::sidecar::command(args, &file),
-        Command::GithubAction { step } => current_thread(modes::github_action::run(step)),
+        Command::GithubAction { step } => modes::current_thread(modes::github_action::run(step)),
         Command::Inject(args) => modes::inject::command(args, &file),
         Command::Webhook(args) => modes::webhook::command(args, &file),
         Command::Broker(args) => modes::broker::command(args, &file),
     }
-}
-
-/// The token modes are I/O-bound and small: one thread keeps memory low.
-fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T>>>(
-    f: F,
-) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f)
 }

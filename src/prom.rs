@@ -12,6 +12,28 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
     }
 }
 
+/// Appends one histogram family named `polars_cloud_auth_{name}`: each bucket is its
+/// upper bound and the count of observations at most that (cumulative), then `+Inf`, the
+/// sum and the count.
+pub fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &[(f64, u64)],
+    count: u64,
+    sum: f64,
+) {
+    let name = format!("polars_cloud_auth_{name}");
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
 /// A label value, escaped as the text format asks.
 pub fn label(value: &str) -> String {
     value

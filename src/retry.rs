@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::exit::Interrupted;
 use crate::renew::{self, Policy};
+use crate::shutdown::Interrupted;
 use crate::source::{FailureClass, FetchError, TokenSource};
 use crate::token::Tokens;
 

@@ -105,12 +105,9 @@ impl Connections {
     }
 
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let mut family = |name: &str, kind: &str, help: &str, value: u64| {
-            let name = format!("polars_cloud_auth_{}_{name}", self.prefix);
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
+            let name = format!("{}_{name}", self.prefix);
+            crate::prom::family(out, &name, kind, help, &[("", value.to_string())]);
         };
         family(
             "connections",
@@ -448,5 +445,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The exact text served before `prom` wrote it, so dashboards keep working.
+    #[test]
+    fn connection_counters_render_as_before() {
+        let c = super::Connections::new("broker");
+        c.body_timed_out();
+        let mut out = String::new();
+        c.render(&mut out);
+        let p = "polars_cloud_auth_broker";
+        assert_eq!(
+            out,
+            format!(
+                "# HELP {p}_connections Open client connections.\n# TYPE {p}_connections gauge\n{p}_connections 0\n\
+                 # HELP {p}_connections_refused_total Connections closed at once because the limit of open ones was reached.\n# TYPE {p}_connections_refused_total counter\n{p}_connections_refused_total 0\n\
+                 # HELP {p}_connections_idle_closed_total Connections closed after moving no byte for the idle limit.\n# TYPE {p}_connections_idle_closed_total counter\n{p}_connections_idle_closed_total 0\n\
+                 # HELP {p}_request_body_timeouts_total Requests whose body did not arrive in time.\n# TYPE {p}_request_body_timeouts_total counter\n{p}_request_body_timeouts_total 1\n"
+            )
+        );
     }
 }

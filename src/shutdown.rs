@@ -3,6 +3,15 @@
 
 use tokio_util::sync::CancellationToken;
 
+/// The exit code of a process stopped by a signal before finishing (128 + SIGINT, as a
+/// shell reports it); `exit::INTERRUPTED` documents it with the others.
+pub const INTERRUPTED_CODE: u8 = 130;
+
+/// Marks an error as an interruption (SIGINT or SIGTERM before the work was done).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted before a token was obtained")]
+pub struct Interrupted;
+
 /// Spawns the signal listener and returns the token it cancels.
 ///
 /// It also takes SIGXFSZ away from its default action (end the process, leaving a
@@ -19,7 +28,7 @@ pub fn on_signals() -> CancellationToken {
         tracing::info!("signal received, shutting down (send another to abort)");
         cancel.cancel();
         if signal().await.is_ok() {
-            std::process::exit(i32::from(crate::exit::INTERRUPTED));
+            std::process::exit(i32::from(INTERRUPTED_CODE));
         }
     });
     token

@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine;
 use polars_cloud_auth::inject::Settings;
-use polars_cloud_auth::modes::webhook::{AppState, MAX_BODY, router};
+use polars_cloud_auth::webhook::{AppState, MAX_BODY, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -156,7 +156,7 @@ async fn router_answers_every_fixture() {
         check_answer(name, &request, &answer, *expect);
     }
     let m = state.metrics();
-    use polars_cloud_auth::admission::Verdict;
+    use polars_cloud_auth::webhook::admission::Verdict;
     assert_eq!(m.reviews(Verdict::Injected), 6);
     assert_eq!(m.reviews(Verdict::Skipped), 5);
     assert_eq!(m.reviews(Verdict::Denied), 2);
@@ -225,7 +225,7 @@ async fn unreadable_requests_get_a_clear_error_not_a_crash() {
     assert_eq!(
         state
             .metrics()
-            .reviews(polars_cloud_auth::admission::Verdict::Invalid),
+            .reviews(polars_cloud_auth::webhook::admission::Verdict::Invalid),
         6
     );
 }

@@ -1,7 +1,7 @@
 //! The token broker: the one place in a cluster that holds the Polars Cloud credentials.
 //!
 //! Broker-backed sidecars authenticate with their pod's projected service-account token
-//! (audience [`DEFAULT_AUDIENCE`]) as an RFC 7523 client assertion on a
+//! (audience [`crate::config::DEFAULT_BROKER_AUDIENCE`]) as an RFC 7523 client assertion on a
 //! `client_credentials` request, the same request our binary sends to Keycloak with
 //! `--client-assertion-file`. The broker has the API server review the token
 //! ([`review`]), looks the service account up in its policy ([`policy`]) and answers with
@@ -30,8 +30,6 @@ use keeper::Keeper;
 use policy::{Identity, Policy};
 use review::{Refusal, Reviewer};
 
-/// The audience of the projected token a broker-backed sidecar presents.
-pub const DEFAULT_AUDIENCE: &str = "polars-cloud-auth";
 /// The broker's token endpoint path.
 pub const TOKEN_PATH: &str = "/token";
 /// The policy file is looked at (one `stat`) at most this often.

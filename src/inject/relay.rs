@@ -93,8 +93,8 @@ pub fn our_mounts() -> [VolumeMount; 2] {
 
 pub fn volumes() -> [Volume; 2] {
     [
-        super::memory_volume(CLIENT_VOLUME),
-        super::memory_volume(STATE_VOLUME),
+        super::containers::memory_volume(CLIENT_VOLUME),
+        super::containers::memory_volume(STATE_VOLUME),
     ]
 }
 

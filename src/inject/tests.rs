@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -649,7 +651,9 @@ fn init_only_pods_get_the_relay_files_but_no_port_sysctl() {
 }
 
 /// Every variable the injector gives our containers is read by an argument of the mode
-/// that container runs (clap's `env`), so a renamed flag cannot leave a dead variable.
+/// that container runs (clap's `env`), so a renamed flag cannot leave a dead variable. It
+/// covers every kind of pod: credentials Secret, client assertion, broker-backed, and the
+/// settings that add variables (domain, issuer, renew-at).
 #[test]
 fn our_containers_get_only_variables_their_mode_reads() {
     use clap::CommandFactory;
@@ -662,25 +666,68 @@ fn our_containers_get_only_variables_their_mode_reads() {
             .map(|e| e.to_string_lossy().into_owned())
             .collect()
     };
-    for mode in ["native", "classic", "init-only"] {
-        let p = injected(&pod(json!({"polars.cloud/mode": mode}), app()));
-        let ours = p["spec"]["initContainers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .chain(p["spec"]["containers"].as_array().unwrap())
-            .filter(|c| c["name"].as_str().unwrap().starts_with("polars-cloud-auth"));
-        for c in ours {
-            let subcommand = c["args"][0].as_str().unwrap();
-            let known = reads(subcommand);
-            for e in c["env"].as_array().unwrap() {
-                let name = e["name"].as_str().unwrap();
-                assert!(
-                    known.contains(name),
-                    "{mode}: `{subcommand}` reads no {name}"
-                );
+    let full = Settings {
+        domain: Some("dev.example".into()),
+        issuer: Some("https://auth.dev.example/realms/Polars".into()),
+        renew_at: Some(0.5),
+        ..Settings::default()
+    };
+    let kinds = [
+        ("secret", json!({}), full.clone()),
+        (
+            "assertion",
+            json!({"polars.cloud/client-assertion-audience": "https://kc.example/realms/x"}),
+            full.clone(),
+        ),
+        (
+            "broker",
+            json!({}),
+            Settings {
+                domain: full.domain.clone(),
+                renew_at: full.renew_at,
+                ..with_broker(true)
+            },
+        ),
+    ];
+    let mut seen = BTreeSet::new();
+    for (kind, annotations, settings) in &kinds {
+        for mode in ["native", "classic", "init-only"] {
+            let mut annotations = annotations.clone();
+            annotations["polars.cloud/mode"] = json!(mode);
+            let (p, _) = run(&pod(annotations, app()), settings).unwrap();
+            let ours = p["spec"]["initContainers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(p["spec"]["containers"].as_array().unwrap())
+                .filter(|c| c["name"].as_str().unwrap().starts_with("polars-cloud-auth"));
+            for c in ours {
+                let subcommand = c["args"][0].as_str().unwrap();
+                let known = reads(subcommand);
+                for e in c["env"].as_array().unwrap() {
+                    let name = e["name"].as_str().unwrap();
+                    assert!(
+                        known.contains(name),
+                        "{kind} {mode}: `{subcommand}` reads no {name}"
+                    );
+                    seen.insert(name.to_string());
+                }
             }
         }
+    }
+    // The kinds above reach every variable the injector can set.
+    for var in [
+        crate::vars::TOKEN_URL,
+        crate::vars::CA_PEM,
+        crate::vars::CLIENT_ASSERTION_FILE,
+        crate::vars::GRANT,
+        crate::vars::CREDENTIALS_DIR,
+        crate::vars::ISSUER,
+        crate::vars::DOMAIN,
+        crate::vars::RENEW_AT,
+        crate::vars::RELAY_CLIENT_CONFIGS,
+    ] {
+        assert!(seen.contains(var), "no pod got {var}: {seen:?}");
     }
 }
 

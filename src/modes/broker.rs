@@ -31,7 +31,7 @@ pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
             .token_audience
             .clone()
             .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| broker::DEFAULT_AUDIENCE.to_string()),
+            .unwrap_or_else(|| crate::config::DEFAULT_BROKER_AUDIENCE.to_string()),
         idp,
         renew: renew.policy(),
     };

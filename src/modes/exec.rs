@@ -16,79 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::ExecArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
-use crate::credentials::CLIENT_SECRET_ENV;
+use crate::exit;
 use crate::relay::local::{self, Feed};
 use crate::renew::Policy;
 use crate::sink::TokenFile;
-use crate::sink::client_config::{self, ClientConfig, PERSONAL_MODE};
-use crate::sink::file::DEFAULT_POD_PATH;
+use crate::sink::stored::{self, Stored, pick};
 use crate::source::{DEFAULT_DOMAIN, TokenSource};
 use crate::token::AccessToken;
 use crate::vars;
-
-/// The variable the Polars Cloud client reads first.
-pub const TOKEN_ENV: &str = vars::ACCESS_TOKEN;
-
-/// A place a token may be stored.
-#[derive(Clone, Debug)]
-pub enum Stored {
-    File(TokenFile),
-    Config(ClientConfig),
-}
-
-impl Stored {
-    pub fn path(&self) -> &Path {
-        match self {
-            Self::File(f) => f.path(),
-            Self::Config(c) => c.path(),
-        }
-    }
-
-    fn read(&self) -> Option<AccessToken> {
-        match self {
-            Self::File(f) => f.read().ok(),
-            Self::Config(c) => {
-                let value = c.read().ok()??.access_token?;
-                AccessToken::from_jwt(value).ok()
-            }
-        }
-    }
-}
-
-/// Where to look: the explicit token file alone, or the sidecar's file, then login's.
-pub fn stored_places(
-    token_file: Option<&Path>,
-    config_dir: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<OsString>,
-) -> Vec<Stored> {
-    if let Some(path) = token_file {
-        return vec![Stored::File(TokenFile::new(path, PERSONAL_MODE))];
-    }
-    let mut places = vec![Stored::File(TokenFile::new(
-        DEFAULT_POD_PATH,
-        PERSONAL_MODE,
-    ))];
-    if let Ok(path) = client_config::seed_token_path(None, env) {
-        places.push(Stored::File(TokenFile::new(path, PERSONAL_MODE)));
-    }
-    if let Ok(dir) = client_config::config_dir(config_dir, env) {
-        places.push(Stored::Config(ClientConfig::in_dir(&dir)));
-    }
-    places
-}
-
-/// The first stored token valid for at least `min_valid`, and where it was.
-pub fn pick(
-    places: &[Stored],
-    now: SystemTime,
-    min_valid: Duration,
-) -> Option<(AccessToken, &Stored)> {
-    places.iter().find_map(|p| {
-        p.read()
-            .filter(|t| t.valid_for(now, min_valid))
-            .map(|t| (t, p))
-    })
-}
 
 /// Why the command could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +40,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn exit_code(&self) -> u8 {
+impl exit::KnownCode for Error {
+    fn exit_code(&self) -> u8 {
         match self {
             Self::NotFound { .. } => 127,
             Self::CannotRun { .. } => 126,
@@ -119,20 +54,20 @@ pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let idp = overlay(&args.idp, &file.idp)?;
     let renew = overlay(&args.renew, &file.renewal)?;
     let token_file = args.token_file.or_else(|| file.token_file.path.clone());
-    let places = stored_places(token_file.as_deref(), args.config_dir.as_deref(), &|k| {
+    let places = stored::places(token_file.as_deref(), args.config_dir.as_deref(), &|k| {
         std::env::var_os(k)
     });
     let min_valid = args.min_valid.0;
     let command = args.command;
     let env_only = args.env_token;
-    let mut code = crate::exit::OK;
-    crate::current_thread(async {
+    let mut code = exit::OK;
+    super::current_thread(async {
         let policy = renew.policy();
         let (token, from) = token(&places, min_valid, &idp, renew.deadline(), &policy).await?;
         let mut env = ChildEnv::default();
         if env_only {
             env.set
-                .insert(TOKEN_ENV, token.secret().expose_secret().into());
+                .insert(vars::ACCESS_TOKEN, token.secret().expose_secret().into());
             code = run(&command, &env).await?;
             return Ok(());
         }
@@ -245,19 +180,22 @@ pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         // The long-lived secret stays with us; the command gets only short-lived tokens.
-        .env_remove(CLIENT_SECRET_ENV)
+        .env_remove(vars::CLIENT_SECRET)
         // An access token of ours would win over the renewed config.toml and die.
-        .env_remove(TOKEN_ENV)
+        .env_remove(vars::ACCESS_TOKEN)
         .envs(&env.set);
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound {
-            program: name.clone(),
-        },
-        _ => Error::CannotRun {
-            program: name.clone(),
-            source,
-        },
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                program: name.clone(),
+            },
+            _ => Error::CannotRun {
+                program: name.clone(),
+                source,
+            },
+        })
+        .map_err(exit::Coded::new)?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
@@ -363,46 +301,6 @@ mod forward {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::tests::jwt;
-
-    fn token_at(path: &Path, exp: u64) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, jwt(&serde_json::json!({"exp": exp}))).unwrap();
-    }
-
-    #[test]
-    fn the_first_token_valid_with_margin_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = dir.path().to_path_buf();
-        let env = move |k: &str| (k == "HOME").then(|| home.clone().into_os_string());
-        let places = stored_places(None, Some(&dir.path().join("cfg")), &env);
-        assert_eq!(places.len(), 3);
-        assert_eq!(places[0].path(), Path::new(DEFAULT_POD_PATH));
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let margin = Duration::from_secs(30);
-        assert!(pick(&places[1..], now, margin).is_none());
-
-        // The seed file's token is too close to expiry; config.toml's is fine.
-        token_at(&dir.path().join(".polars/cloud_access_token"), 1_000_020);
-        let cfg = ClientConfig::in_dir(&dir.path().join("cfg"));
-        let good = jwt(&serde_json::json!({"exp": 1_000_300}));
-        cfg.store(&good.clone().into(), Some(&"r".to_string().into()))
-            .unwrap();
-        let (t, place) = pick(&places[1..], now, margin).unwrap();
-        assert_eq!(place.path(), cfg.path());
-        assert_eq!(t.secret().expose_secret(), good);
-
-        token_at(&dir.path().join(".polars/cloud_access_token"), 1_000_100);
-        let (_, place) = pick(&places[1..], now, margin).unwrap();
-        assert_eq!(place.path(), dir.path().join(".polars/cloud_access_token"));
-    }
-
-    #[test]
-    fn an_explicit_token_file_is_the_only_place() {
-        let places = stored_places(Some(Path::new("/x/token")), None, &|_: &str| None);
-        assert_eq!(places.len(), 1);
-        assert_eq!(places[0].path(), Path::new("/x/token"));
-    }
 
     #[cfg(unix)]
     #[test]
@@ -410,12 +308,11 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit_code(std::process::ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(std::process::ExitStatus::from_raw(15)), 143);
-        assert_eq!(
-            Error::NotFound {
-                program: "x".into()
-            }
-            .exit_code(),
-            127
-        );
+        let not_found = exit::Coded::new(Error::NotFound {
+            program: "x".into(),
+        });
+        let chain = anyhow::Error::new(not_found).context("exec failed");
+        assert_eq!(exit::code_for(&chain), 127);
+        assert_eq!(format!("{chain:#}"), "exec failed: command not found: 'x'");
     }
 }

@@ -17,8 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::assertion;
+use crate::cli::Step;
 use crate::config::{ClientAuthKind, GrantKind, IdpArgs};
-use crate::credentials::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, Credentials, Value};
+use crate::credentials::{Credentials, Value};
 use crate::exit;
 use crate::renew::Policy;
 use crate::retry;
@@ -26,19 +27,7 @@ use crate::shutdown;
 use crate::sink::TokenFile;
 use crate::sink::github::{self, FileCommand, Runner};
 use crate::token::RefreshToken;
-
-/// Which entry point of the action is running.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Step {
-    /// Get a token and hand it to the job's later steps.
-    Main,
-    /// After the job: delete the token file and revoke the refresh token.
-    Post,
-    /// Started by main with `long-running: true`: keeps a token fresh for the later steps'
-    /// clients (the relay) until post stops it. Reads the inputs from stdin, not the
-    /// environment, so the secret is in no process environment that later steps can read.
-    Relay,
-}
+use crate::vars;
 
 /// The inputs the binary reads. `action.yml` declares these plus `version` and
 /// `binary-path`, which only the wrapper reads.
@@ -60,13 +49,6 @@ pub const INPUTS: &[&str] = &[
     "client-assertion",
     "oidc-audience",
 ];
-
-/// The variable later steps (and the polars-cloud client) read the token from.
-pub const TOKEN_ENV: &str = "POLARS_CLOUD_ACCESS_TOKEN";
-/// The variable naming the token file, for tools that read a file.
-pub const TOKEN_PATH_ENV: &str = "POLARS_CLOUD_ACCESS_TOKEN_PATH";
-/// The variable the polars-cloud client reads its deployment from.
-pub const DOMAIN_ENV: &str = "POLARS_CLOUD_DOMAIN";
 
 /// The main step keeps retrying transient failures at most this long, whatever `retries`.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -181,7 +163,7 @@ impl Inputs {
             // The client reads POLARS_CLOUD_DOMAIN too: a workflow that sets it gets its
             // token from the same deployment the client will talk to.
             domain: domain.clone().or_else(|| {
-                lookup(DOMAIN_ENV)
+                lookup(vars::DOMAIN)
                     .map(|d| d.trim().to_string())
                     .filter(|d| !d.is_empty())
             }),
@@ -199,13 +181,13 @@ impl Inputs {
             client_id: credential(
                 input(lookup, "client-id"),
                 "the `client-id` input",
-                (CLIENT_ID_ENV, lookup(CLIENT_ID_ENV)),
+                (vars::CLIENT_ID, lookup(vars::CLIENT_ID)),
                 "client id: set the `client-id` input (or POLARS_CLOUD_CLIENT_ID)",
             ),
             client_secret: credential(
                 lookup(&input_variable("client-secret")),
                 "the `client-secret` input",
-                (CLIENT_SECRET_ENV, lookup(CLIENT_SECRET_ENV)),
+                (vars::CLIENT_SECRET, lookup(vars::CLIENT_SECRET)),
                 "client secret: the `client-secret` input is empty and POLARS_CLOUD_CLIENT_SECRET is not set (a `secrets.*` expression is empty when the secret does not exist, or for a pull request from a fork)",
             ),
         };
@@ -406,12 +388,16 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
         None
     };
     if inputs.export_env && relay.is_none() {
-        runner.set(FileCommand::Env, TOKEN_ENV, access)?;
+        runner.set(FileCommand::Env, vars::ACCESS_TOKEN, access)?;
         if let Some(path) = &token_file {
-            runner.set(FileCommand::Env, TOKEN_PATH_ENV, &path.to_string_lossy())?;
+            runner.set(
+                FileCommand::Env,
+                vars::ACCESS_TOKEN_PATH,
+                &path.to_string_lossy(),
+            )?;
         }
         if let Some(domain) = &inputs.domain {
-            runner.set(FileCommand::Env, DOMAIN_ENV, domain)?;
+            runner.set(FileCommand::Env, vars::DOMAIN, domain)?;
         }
     }
     let expires_at = humantime::format_rfc3339_seconds(tokens.access.expires_at()).to_string();
@@ -448,7 +434,7 @@ fn relay_inputs(lookup: Lookup) -> std::collections::BTreeMap<String, String> {
     INPUTS
         .iter()
         .map(|i| input_variable(i))
-        .chain([CLIENT_ID_ENV, CLIENT_SECRET_ENV, DOMAIN_ENV].map(String::from))
+        .chain([vars::CLIENT_ID, vars::CLIENT_SECRET, vars::DOMAIN].map(String::from))
         .filter_map(|k| lookup(&k).map(|v| (k, v)))
         .collect()
 }
@@ -477,8 +463,8 @@ async fn start_relay(lookup: Lookup<'_>, exe: &Path) -> anyhow::Result<RelayRead
         "all_proxy",
         "NO_PROXY",
         "no_proxy",
-        "POLARS_CLOUD_LOG",
-        "POLARS_CLOUD_LOG_FORMAT",
+        vars::LOG,
+        vars::LOG_FORMAT,
     ];
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["github-action", "relay"])
@@ -605,9 +591,12 @@ fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool, rela
     }
     let handed = match (exported, file) {
         (true, true) => {
-            format!("exported as `{TOKEN_ENV}` and written to a file under RUNNER_TEMP")
+            format!(
+                "exported as `{}` and written to a file under RUNNER_TEMP",
+                vars::ACCESS_TOKEN
+            )
         }
-        (true, false) => format!("exported as `{TOKEN_ENV}`"),
+        (true, false) => format!("exported as `{}`", vars::ACCESS_TOKEN),
         (false, true) => "written to a file under RUNNER_TEMP".to_string(),
         (false, false) => "available as the step's `access-token` output".to_string(),
     };

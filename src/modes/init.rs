@@ -21,7 +21,7 @@ pub fn command(args: InitArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
     let relay = overlay(&args.relay, &file.relay)?.settings(&token_file);
     let source = idp.source()?;
-    crate::current_thread(async move {
+    super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(
             &source,

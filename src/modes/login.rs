@@ -10,40 +10,12 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{LoginArgs, StoreArgs};
+use crate::cli::LoginArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::device::{self, Authorization, Outcome};
-use crate::sink::TokenFile;
-use crate::sink::client_config::{self, ClientConfig, PERSONAL_MODE};
+use crate::sink::stored::Stores;
 use crate::source::Endpoints;
 use crate::token::{AccessToken, Tokens};
-
-/// Where login puts the tokens, and where `status` and `logout` look.
-#[derive(Clone, Debug)]
-pub struct Stores {
-    pub token_file: TokenFile,
-    pub config: ClientConfig,
-}
-
-impl Stores {
-    /// The stores `args` name, defaults from the environment.
-    pub fn from_args(args: &StoreArgs) -> Result<Self, client_config::Error> {
-        let env = |k: &str| std::env::var_os(k);
-        Self::resolve(args, &env)
-    }
-
-    pub fn resolve(
-        args: &StoreArgs,
-        env: &dyn Fn(&str) -> Option<OsString>,
-    ) -> Result<Self, client_config::Error> {
-        let path = client_config::seed_token_path(args.path.as_deref(), env)?;
-        let dir = client_config::config_dir(args.config_dir.as_deref(), env)?;
-        Ok(Self {
-            token_file: TokenFile::new(path, PERSONAL_MODE),
-            config: ClientConfig::in_dir(&dir),
-        })
-    }
-}
 
 /// What to do with the tokens.
 pub enum Target {
@@ -66,7 +38,7 @@ pub fn command(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let target = if args.print {
         Target::Print
     } else {
-        Target::Store(Stores::from_args(&args.store)?)
+        Target::Store(args.store.stores()?)
     };
     let defaults = device::Request::default();
     let settings = Settings {
@@ -80,7 +52,7 @@ pub fn command(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         open_browser: should_open_browser(args.no_browser, &|k| std::env::var_os(k)),
         target,
     };
-    crate::current_thread(async move {
+    super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(&settings, &cancel).await
     })?;
@@ -253,7 +225,6 @@ fn stored(tokens: &Tokens, stores: &Stores, now: SystemTime) -> String {
 mod tests {
     use super::*;
     use secrecy::SecretString;
-    use std::path::PathBuf;
     use std::time::Duration;
 
     fn auth(complete: bool) -> Authorization {
@@ -311,42 +282,6 @@ mod tests {
         assert_eq!(
             should_open_browser(false, &none),
             cfg!(any(target_os = "macos", windows))
-        );
-    }
-
-    #[test]
-    fn stores_default_to_the_clients_paths() {
-        let env = |k: &str| match k {
-            "HOME" => Some(OsString::from("/home/u")),
-            _ => None,
-        };
-        let paths = |s: Stores| {
-            [
-                s.config.path().to_path_buf(),
-                s.token_file.path().to_path_buf(),
-            ]
-        };
-        let s = Stores::resolve(&StoreArgs::default(), &env).unwrap();
-        if cfg!(all(unix, not(target_os = "macos"))) {
-            assert_eq!(
-                paths(s),
-                [
-                    PathBuf::from("/home/u/.config/polars_cloud/config.toml"),
-                    PathBuf::from("/home/u/.polars/cloud_access_token")
-                ]
-            );
-        }
-        let moved = StoreArgs {
-            path: Some("/t/token".into()),
-            config_dir: Some("/t/cfg".into()),
-        };
-        let s = Stores::resolve(&moved, &env).unwrap();
-        assert_eq!(
-            paths(s),
-            [
-                PathBuf::from("/t/cfg/config.toml"),
-                PathBuf::from("/t/token")
-            ]
         );
     }
 }

@@ -5,9 +5,9 @@
 use anyhow::Context;
 use secrecy::SecretString;
 
-use super::login::Stores;
 use crate::cli::LogoutArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
+use crate::sink::stored::Stores;
 use crate::source::TokenSource;
 
 /// `polars-cloud-auth logout`.
@@ -20,9 +20,9 @@ pub fn command(args: LogoutArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     idp.client_assertion_file = None;
     idp.client_key_file = None;
     idp.client_key_id = None;
-    let stores = Stores::from_args(&args.store)?;
+    let stores = args.store.stores()?;
     let source = idp.source()?;
-    crate::current_thread(async move { run(&source, &stores).await })?;
+    super::current_thread(async move { run(&source, &stores).await })?;
     Ok(crate::exit::OK)
 }
 

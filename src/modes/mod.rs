@@ -12,3 +12,13 @@ pub mod sidecar;
 pub mod status;
 pub mod token;
 pub mod webhook;
+
+/// The token modes are I/O-bound and small: one thread keeps memory low.
+pub(crate) fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T>>>(
+    f: F,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

@@ -180,7 +180,7 @@ pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8471))),
         ready_margin: serve.ready_margin.map(|d| d.0),
     };
-    crate::current_thread(async move {
+    super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(source, settings, cancel).await
     })?;

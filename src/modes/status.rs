@@ -7,15 +7,16 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::login::Stores;
 use crate::cli::StatusArgs;
 use crate::sink::client_config::{self, StoredAuth};
+use crate::sink::stored::Stores;
 use crate::token::claims;
+use crate::vars;
 
 /// `polars-cloud-auth status`.
 pub fn command(args: StatusArgs) -> anyhow::Result<u8> {
-    let stores = Stores::from_args(&args.store)?;
-    let env_token = std::env::var("POLARS_CLOUD_ACCESS_TOKEN")
+    let stores = args.store.stores()?;
+    let env_token = std::env::var(vars::ACCESS_TOKEN)
         .ok()
         .filter(|t| !t.trim().is_empty())
         .map(SecretString::from);
@@ -223,7 +224,12 @@ mod tests {
             path: Some(dir.path().join("token")),
             config_dir: Some(dir.path().join("cfg")),
         };
-        let stores = Stores::resolve(&args, &|_: &str| None::<OsString>).unwrap();
+        let stores = Stores::resolve(
+            args.path.as_deref(),
+            args.config_dir.as_deref(),
+            &|_: &str| None::<OsString>,
+        )
+        .unwrap();
         let r = report(&stores, None, at(1_000_000));
         assert!(!r.valid);
         assert!(r.text.contains("not there"), "{}", r.text);

@@ -27,7 +27,7 @@ pub fn command(args: TokenArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let idp = overlay(&args.idp, &file.idp)?;
     let renew = overlay(&args.renew, &file.renewal)?;
     let source = idp.source()?;
-    crate::current_thread(async move {
+    super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();
         run(&source, renew.deadline(), &renew.policy(), &cancel).await
     })?;

@@ -4,5 +4,6 @@
 pub mod client_config;
 pub mod file;
 pub mod github;
+pub mod stored;
 
 pub use file::TokenFile;

@@ -4,9 +4,6 @@
 //! is what `kubectl` shows.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
@@ -287,73 +284,6 @@ pub fn encode(res: &AdmissionResponse) -> serde_json::Result<Vec<u8>> {
     })
 }
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 11] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-];
-
-/// Counters for `/metrics`: reviews by verdict and a latency histogram.
-#[derive(Default)]
-pub struct Metrics {
-    reviews: [AtomicU64; 5],
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Metrics {
-    pub fn observe(&self, verdict: Verdict, took: Duration) {
-        self.reviews[verdict as usize].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
-    }
-
-    pub fn reviews(&self, verdict: Verdict) -> u64 {
-        self.reviews[verdict as usize].load(Ordering::Relaxed)
-    }
-
-    /// Prometheus text exposition.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP polars_cloud_auth_webhook_reviews_total Admission reviews answered, by result."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE polars_cloud_auth_webhook_reviews_total counter"
-        );
-        for v in Verdict::ALL {
-            let _ = writeln!(
-                out,
-                "polars_cloud_auth_webhook_reviews_total{{result=\"{}\"}} {}",
-                v.as_str(),
-                self.reviews(v)
-            );
-        }
-        let name = "polars_cloud_auth_webhook_review_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time to decide a review, from the body read to the answer encoded."
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,20 +399,5 @@ mod tests {
         assert!(matches!(review(v1beta1, &s), Err(ReviewError::Version(_))));
         let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
         assert!(matches!(review(empty, &s), Err(ReviewError::NoRequest)));
-    }
-
-    #[test]
-    fn metrics_count_and_bucket() {
-        let m = Metrics::default();
-        m.observe(Verdict::Injected, Duration::from_micros(300));
-        m.observe(Verdict::Denied, Duration::from_secs(1));
-        let mut text = String::new();
-        m.render(&mut text);
-        assert!(text.contains("polars_cloud_auth_webhook_reviews_total{result=\"injected\"} 1\n"));
-        assert!(text.contains("polars_cloud_auth_webhook_reviews_total{result=\"denied\"} 1\n"));
-        assert!(text.contains("_bucket{le=\"0.00025\"} 0\n"), "{text}");
-        assert!(text.contains("_bucket{le=\"0.0005\"} 1\n"));
-        assert!(text.contains("_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("_count 2\n"));
     }
 }
