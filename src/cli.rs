@@ -84,6 +84,11 @@ pub enum Step {
 }
 
 #[derive(Args, Debug)]
+// `token` and `init` fetch once: the renewal group's flags that only a renewing mode uses
+// are accepted (the config file's `renewal:` section is shared) but not listed.
+#[command(mut_arg("renew_at", |a| a.hide(true)))]
+#[command(mut_arg("min_renew_interval", |a| a.hide(true)))]
+#[command(mut_arg("rejected_retry", |a| a.hide(true)))]
 pub struct TokenArgs {
     #[command(flatten)]
     pub idp: IdpArgs,
@@ -92,6 +97,9 @@ pub struct TokenArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("renew_at", |a| a.hide(true)))]
+#[command(mut_arg("min_renew_interval", |a| a.hide(true)))]
+#[command(mut_arg("rejected_retry", |a| a.hide(true)))]
 pub struct InitArgs {
     #[command(flatten)]
     pub idp: IdpArgs,
@@ -297,4 +305,31 @@ pub struct BrokerCmdArgs {
     pub idp: IdpArgs,
     #[command(flatten)]
     pub renew: RenewArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    fn help(mode: &str) -> String {
+        Cli::command()
+            .find_subcommand_mut(mode)
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn one_shot_modes_do_not_list_the_renewing_modes_flags() {
+        for mode in ["token", "init"] {
+            let text = help(mode);
+            assert!(text.contains("--timeout"), "{mode}");
+            for flag in ["--renew-at", "--min-renew-interval", "--rejected-retry"] {
+                assert!(!text.contains(flag), "{mode} lists {flag}");
+            }
+        }
+        for mode in ["sidecar", "exec"] {
+            assert!(help(mode).contains("--renew-at"), "{mode}");
+        }
+    }
 }
