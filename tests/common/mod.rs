@@ -422,10 +422,9 @@ pub fn have(missing: Option<String>) -> bool {
         .name()
         .unwrap_or("a test")
         .to_string();
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test}: {missing} (set {REQUIRE_PEERS}=1 to fail instead)"
-    );
+    // One write, so the line does not interleave with libtest's.
+    let line = format!("skipped {test}: {missing} (set {REQUIRE_PEERS}=1 to fail instead)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
 }
 
