@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::*;
@@ -635,7 +635,7 @@ fn the_wrapper_installs_a_verified_release_binary_and_refuses_a_bad_checksum() {
     std::fs::create_dir_all(&dir).unwrap();
     let asset = "polars-cloud-auth-x86_64-unknown-linux-musl";
     std::os::unix::fs::symlink(bin(), dir.join(asset)).unwrap();
-    let sum = Command::new("sha256sum").arg(bin()).output().unwrap();
+    let sum = scrubbed("sha256sum").arg(bin()).output().unwrap();
     let digest = text(&sum.stdout)[..64].to_string();
     let with = [
         ("issuer", idp.issuer.clone()),

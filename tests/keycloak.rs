@@ -839,7 +839,7 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.kubectl)
+        let out = scrubbed(&self.kubectl)
             .args(args)
             .env(
                 "KUBECONFIG",
@@ -912,14 +912,14 @@ fn a_kubernetes_service_account_token_gets_a_keycloak_token_with_no_secret() {
     let cluster = Cluster::get();
     let ns = "assertion-e2e";
     let sa = "workload";
-    let _ = Command::new(&cluster.kubectl)
+    let _ = scrubbed(&cluster.kubectl)
         .args(["create", "namespace", ns])
         .env(
             "KUBECONFIG",
             std::env::var("POLARS_CLOUD_AUTH_KUBECONFIG").unwrap(),
         )
         .output();
-    let _ = Command::new(&cluster.kubectl)
+    let _ = scrubbed(&cluster.kubectl)
         .args(["create", "serviceaccount", sa, "-n", ns])
         .env(
             "KUBECONFIG",
