@@ -16,6 +16,7 @@ for arg in "$@"; do
 done
 export POLARS_CLOUD_AUTH_SLOW=$slow
 bash scripts/setup.sh
+export POLARS_CLOUD_AUTH_REQUIRE_PEERS=1  # setup ran: a test missing a peer fails, never skips (tests/common)
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== cargo test"

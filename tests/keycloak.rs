@@ -13,11 +13,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -85,7 +82,7 @@ impl Keycloak {
         format!("{}/realms/Polars", self.base)
     }
 
-    /// One HTTP/1.0 exchange (so no chunked replies): (status, body).
+    /// One HTTP exchange with the admin API: (status, body).
     fn http(
         &self,
         method: &str,
@@ -93,28 +90,9 @@ impl Keycloak {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        write!(stream, "{head}\r\n{body}").unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let status = reply
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{method} {path}: no status in {reply:?}"));
-        let body = reply.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        (status, body.to_string())
+        let reply = http(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (reply.status, reply.body)
     }
 
     fn form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
@@ -445,18 +423,17 @@ fn a_disabled_user_exits_3_with_keycloaks_reason() {
     assert!(stderr.contains("Account disabled"), "{stderr}");
 }
 
-/// A running sidecar and its health endpoints.
+/// A running sidecar and its health endpoints ([`Proc`]).
 struct Sidecar {
-    child: Child,
+    proc: Proc,
     port: u16,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Sidecar {
     fn start(kc: &Keycloak, path: &Path, secrets: &Path, extra: &[&str]) -> Self {
         let port = free_port();
-        let mut child = kc_cmd(kc)
-            .args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
+        let mut c = kc_cmd(kc);
+        c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--ready-margin", "0s"])
             .args(extra)
             .arg("--token-file")
@@ -464,16 +441,10 @@ impl Sidecar {
             .env_remove("POLARS_CLOUD_CLIENT_ID")
             .env_remove("POLARS_CLOUD_CLIENT_SECRET")
             .arg("--credentials-dir")
-            .arg(secrets)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (stderr, _reader) = capture_stderr(&mut child);
+            .arg(secrets);
         Self {
-            child,
+            proc: Proc::spawn(&mut c),
             port,
-            stderr,
         }
     }
 
@@ -490,20 +461,8 @@ impl Sidecar {
 
     /// SIGTERM, then the exit code and stderr.
     fn stop(mut self) -> (Option<i32>, String) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = wait_for(Duration::from_secs(20), || self.child.try_wait().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.stderr.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.proc.stop(Duration::from_secs(20));
+        (status.code(), self.proc.stderr())
     }
 }
 
@@ -621,45 +580,33 @@ fn sidecar_signs_in_again_when_keycloak_ends_the_session_under_it() {
     );
 }
 
-/// A running `login`, its stderr collected as it comes; killed when dropped.
+/// A running `login`, its stderr collected as it comes; killed when dropped ([`Proc`]).
 struct Login {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+    proc: Proc,
 }
 
 impl Login {
     fn start(c: &mut Command) -> Self {
-        let mut child = c
-            .args(["login", "--no-browser"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (stderr, _reader) = capture_stderr(&mut child);
-        Self { child, stderr }
+        c.args(["login", "--no-browser"]);
+        Self {
+            proc: Proc::spawn(c),
+        }
     }
 
     /// The verification URL from the prompt.
     fn url(&self) -> String {
         wait_for(Duration::from_secs(20), || {
-            let text = self.stderr.lock().unwrap().clone();
-            text.lines()
+            self.proc
+                .stderr()
+                .lines()
                 .find(|l| l.starts_with("    http"))
                 .map(|l| l.trim().to_string())
         })
     }
 
     fn finish(&mut self) -> (std::process::ExitStatus, String) {
-        let status = wait_for(Duration::from_secs(30), || self.child.try_wait().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-        (status, self.stderr.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Login {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let status = self.proc.wait_timeout(Duration::from_secs(30));
+        (status, self.proc.stderr())
     }
 }
 
@@ -685,7 +632,7 @@ fn login_is_approved_through_keycloaks_pages_and_logout_revokes_the_session() {
         url.starts_with(&format!("{}/device?user_code=", kc.issuer())),
         "{url}"
     );
-    let approve = Command::new("node")
+    let approve = scrubbed("node")
         .arg(repo().join("tests/keycloak/approve.mjs"))
         .arg(&url)
         .output()
@@ -892,7 +839,7 @@ impl Cluster {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.kubectl)
+        let out = scrubbed(&self.kubectl)
             .args(args)
             .env(
                 "KUBECONFIG",
@@ -965,14 +912,14 @@ fn a_kubernetes_service_account_token_gets_a_keycloak_token_with_no_secret() {
     let cluster = Cluster::get();
     let ns = "assertion-e2e";
     let sa = "workload";
-    let _ = Command::new(&cluster.kubectl)
+    let _ = scrubbed(&cluster.kubectl)
         .args(["create", "namespace", ns])
         .env(
             "KUBECONFIG",
             std::env::var("POLARS_CLOUD_AUTH_KUBECONFIG").unwrap(),
         )
         .output();
-    let _ = Command::new(&cluster.kubectl)
+    let _ = scrubbed(&cluster.kubectl)
         .args(["create", "serviceaccount", sa, "-n", ns])
         .env(
             "KUBECONFIG",

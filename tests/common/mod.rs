@@ -2,13 +2,16 @@
 //! provider (`tests/idp`, oidc-provider mounted at Keycloak's paths) on a free loopback port.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod proc;
+pub use proc::Proc;
 
 pub const SA_ID: &str = "test-sa";
 /// Distinctive, so a leak is easy to find in any output.
@@ -26,10 +29,9 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The running test IdP; killed when dropped.
+/// The running test IdP; killed when dropped (it also ends with its stdin).
 pub struct Idp {
-    child: Child,
-    _stdin: ChildStdin,
+    proc: Proc,
     pub issuer: String,
     pub port: u16,
 }
@@ -68,17 +70,14 @@ impl Idp {
     }
 
     pub fn start_with(o: IdpOptions) -> Self {
-        let dir = repo().join("tests/idp");
-        assert!(
-            dir.join("node_modules/oidc-provider").exists(),
-            "the test IdP is not installed: run `npm ci --prefix tests/idp` (scripts/setup.sh does)"
-        );
-        let mut node = Command::new("node");
+        if let Some(missing) = idp_missing() {
+            panic!("{missing}");
+        }
+        let mut node = scrubbed("node");
         if let Some((cert, key)) = &o.tls {
             node.env("IDP_TLS_CERT", cert).env("IDP_TLS_KEY", key);
         }
-        let mut child = node
-            .arg(dir.join("server.mjs"))
+        node.arg(repo().join("tests/idp/server.mjs"))
             .env("IDP_PORT", "0")
             .env("IDP_TOKEN_TTL", o.token_ttl.to_string())
             .env("IDP_REFRESH_TTL", o.refresh_ttl.to_string())
@@ -88,23 +87,12 @@ impl Idp {
                 "IDP_SERVICE_ACCOUNTS",
                 format!("{SA_ID}:{SA_SECRET},other-sa:other-secret"),
             )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("failed to start node: is Node.js installed?");
-        let stdin = child.stdin.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|_| panic!("the test IdP did not start: {line:?}"));
+            .stdin(Stdio::piped());
+        let (proc, ready) = start_announcing(&mut node, "the test IdP");
         Self {
             issuer: ready["issuer"].as_str().unwrap().to_string(),
             port: ready["port"].as_u64().unwrap() as u16,
-            child,
-            _stdin: stdin,
+            proc,
         }
     }
 
@@ -113,28 +101,21 @@ impl Idp {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        let reply = http(
+            self.port,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            &body,
         )
-        .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-        assert!(head.starts_with("HTTP/1.1 2"), "{method} {path}: {head}");
-        // The hooks answer with small bodies; chunked encoding is unwrapped here.
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        serde_json::from_str(&body).unwrap_or(Value::Null)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(
+            (200..300).contains(&reply.status),
+            "{method} {path}: {}",
+            reply.head
+        );
+        serde_json::from_str(&reply.body).unwrap_or(Value::Null)
     }
 
     /// Queues faults for the next token-endpoint requests.
@@ -198,17 +179,18 @@ impl Idp {
                 .unwrap()
                 .1
         );
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        let reply = http(
+            self.port,
+            "POST",
+            &path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &body,
         )
         .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).unwrap();
-        let status = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, reply)
+        (
+            reply.status,
+            format!("{}\r\n\r\n{}", reply.head, reply.body),
+        )
     }
 
     pub fn set_secret(&self, id: &str, secret: &str) {
@@ -220,27 +202,6 @@ impl Idp {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The binary with a clean environment: no inherited POLARS_* settings.
 pub fn cmd(idp: &Idp) -> Command {
     cmd_for(&idp.issuer)
@@ -248,12 +209,7 @@ pub fn cmd(idp: &Idp) -> Command {
 
 /// The binary with a clean environment, the test service account and `issuer`.
 pub fn cmd_for(issuer: &str) -> Command {
-    let mut c = Command::new(bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("POLARS_CLOUD") || k.ends_with("_PROXY") || k.ends_with("_proxy") {
-            c.env_remove(k);
-        }
-    }
+    let mut c = bin_cmd();
     c.env("POLARS_CLOUD_ISSUER", issuer)
         .env("POLARS_CLOUD_CLIENT_ID", SA_ID)
         .env("POLARS_CLOUD_CLIENT_SECRET", SA_SECRET)
@@ -261,29 +217,46 @@ pub fn cmd_for(issuer: &str) -> Command {
     c
 }
 
-/// Drains a child's piped stderr on a thread of its own (a full pipe would block the
-/// child) into a string the test can read at any time; the handle ends with the pipe.
-pub fn capture_stderr(
-    child: &mut Child,
-) -> (
-    std::sync::Arc<std::sync::Mutex<String>>,
-    std::thread::JoinHandle<()>,
-) {
-    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = text.clone();
-    let mut pipe = child.stderr.take().expect("stderr must be piped");
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if let Ok(mut s) = sink.lock() {
-                s.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
+/// The binary under test with a clean environment ([`scrubbed`]) and nothing else set.
+pub fn bin_cmd() -> Command {
+    scrubbed(bin())
+}
+
+/// `program` without the developer's settings: no inherited POLARS_CLOUD* variable (which
+/// every mode reads) and no proxy (the tests talk to loopback peers). Every Command of the
+/// tests starts here.
+pub fn scrubbed(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("POLARS_CLOUD") || k.to_ascii_uppercase().ends_with("_PROXY") {
+            c.env_remove(&*k);
         }
+    }
+    c
+}
+
+/// Reads the first stdout line of `c` (a peer that announces itself with a JSON line, as
+/// tests/idp and tests/github_oidc do) and returns the guard and that line.
+pub fn start_announcing(c: &mut Command, what: &str) -> (Proc, Value) {
+    let mut proc = Proc::spawn(c);
+    let line = wait_for(Duration::from_secs(30), || {
+        let out = proc.stdout();
+        if let Some((line, _)) = out.split_once('\n') {
+            return Some(line.to_string());
+        }
+        if let Some(status) = proc.exited() {
+            proc.wait_timeout(Duration::from_secs(5));
+            panic!(
+                "{what} exited ({status}) before it was ready:\n{}",
+                proc.stderr()
+            );
+        }
+        None
     });
-    (text, reader)
+    let ready = serde_json::from_str(&line)
+        .unwrap_or_else(|_| panic!("{what} did not start: {line:?}\n{}", proc.stderr()));
+    (proc, ready)
 }
 
 pub fn run(c: &mut Command) -> Output {
@@ -342,45 +315,189 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A reply of [`http`]: the status, the head (status line and headers) and the body,
+/// already de-chunked.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 exchange on loopback `port` (`Connection: close`, so the reply ends with
+/// the stream); the one raw HTTP writer of the tests, for peers' test hooks and requests a
+/// client library would tidy up.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(stream, "{head}\r\n{body}")?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of the head"))?;
+    let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+    let raw = &reply[split + 4..];
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(raw)
+    } else {
+        raw.to_vec()
+    };
+    Ok(Reply {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&rest[..eol]);
+        let size = size.split(';').next().unwrap_or("").trim();
+        let n = usize::from_str_radix(size, 16).unwrap_or(0);
+        let tail = &rest[eol + 2..];
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.extend_from_slice(&tail[..n]);
+        rest = tail[n..].strip_prefix(b"\r\n").unwrap_or(&tail[n..]);
+    }
+    out
+}
+
 /// A plain HTTP GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    let status = reply.split_whitespace().nth(1)?.parse().ok()?;
-    let body = reply.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
-    Some((status, body))
+    let reply = http(port, "GET", path, &[], "").ok()?;
+    Some((reply.status, reply.body))
+}
+
+// --- peers installed by scripts/setup.sh ------------------------------------------------
+//
+// A plain `cargo test` on a machine where scripts/setup.sh has not run skips the tests that
+// need these, one line each; scripts/test.sh (CI) requires them.
+
+/// Set (to 1) by scripts/test.sh, which runs scripts/setup.sh first: a missing peer fails.
+pub const REQUIRE_PEERS: &str = "POLARS_CLOUD_AUTH_REQUIRE_PEERS";
+
+fn peers_required() -> bool {
+    [REQUIRE_PEERS, "POLARS_CLOUD_AUTH_SLOW"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|v| v == "1"))
+}
+
+/// True when `missing` is None; otherwise the test is skipped with one line on the
+/// terminal (written past libtest's capture), or fails when the peers are required.
+pub fn have(missing: Option<String>) -> bool {
+    let Some(missing) = missing else {
+        return true;
+    };
+    assert!(
+        !peers_required(),
+        "{missing} ({REQUIRE_PEERS}=1 or POLARS_CLOUD_AUTH_SLOW=1 requires it)"
+    );
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    // One write, so the line does not interleave with libtest's.
+    let line = format!("skipped {test}: {missing} (set {REQUIRE_PEERS}=1 to fail instead)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
+}
+
+/// What is missing for the test IdP (Node.js and tests/idp's node modules), if anything.
+pub fn idp_missing() -> Option<String> {
+    if let Some(m) = node_missing() {
+        return Some(m);
+    }
+    let dir = repo().join("tests/idp/node_modules/oidc-provider");
+    (!dir.exists()).then(|| {
+        format!(
+            "the test IdP is not installed ({} is missing): run scripts/setup.sh (or `npm ci --prefix tests/idp`)",
+            dir.display()
+        )
+    })
+}
+
+/// Whether Node.js runs (the test IdP, the GitHub OIDC stand-in and the action need it).
+pub fn node_missing() -> Option<String> {
+    let ok = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!ok).then(|| "Node.js (`node`) is not installed: run scripts/setup.sh".to_string())
+}
+
+/// Skips (or fails, see [`have`]) unless the test IdP can run.
+pub fn have_idp() -> bool {
+    have(idp_missing())
+}
+
+/// Skips (or fails) unless Node.js runs.
+pub fn have_node() -> bool {
+    have(node_missing())
+}
+
+/// Skips (or fails) unless the test venv (the real polars-cloud client, Helm's renderer)
+/// is there.
+pub fn have_python() -> bool {
+    have(python_missing())
+}
+
+fn python_path() -> PathBuf {
+    std::env::var_os("PCA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
+pub fn python_missing() -> Option<String> {
+    let p = python_path();
+    (!p.exists()).then(|| {
+        format!(
+            "no Python venv at {}: run scripts/setup.sh (or set PCA_PYTHON)",
+            p.display()
+        )
+    })
 }
 
 /// The Python interpreter of the test venv, with polars-cloud installed.
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("PCA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "no Python venv at {}: run scripts/setup.sh (or set PCA_PYTHON)",
-        p.display()
-    );
-    p
+    if let Some(missing) = python_missing() {
+        panic!("{missing}");
+    }
+    python_path()
 }
 
 /// Runs the real polars-cloud client (tests/py/client/check_client.py) with `env`, against
 /// the local stand-in API; returns its JSON verdict.
 pub fn real_client(env: &[(&str, &Path)], tokens: &[(&str, &str)]) -> Value {
-    let mut c = Command::new(python());
+    let mut c = scrubbed(python());
     c.arg(repo().join("tests/py/client/check_client.py"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("POLARS_CLOUD") {
-            c.env_remove(k);
-        }
-    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -397,81 +514,59 @@ pub fn real_client(env: &[(&str, &Path)], tokens: &[(&str, &str)]) -> Value {
     })
 }
 
-/// A private CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
-/// command: (ca.pem, cert.pem, key.pem).
+// --- certificates --------------------------------------------------------------------------
+
+/// A private test CA (rcgen, the one certificate generator of the Rust tests).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "polars-cloud-auth test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A serving certificate for `names` (DNS names or IP addresses) and its key (PEM),
+    /// and the certificate's DER.
+    pub fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// A private CA and a server certificate for 127.0.0.1 and localhost signed by it, written
+/// to `dir`: (ca.pem, cert.pem, key.pem).
 pub fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let sh = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is needed for the TLS tests (scripts/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    sh(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=pca test CA",
-            "-days",
-            "2",
-        ],
-    ]
-    .concat());
-    sh(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    sh(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    (
+    let ca = TestCa::new();
+    let (cert, key, _) = ca.leaf(&["127.0.0.1", "localhost"]);
+    let paths = (
         dir.join("ca.pem"),
         dir.join("cert.pem"),
         dir.join("key.pem"),
-    )
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert).unwrap();
+    std::fs::write(&paths.2, key).unwrap();
+    paths
 }

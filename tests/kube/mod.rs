@@ -5,14 +5,13 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::common::{python, repo};
+use crate::common::{python, repo, scrubbed};
 
 /// Runs tests/py/validate_injected.py over `paths` (files or directories) and fails the
 /// test with its list of problems.
 pub fn validate(paths: &[&Path]) {
-    let out = Command::new(python())
+    let out = scrubbed(python())
         .arg(repo().join("tests/py/validate_injected.py"))
         .args(paths)
         .current_dir(repo())
