@@ -413,13 +413,7 @@ def main() -> None:
     for ns in FLEET:
         kube.namespace(ns)
     idp = idp_peer.Idp(tb.SECRETS, ttl=args.ttl)
-    creds = {}
-    for name, account in ACCOUNTS.items():
-        d = work / "credentials" / name
-        d.mkdir(parents=True)
-        (d / "client_id").write_text(account)
-        (d / "client_secret").write_text(tb.SECRETS[account])
-        creds[name] = d
+    creds = tb.credential_dirs(work, ACCOUNTS)
     policy = work / "policy.yaml"
     tb.write_policy(policy, creds, POLICY)
     config = tb.kubeconfig_for(kube, tb.BROKER_SA, tb.NS, work / "broker.kubeconfig")

@@ -61,13 +61,7 @@ def main() -> None:
     tb.install_chart(kube, tmp)
     kube.namespace("team-a")
     idp = idp_peer.Idp(tb.SECRETS, ttl=300)
-    creds = {}
-    for name, account in (("prod", "prod-sa"), ("batch", "batch-sa")):
-        d = tmp / "credentials" / name
-        d.mkdir(parents=True)
-        (d / "client_id").write_text(account)
-        (d / "client_secret").write_text(tb.SECRETS[account])
-        creds[name] = d
+    creds = tb.credential_dirs(tmp, {"prod": "prod-sa", "batch": "batch-sa"})
     policy = tmp / "policy.yaml"
     tb.write_policy(policy, creds, tb.POLICY)
     broker = tb.Broker(tmp, tb.kubeconfig_for(kube, tb.BROKER_SA, tb.NS, tmp / "kubeconfig"),

@@ -165,6 +165,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// `/readyz`: ready until shutdown starts.
+    pub fn readyz(&self) -> (axum::http::StatusCode, &'static str) {
+        if self.draining.is_cancelled() {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting down\n",
+            )
+        } else {
+            (axum::http::StatusCode::OK, "ready\n")
+        }
+    }
+
     pub fn new(prefix: &'static str) -> Self {
         Self {
             connections: Arc::new(Connections::new(prefix)),

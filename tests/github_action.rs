@@ -843,102 +843,18 @@ fn github_oidc_without_the_id_token_permission_fails_with_the_documented_error()
     assert_eq!(runner.post(&step, &refs(&with)).code, Some(0));
 }
 
-/// A minimal admin client of the Keycloak that `scripts/keycloak.sh start` runs (the
-/// environment it prints; tests/keycloak.rs has the full one).
-struct KeycloakAdmin {
-    base: String,
-    port: u16,
-}
+use common::keycloak::KeycloakAdmin;
 
-impl KeycloakAdmin {
-    fn get() -> Self {
-        let base = std::env::var("POLARS_CLOUD_AUTH_KEYCLOAK_URL").unwrap_or_else(|_| {
-            panic!("POLARS_CLOUD_AUTH_KEYCLOAK_URL is not set: run `eval \"$(scripts/keycloak.sh start)\"` first, or scripts/test.sh --slow")
-        });
-        let base = base.trim_end_matches('/').to_string();
-        let port = base.rsplit(':').next().unwrap().parse().unwrap();
-        Self { base, port }
-    }
-
-    fn issuer(&self) -> String {
-        format!("{}/realms/Polars", self.base)
-    }
-
-    /// One HTTP exchange with the admin API: (status, body).
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        let reply = http(self.port, method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        (reply.status, reply.body)
-    }
-
-    fn admin_token(&self) -> String {
-        let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("grant_type", "password"),
-                ("client_id", "admin-cli"),
-                ("username", &var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN")),
-                (
-                    "password",
-                    &var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD"),
-                ),
-            ])
-            .finish();
-        let (status, reply) = self.http(
-            "POST",
-            "/realms/master/protocol/openid-connect/token",
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &body,
-        );
-        assert_eq!(status, 200, "admin sign-in: {reply}");
-        serde_json::from_str::<Value>(&reply).unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// An admin REST call under /admin/realms/Polars: (status, JSON body or null).
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let bearer = format!("Bearer {}", self.admin_token());
-        let (status, reply) = self.http(
-            method,
-            &format!("/admin/realms/Polars{path}"),
-            &[
-                ("Authorization", &bearer),
-                ("Content-Type", "application/json"),
-            ],
-            &body.map(|b| b.to_string()).unwrap_or_default(),
-        );
-        (status, serde_json::from_str(&reply).unwrap_or(Value::Null))
-    }
-
-    /// The realm's latest client-login event: (type, clientId, error).
-    fn last_client_event(&self) -> (String, String, String) {
-        let events = self.admin(
-            "GET",
-            "/events?type=CLIENT_LOGIN&type=CLIENT_LOGIN_ERROR&max=1",
-            None,
-        );
-        let e = &events[0];
-        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
-        (s("type"), s("clientId"), s("error"))
-    }
-
-    /// Like `call`, failing on a non-2xx answer.
-    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (status, reply) = self.call(method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {reply}"
-        );
-        reply
-    }
+/// The realm's latest client-login event: (type, clientId, error).
+fn last_client_event(kc: &KeycloakAdmin) -> (String, String, String) {
+    let events = kc.admin(
+        "GET",
+        "/events?type=CLIENT_LOGIN&type=CLIENT_LOGIN_ERROR&max=1",
+        None,
+    );
+    let e = &events[0];
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    (s("type"), s("clientId"), s("error"))
 }
 
 /// What the admin of a self-hosted realm sets up for GitHub: an OpenID Connect identity
@@ -1007,7 +923,7 @@ fn github_federated_client(kc: &KeycloakAdmin, gh: &GithubOidc) -> String {
 #[test]
 #[ignore = "needs Keycloak: scripts/test.sh --slow"]
 fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
-    let kc = KeycloakAdmin::get();
+    let kc = KeycloakAdmin::from_env();
     let tls = PathBuf::from(std::env::var("POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS").expect(
         "POLARS_CLOUD_AUTH_KEYCLOAK_PEER_TLS is not set: scripts/keycloak.sh start prints it",
     ));
@@ -1086,7 +1002,7 @@ fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
     let error = other.error();
     assert!(error.contains("invalid_client"), "{error}");
     assert_eq!(
-        kc.last_client_event(),
+        last_client_event(&kc),
         (
             "CLIENT_LOGIN_ERROR".into(),
             String::new(),
@@ -1110,7 +1026,7 @@ fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
         "https://github.com/octo-org"
     );
     assert_eq!(
-        kc.last_client_event(),
+        last_client_event(&kc),
         (
             "CLIENT_LOGIN_ERROR".into(),
             client_id.clone(),
@@ -1141,7 +1057,7 @@ fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
     let again = runner.run("main.js", &inputs, &gh.env());
     assert_eq!(again.code, Some(0), "log:\n{}", again.log());
     assert_eq!(
-        kc.last_client_event(),
+        last_client_event(&kc),
         ("CLIENT_LOGIN".into(), client_id.clone(), String::new())
     );
 

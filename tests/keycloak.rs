@@ -47,101 +47,21 @@ fn baseline() -> Value {
 }
 
 /// The running Keycloak, from the environment `scripts/keycloak.sh start` prints.
-struct Keycloak {
-    base: String,
-    port: u16,
-    admin: String,
-    admin_password: String,
+struct Keycloak(common::keycloak::KeycloakAdmin);
+
+impl std::ops::Deref for Keycloak {
+    type Target = common::keycloak::KeycloakAdmin;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Keycloak {
     /// Connects and resets the realm to its baseline.
     fn get() -> Self {
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| {
-                panic!("{name} is not set: run `eval \"$(scripts/keycloak.sh start)\"` first, or scripts/test.sh --slow")
-            })
-        };
-        let base = var("POLARS_CLOUD_AUTH_KEYCLOAK_URL");
-        let port = base
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .expect("POLARS_CLOUD_AUTH_KEYCLOAK_URL must be http://127.0.0.1:PORT");
-        let kc = Self {
-            base: base.trim_end_matches('/').to_string(),
-            port,
-            admin: var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN"),
-            admin_password: var("POLARS_CLOUD_AUTH_KEYCLOAK_ADMIN_PASSWORD"),
-        };
+        let kc = Self(common::keycloak::KeycloakAdmin::from_env());
         kc.reset();
         kc
-    }
-
-    fn issuer(&self) -> String {
-        format!("{}/realms/Polars", self.base)
-    }
-
-    /// One HTTP exchange with the admin API: (status, body).
-    fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        let reply = http(self.port, method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        (reply.status, reply.body)
-    }
-
-    fn form(&self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        self.http(
-            "POST",
-            path,
-            &[("Content-Type", "application/x-www-form-urlencoded")],
-            &body,
-        )
-    }
-
-    fn admin_token(&self) -> String {
-        let (status, body) = self.form(
-            "/realms/master/protocol/openid-connect/token",
-            &[
-                ("grant_type", "password"),
-                ("client_id", "admin-cli"),
-                ("username", &self.admin),
-                ("password", &self.admin_password),
-            ],
-        );
-        assert_eq!(status, 200, "admin sign-in: {body}");
-        serde_json::from_str::<Value>(&body).unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// An admin REST call under /admin/realms/Polars; fails on a non-2xx answer.
-    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let bearer = format!("Bearer {}", self.admin_token());
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let (status, reply) = self.http(
-            method,
-            &format!("/admin/realms/Polars{path}"),
-            &[
-                ("Authorization", &bearer),
-                ("Content-Type", "application/json"),
-            ],
-            &body,
-        );
-        assert!(
-            (200..300).contains(&status),
-            "{method} /admin/realms/Polars{path}: {status} {reply}"
-        );
-        serde_json::from_str(&reply).unwrap_or(Value::Null)
     }
 
     /// Changes realm settings (a partial representation).

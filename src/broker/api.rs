@@ -164,11 +164,7 @@ async fn token(State(state): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.shared.draining.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ready\n")
-    }
+    state.shared.readyz()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

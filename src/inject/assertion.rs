@@ -91,6 +91,17 @@ pub fn plan(audience: Option<&str>) -> Option<Plan> {
     })
 }
 
+#[cfg(test)]
+impl Plan {
+    /// The variables as (name, value) pairs.
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    }
+}
+
 /// An audience is what the token's `aud` claim will hold: Keycloak wants the realm's issuer
 /// URL there.
 pub fn check_audience(s: &str) -> Result<String, String> {
@@ -124,13 +135,8 @@ mod tests {
         );
         assert_eq!(p.mount.mount_path, DIR);
         assert_eq!(p.mount.read_only, Some(true));
-        let env: Vec<(String, String)> = p
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap()))
-            .collect();
         assert_eq!(
-            env,
+            p.env_pairs(),
             [
                 ("POLARS_CLOUD_GRANT".into(), "client-credentials".into()),
                 (

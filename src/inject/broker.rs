@@ -91,13 +91,8 @@ mod tests {
             serde_json::json!({"audience": "polars-cloud-auth", "expirationSeconds": 600, "path": "token"})
         );
         assert_eq!(p.mount.mount_path, DIR);
-        let env: Vec<(String, String)> = p
-            .env
-            .iter()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap()))
-            .collect();
         assert_eq!(
-            env,
+            p.env_pairs(),
             [
                 ("POLARS_CLOUD_GRANT".into(), "client-credentials".into()),
                 (

@@ -36,13 +36,7 @@ pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         renew: renew.policy(),
     };
     // Requests come from every broker-backed sidecar of the cluster: use the cores.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let cancel = crate::shutdown::on_signals();
-            run(config, settings, cancel).await
-        })?;
+    super::multi_thread(|cancel| run(config, settings, cancel))?;
     Ok(crate::exit::OK)
 }
 

@@ -22,3 +22,16 @@ pub(crate) fn current_thread<T, F: std::future::Future<Output = anyhow::Result<T
         .build()?
         .block_on(f)
 }
+
+/// The servers (webhook, broker) take requests from many clients at once: use the cores.
+/// The future gets the cancellation token of the one shutdown path.
+pub(crate) fn multi_thread<T, F, Fut>(f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move { f(crate::shutdown::on_signals()).await })
+}

@@ -30,12 +30,6 @@ pub fn command(args: WebhookCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
         },
     };
     // Reviews come in parallel from every API server replica: use the cores.
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async move {
-            let cancel = crate::shutdown::on_signals();
-            run(config, settings, cancel).await
-        })?;
+    super::multi_thread(|cancel| run(config, settings, cancel))?;
     Ok(crate::exit::OK)
 }

@@ -238,11 +238,7 @@ async fn mutate(State(state): State<AppState>, headers: HeaderMap, body: Body) -
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.shared.draining.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ready\n")
-    }
+    state.shared.readyz()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

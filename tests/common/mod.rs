@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod keycloak;
 mod proc;
 pub use proc::Proc;
 

@@ -148,6 +148,19 @@ class Broker:
             self.proc.wait(15)
 
 
+def credential_dirs(tmp: Path, accounts: dict[str, str]) -> dict[str, Path]:
+    """A directory per credential, as the broker mounts its Secrets: `client_id` and
+    `client_secret` of the test IdP's service account."""
+    dirs = {}
+    for name, account in accounts.items():
+        d = tmp / "credentials" / name
+        d.mkdir(parents=True)
+        (d / "client_id").write_text(account)
+        (d / "client_secret").write_text(SECRETS[account])
+        dirs[name] = d
+    return dirs
+
+
 def write_policy(path: Path, creds: dict[str, Path], policy: dict) -> None:
     body = json.loads(json.dumps(policy))
     for name, spec in body["credentials"].items():
@@ -169,13 +182,7 @@ def world(kube, tmp_path_factory):
         kube.apply({"apiVersion": "v1", "kind": "ServiceAccount",
                     "metadata": {"name": sa, "namespace": ns}})
     idp = idp_peer.Idp(SECRETS, ttl=60)
-    creds = {}
-    for name, account in (("prod", "prod-sa"), ("batch", "batch-sa")):
-        d = tmp / "credentials" / name
-        d.mkdir(parents=True)
-        (d / "client_id").write_text(account)
-        (d / "client_secret").write_text(SECRETS[account])
-        creds[name] = d
+    creds = credential_dirs(tmp, {"prod": "prod-sa", "batch": "batch-sa"})
     policy = tmp / "policy.yaml"
     write_policy(policy, creds, POLICY)
     config = kubeconfig_for(kube, BROKER_SA, NS, tmp / "broker.kubeconfig")
