@@ -894,24 +894,7 @@ fn github_federated_client(kc: &KeycloakAdmin, gh: &GithubOidc) -> String {
         Some(json!({"alias": alias, "providerId": "oidc", "enabled": true, "config": config})),
     );
     let client_id = "gha-deploy";
-    let found = kc.admin("GET", &format!("/clients?clientId={client_id}"), None);
-    if let Some(uuid) = found[0]["id"].as_str() {
-        kc.admin("DELETE", &format!("/clients/{uuid}"), None);
-    }
-    kc.admin(
-        "POST",
-        "/clients",
-        Some(json!({
-            "clientId": client_id,
-            "enabled": true,
-            "publicClient": false,
-            "serviceAccountsEnabled": true,
-            "standardFlowEnabled": false,
-            "directAccessGrantsEnabled": false,
-            "clientAuthenticatorType": "federated-jwt",
-            "attributes": {"jwt.credential.issuer": alias, "jwt.credential.sub": GITHUB_SUB},
-        })),
-    );
+    kc.federated_client(client_id, alias, GITHUB_SUB);
     client_id.to_string()
 }
 

@@ -233,15 +233,7 @@ fn client_credentials_works_with_basic_and_post_client_auth() {
         assert_no_leak(CI_SECRET, &[&stderr]);
     }
     // Both were client logins at the realm, and nothing else.
-    let id = kc.client_uuid(CI_CLIENT);
-    let events = kc.admin("GET", "/events?type=CLIENT_LOGIN&max=100", None);
-    let ours = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["clientId"] == CI_CLIENT)
-        .count();
-    assert_eq!(ours, 2, "client {id}: {events}");
+    assert_eq!(kc.client_logins(CI_CLIENT), 2);
 }
 
 #[test]
@@ -705,14 +697,7 @@ fn private_key_jwt_gets_a_token_with_rs256_and_es256_keys() {
         assert_eq!(token["preferred_username"], "service-account-pkjwt-client");
     }
     // Three client logins, each with its own assertion (Keycloak refuses a reused jti).
-    let events = kc.admin("GET", "/events?type=CLIENT_LOGIN&max=100", None);
-    let ours = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["clientId"] == PKJWT_CLIENT)
-        .count();
-    assert_eq!(ours, 3, "{events}");
+    assert_eq!(kc.client_logins(PKJWT_CLIENT), 3);
 }
 
 /// A key the realm does not know is refused with Keycloak's own answer, exit 3, and a hint
@@ -801,23 +786,7 @@ fn federated_client(kc: &Keycloak, cluster: &Cluster, subject: &str) -> String {
     );
     kc.admin("POST", "/identity-provider/instances", Some(idp));
     let client_id = "k8s-workload";
-    let found = kc.admin("GET", &format!("/clients?clientId={client_id}"), None);
-    if let Some(uuid) = found[0]["id"].as_str() {
-        kc.admin("DELETE", &format!("/clients/{uuid}"), None);
-    }
-    kc.admin(
-        "POST",
-        "/clients",
-        Some(json!({
-            "clientId": client_id,
-            "enabled": true,
-            "publicClient": false,
-            "serviceAccountsEnabled": true,
-            "standardFlowEnabled": false,
-            "clientAuthenticatorType": "federated-jwt",
-            "attributes": {"jwt.credential.issuer": alias, "jwt.credential.sub": subject},
-        })),
-    );
+    kc.federated_client(client_id, alias, subject);
     client_id.to_string()
 }
 

@@ -106,4 +106,37 @@ impl KeycloakAdmin {
         );
         reply
     }
+
+    /// Client logins of `client_id` among the realm's latest events.
+    pub fn client_logins(&self, client_id: &str) -> usize {
+        let events = self.admin("GET", "/events?type=CLIENT_LOGIN&max=100", None);
+        events
+            .as_array()
+            .map(|all| all.iter().filter(|e| e["clientId"] == client_id).count())
+            .unwrap_or(0)
+    }
+
+    /// A confidential client authenticated by "Signed JWT - Federated": assertions from
+    /// the identity provider `alias` whose subject is `subject`. A leftover of an earlier
+    /// run is replaced.
+    pub fn federated_client(&self, client_id: &str, alias: &str, subject: &str) {
+        let found = self.admin("GET", &format!("/clients?clientId={client_id}"), None);
+        if let Some(uuid) = found[0]["id"].as_str() {
+            self.admin("DELETE", &format!("/clients/{uuid}"), None);
+        }
+        self.admin(
+            "POST",
+            "/clients",
+            Some(serde_json::json!({
+                "clientId": client_id,
+                "enabled": true,
+                "publicClient": false,
+                "serviceAccountsEnabled": true,
+                "standardFlowEnabled": false,
+                "directAccessGrantsEnabled": false,
+                "clientAuthenticatorType": "federated-jwt",
+                "attributes": {"jwt.credential.issuer": alias, "jwt.credential.sub": subject},
+            })),
+        );
+    }
 }
