@@ -655,3 +655,55 @@ def test_an_expired_token_signed_by_the_api_server_is_refused(world):
                           "spec": {"token": expired, "audiences": [AUD]}})
     assert not review["status"].get("authenticated"), review["status"]
     assert "expired" in review["status"].get("error", ""), review["status"]
+
+
+LONG_RUN = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "120"))
+
+
+def test_the_real_client_keeps_working_on_broker_tokens_across_lives_and_session_ends(world, tmp_path):
+    """The real polars-cloud 0.12 client, calling the stand-in API once a second for
+    LONG_RUN seconds (4 token lives of 30 s, past two ends of the IdP session of 50 s),
+    runs under `exec`, whose own token source is the broker (client credentials with a
+    pod's projected token as the assertion) and whose relay answers the client's
+    refreshes. Zero failed calls; the broker's keeper alone signs in at the IdP."""
+    kube = world["kube"]
+    here = Path(__file__).resolve().parent
+    python = Path(os.environ.get("PCA_PYTHON", k8s.REPO / ".venv" / "bin" / "python"))
+    if not python.exists():
+        cluster.require(f"no venv python at {python} (scripts/setup.sh)")
+    idp = idp_peer.Idp(SECRETS, ttl=30, session_max=50)
+    creds = credential_dirs(tmp_path, {"prod": "prod-sa", "batch": "batch-sa"})
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, creds, POLICY)
+    broker = Broker(tmp_path / "b", world["kubeconfig"], idp.issuer, policy)
+    try:
+        stored_pod(kube, "team-a", "long-1")
+        assertion = tmp_path / "sa-token"
+        assertion.write_text(sa_token(kube, "team-a", "default", "long-1"))
+        jwks = f"{idp.issuer}/protocol/openid-connect/certs"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("POLARS_CLOUD") and k.lower() not in
+               ("https_proxy", "http_proxy", "all_proxy")}
+        env.update(HOME=str(tmp_path), NO_PROXY="127.0.0.1,localhost",
+                   POLARS_CLOUD_ISSUER=idp.issuer, POLARS_CLOUD_GRANT="client-credentials",
+                   POLARS_CLOUD_TOKEN_URL=broker.base + "/token",
+                   POLARS_CLOUD_CLIENT_ASSERTION_FILE=str(assertion),
+                   POLARS_CLOUD_CA_PEM=broker.tls["ca"].read_text())
+        client = [str(python), str(here / "client" / "long_client.py"),
+                  "--duration", str(LONG_RUN), "--jwks", jwks]
+        run = subprocess.run([str(cluster.binary()), "exec", "--", *client], env=env,
+                             capture_output=True, timeout=LONG_RUN + 90)
+        err = run.stderr.decode(errors="replace")
+        assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout.decode()}\n{err[-4000:]}"
+        [r] = [json.loads(line) for line in run.stdout.decode().splitlines() if line.startswith("{")]
+        assert r["failed"] == 0 and r["calls"] >= LONG_RUN * 0.8, r
+        assert r["bearers"] >= int(LONG_RUN // 30), r
+        grants = [q["params"].get("grant_type") for q in idp.requests()
+                  if q["path"].endswith("/token")]
+        # The keepers signed in again at each session end; nothing else reached the IdP.
+        assert grants.count("password") >= 4, grants
+        assert set(grants) <= {"password", "refresh_token"}, grants
+        print("\nbroker-backed exec:", json.dumps(r))
+    finally:
+        broker.stop()
+        idp.stop()
