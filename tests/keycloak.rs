@@ -212,14 +212,7 @@ fn init_writes_keycloaks_token_to_the_file_with_its_mode() {
 fn client_credentials_works_with_basic_and_post_client_auth() {
     let kc = Keycloak::get();
     for auth in ["basic", "post"] {
-        let out = run(kc_cmd(&kc)
-            .args([
-                "token",
-                "--grant",
-                "client-credentials",
-                "--client-auth",
-                auth,
-            ])
+        let out = run(client_credentials(kc_cmd(&kc), "--client-auth", auth)
             .env("POLARS_CLOUD_CLIENT_ID", CI_CLIENT)
             .env("POLARS_CLOUD_CLIENT_SECRET", CI_SECRET));
         let stderr = text(&out.stderr);
@@ -241,14 +234,7 @@ fn client_credentials_works_with_basic_and_post_client_auth() {
 fn a_wrong_client_secret_for_client_credentials_exits_3_naming_the_credentials() {
     let kc = Keycloak::get();
     for auth in ["basic", "post"] {
-        let out = run(kc_cmd(&kc)
-            .args([
-                "token",
-                "--grant",
-                "client-credentials",
-                "--client-auth",
-                auth,
-            ])
+        let out = run(client_credentials(kc_cmd(&kc), "--client-auth", auth)
             .env("POLARS_CLOUD_CLIENT_ID", CI_CLIENT)
             .env("POLARS_CLOUD_CLIENT_SECRET", "not-the-ci-secret"));
         let stderr = assert_exit(&out, 3);
@@ -664,6 +650,13 @@ fn assertion_cmd(kc: &Keycloak) -> Command {
     c
 }
 
+/// `token --grant client-credentials FLAG VALUE` on `c`.
+fn client_credentials(mut c: Command, flag: &str, value: impl AsRef<std::ffi::OsStr>) -> Command {
+    c.args(["token", "--grant", "client-credentials", flag])
+        .arg(value);
+    c
+}
+
 /// `private_key_jwt`: the realm import registers the public keys of tests/data/assertion
 /// (`jwks.string`, kids `test-rsa` and `test-ec`) on a client whose authenticator is "Signed
 /// JWT"; the binary signs a fresh JWT per request with the private key.
@@ -677,15 +670,8 @@ fn private_key_jwt_gets_a_token_with_rs256_and_es256_keys() {
         ("ec.pem", "test-ec"),
         ("ec.pem", ""),
     ] {
-        let mut c = assertion_cmd(&kc);
-        c.args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-key-file",
-        ])
-        .arg(keys.join(file))
-        .env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT);
+        let mut c = client_credentials(assertion_cmd(&kc), "--client-key-file", keys.join(file));
+        c.env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT);
         if !kid.is_empty() {
             c.args(["--client-key-id", kid]);
         }
@@ -706,15 +692,12 @@ fn private_key_jwt_gets_a_token_with_rs256_and_es256_keys() {
 #[ignore = "needs Keycloak: scripts/test.sh --slow"]
 fn private_key_jwt_with_an_unregistered_key_exits_3() {
     let kc = Keycloak::get();
-    let out = run(assertion_cmd(&kc)
-        .args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-key-file",
-        ])
-        .arg(repo().join("tests/data/assertion/ec-sec1.pem"))
-        .env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT));
+    let out = run(client_credentials(
+        assertion_cmd(&kc),
+        "--client-key-file",
+        repo().join("tests/data/assertion/ec-sec1.pem"),
+    )
+    .env("POLARS_CLOUD_CLIENT_ID", PKJWT_CLIENT));
     let stderr = assert_exit(&out, 3);
     assert!(stderr.contains("--client-key-file"), "{stderr}");
     assert!(
@@ -841,14 +824,11 @@ fn a_kubernetes_service_account_token_gets_a_keycloak_token_with_no_secret() {
     std::fs::write(&file, format!("{sa_token}\n")).unwrap();
 
     // No client id, no secret: the assertion names the client.
-    let out = run(assertion_cmd(&kc)
-        .args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-assertion-file",
-        ])
-        .arg(&file));
+    let out = run(&mut client_credentials(
+        assertion_cmd(&kc),
+        "--client-assertion-file",
+        &file,
+    ));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let access = claims(text(&out.stdout).trim_end());
@@ -857,39 +837,28 @@ fn a_kubernetes_service_account_token_gets_a_keycloak_token_with_no_secret() {
     assert_no_leak(&sa_token, &[&stderr]);
 
     // With the client id given it must match; a mismatched one is refused.
-    let out = run(assertion_cmd(&kc)
-        .args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-assertion-file",
-        ])
-        .arg(&file)
-        .env("POLARS_CLOUD_CLIENT_ID", &client_id));
+    let out = run(
+        client_credentials(assertion_cmd(&kc), "--client-assertion-file", &file)
+            .env("POLARS_CLOUD_CLIENT_ID", &client_id),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // A token for another audience is refused: Keycloak checks that it was meant for it.
     std::fs::write(&file, token_for("https://somewhere-else.example")).unwrap();
-    let out = run(assertion_cmd(&kc)
-        .args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-assertion-file",
-        ])
-        .arg(&file));
+    let out = run(&mut client_credentials(
+        assertion_cmd(&kc),
+        "--client-assertion-file",
+        &file,
+    ));
     let stderr = assert_exit(&out, 3);
     assert!(stderr.contains("Signed JWT - Federated"), "{stderr}");
 
     // The file is read again at every use: a fresh token from the API server works again.
     std::fs::write(&file, token_for(&kc.issuer())).unwrap();
-    let out = run(assertion_cmd(&kc)
-        .args([
-            "token",
-            "--grant",
-            "client-credentials",
-            "--client-assertion-file",
-        ])
-        .arg(&file));
+    let out = run(&mut client_credentials(
+        assertion_cmd(&kc),
+        "--client-assertion-file",
+        &file,
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
