@@ -33,6 +33,10 @@ dir=${POLARS_CLOUD_AUTH_CLUSTER_DIR:-${TMPDIR:-/tmp}/polars-cloud-auth-cluster-$
 APISERVER=$bin/kube-apiserver-$K8S_VERSION
 KUBECTL=$bin/kubectl-$K8S_VERSION
 ETCD=$bin/etcd-$ETCD_VERSION
+# The node's parts (scripts/node.sh runs them): the same module, the same `go build`.
+KUBELET=$bin/kubelet-$K8S_VERSION
+CONTROLLER_MANAGER=$bin/kube-controller-manager-$K8S_VERSION
+SCHEDULER=$bin/kube-scheduler-$K8S_VERSION
 HELM=$bin/helm-$HELM_VERSION
 
 # Only loopback is ever a target: keep any proxy setting away from our processes.
@@ -52,8 +56,9 @@ build() {
   tmp=$(mktemp -d "$bin/.build.XXXXXX")
   # Lean builds: no DWARF or symbol tables, no local paths; one job per core.
   local flags=(-trimpath -p "$(nproc)")
-  if [ ! -x "$APISERVER" ] || [ ! -x "$KUBECTL" ] || [ ! -x "$ETCD" ]; then
-    log "building kube-apiserver, kubectl $K8S_VERSION and etcd $ETCD_VERSION (first run: minutes)"
+  if [ ! -x "$APISERVER" ] || [ ! -x "$KUBECTL" ] || [ ! -x "$ETCD" ] || [ ! -x "$KUBELET" ] ||
+    [ ! -x "$CONTROLLER_MANAGER" ] || [ ! -x "$SCHEDULER" ]; then
+    log "building kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler $K8S_VERSION and etcd $ETCD_VERSION (first run: minutes)"
     # The version stamps upstream's hack/lib/version.sh sets (kubectl version, /version).
     local v=${K8S_VERSION#v} ldflags="-s -w" pkg key val
     for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
@@ -65,11 +70,16 @@ build() {
     done
     local start=$SECONDS
     (cd "$K8S_MOD" && GOFLAGS="-mod=readonly -buildvcs=false" go build "${flags[@]}" -ldflags="$ldflags" \
-      -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd)
+      -o "$tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler ./etcd)
     mv "$tmp/kube-apiserver" "$APISERVER"
     mv "$tmp/kubectl" "$KUBECTL"
+    mv "$tmp/kubelet" "$KUBELET"
+    mv "$tmp/kube-controller-manager" "$CONTROLLER_MANAGER"
+    mv "$tmp/kube-scheduler" "$SCHEDULER"
     mv "$tmp/etcd" "$ETCD"
-    log "built kube-apiserver, kubectl, etcd in $((SECONDS - start)) s"
+    log "built kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler, etcd in $((SECONDS - start)) s"
   fi
   if [ ! -x "$HELM" ]; then
     log "building helm $HELM_VERSION"
