@@ -133,6 +133,15 @@ pub struct ProbeArgs {
     /// the token's life, so that short tokens pass].
     #[arg(long, env = vars::MIN_VALID, value_name = "DURATION")]
     pub min_valid: Option<HumanDuration>,
+    /// Wait up to this long for a valid token instead of failing at once. In a pod's
+    /// postStart hook this holds the next container until the token is written, without
+    /// a probe period.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<HumanDuration>,
+    /// While waiting, read the sidecar's /readyz here (plain http on loopback) so that a
+    /// failed wait says why: the credentials rejected, or no token yet.
+    #[arg(long, value_name = "URL", requires = "wait")]
+    pub ready_url: Option<Url>,
 }
 
 /// The realm a person signs in to: the identity provider settings of `IdpArgs` without the

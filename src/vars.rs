@@ -118,6 +118,8 @@ pub const INJECT_CLIENT_ASSERTION_AUDIENCE: &str = "POLARS_CLOUD_INJECT_CLIENT_A
 pub const INJECT_BROKER_URL: &str = "POLARS_CLOUD_INJECT_BROKER_URL";
 /// `--broker-ca-file`.
 pub const INJECT_BROKER_CA_FILE: &str = "POLARS_CLOUD_INJECT_BROKER_CA_FILE";
+/// `--issuer-ca-file`.
+pub const INJECT_ISSUER_CA_FILE: &str = "POLARS_CLOUD_INJECT_ISSUER_CA_FILE";
 /// `--broker`.
 pub const INJECT_BROKER: &str = "POLARS_CLOUD_INJECT_BROKER";
 /// `--broker-audience`.

@@ -536,7 +536,18 @@ fn a_refused_refresh_token_falls_back_to_the_full_grant() {
         sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}"),
         Some(0.0)
     );
-    sc.stop();
+    let (code, _, stderr) = sc.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    // A session end is routine: logged as what it is, at INFO, with what the provider said
+    // and without the advice to check the secret, which a failed sign-in keeps.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("the identity provider ended the session"))
+        .unwrap_or_else(|| panic!("no session-end line: {stderr}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(line.contains("invalid_grant"), "{line}");
+    assert!(stderr.contains("signed in again"), "{stderr}");
+    assert!(!stderr.contains("check the client id"), "{stderr}");
 }
 
 #[test]

@@ -167,7 +167,7 @@ fn every_supported_kind_is_injected_into_valid_manifests() {
         ["polars-cloud-auth", "wait-for-db"]
     );
     assert_eq!(
-        s["initContainers"][0]["startupProbe"]["exec"]["command"][3],
+        s["initContainers"][0]["lifecycle"]["postStart"]["exec"]["command"][7],
         "2m"
     );
     assert_eq!(s["containers"][0]["resources"]["requests"]["cpu"], 0.5);

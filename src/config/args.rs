@@ -301,6 +301,12 @@ pub struct InjectArgs {
     #[arg(long, env = vars::INJECT_ISSUER, value_name = "URL", value_parser = inject::check::issuer)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// A CA (PEM) our containers trust for the identity provider besides the image's roots
+    /// (a private CA, or a TLS-inspecting egress proxy): set as their POLARS_CLOUD_CA_PEM.
+    /// Broker-backed containers trust the broker's CA instead [default: the image's roots].
+    #[arg(long, env = vars::INJECT_ISSUER_CA_FILE, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer_ca_file: Option<PathBuf>,
     /// Let the app's Polars Cloud client renew its token through our container (the
     /// relay); `false` gives the app the token file only [default: true].
     #[arg(long, env = vars::INJECT_RELAY, value_name = "BOOL")]

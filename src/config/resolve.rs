@@ -337,6 +337,17 @@ impl InjectArgs {
                 inject::assertion::check_audience,
             )?,
             broker: self.broker_settings()?,
+            issuer_ca_pem: self
+                .issuer_ca_file
+                .as_deref()
+                .map(inject::broker::read_ca)
+                .transpose()
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "--issuer-ca-file ({}): {e}",
+                        vars::INJECT_ISSUER_CA_FILE
+                    ))
+                })?,
         };
         if inject::check_limits(&settings).is_err() {
             return Err(Error::Invalid(format!(

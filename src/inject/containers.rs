@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, ExecAction,
-    HTTPGetAction, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    HTTPGetAction, Lifecycle, LifecycleHandler, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -68,6 +68,28 @@ pub(super) fn credentials_volume(secret_name: &str, fs_group: bool) -> Volume {
     }
 }
 
+/// How long the postStart hook waits for the first token before it fails (and the kubelet
+/// restarts our container): the budget the startup probe had (120 periods of 1 s).
+pub const START_WAIT: &str = "120s";
+
+/// The native sidecar's postStart hook: `probe --wait`, which returns once the token file
+/// holds a token valid for the pod's `min-valid`, and on failure quotes our `/readyz`.
+pub(super) fn start_gate(s: &Settings) -> Vec<String> {
+    let mut cmd = vec![
+        ENTRYPOINT.to_string(),
+        "probe".to_string(),
+        "--wait".to_string(),
+        START_WAIT.to_string(),
+        "--ready-url".to_string(),
+        format!("http://127.0.0.1:{SIDECAR_PORT}/readyz"),
+    ];
+    if let Some(d) = s.min_valid {
+        cmd.push("--min-valid".to_string());
+        cmd.push(humantime::format_duration(d).to_string());
+    }
+    cmd
+}
+
 pub(super) enum Role {
     NativeSidecar,
     ClassicSidecar,
@@ -86,6 +108,13 @@ pub(super) fn token_container(
         Some(plan) => plan.env.clone(),
         None => vec![env(vars::CREDENTIALS_DIR, CREDENTIALS_DIR)],
     };
+    // A container that talks to the identity provider trusts the issuer's CA when one is
+    // set; a broker-backed one already trusts the broker's (its only peer).
+    if let Some(pem) = &s.issuer_ca_pem
+        && !vars.iter().any(|v| v.name == vars::CA_PEM)
+    {
+        vars.push(env(vars::CA_PEM, pem));
+    }
     vars.extend([
         env(vars::ACCESS_TOKEN_PATH, s.token_path.as_str()),
         // App containers usually run as other users; with an fsGroup the group suffices
@@ -138,24 +167,18 @@ pub(super) fn token_container(
                 ..ContainerPort::default()
             }]
         }),
-        startup_probe: matches!(role, Role::NativeSidecar).then(|| Probe {
-            exec: Some(ExecAction {
-                command: Some(
-                    [ENTRYPOINT.to_string(), "probe".to_string()]
-                        .into_iter()
-                        .chain(s.min_valid.into_iter().flat_map(|d| {
-                            [
-                                "--min-valid".to_string(),
-                                humantime::format_duration(d).to_string(),
-                            ]
-                        }))
-                        .collect(),
-                ),
+        // The app starts when this hook returns: the moment the token is on disk, with no
+        // probe period in between (a startup probe would add up to its period). A hook that
+        // fails (no token within START_WAIT) restarts our container, and the kubelet's
+        // FailedPostStartHook event carries the reason.
+        lifecycle: matches!(role, Role::NativeSidecar).then(|| Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(start_gate(s)),
+                }),
+                ..LifecycleHandler::default()
             }),
-            period_seconds: Some(1),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(120),
-            ..Probe::default()
+            ..Lifecycle::default()
         }),
         readiness_probe: sidecar.then(|| http_probe("/readyz", 10)),
         liveness_probe: sidecar.then(|| Probe {

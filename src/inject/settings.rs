@@ -147,6 +147,9 @@ pub struct Settings {
     /// The token broker, when the cluster runs one: pods are then broker-backed (unless
     /// they opt out, or name their own client-assertion audience).
     pub broker: Option<broker::Broker>,
+    /// A CA our containers trust for the identity provider (`POLARS_CLOUD_CA_PEM`), when
+    /// they talk to it (not broker-backed ones).
+    pub issuer_ca_pem: Option<String>,
 }
 
 impl Default for Settings {
@@ -166,6 +169,7 @@ impl Default for Settings {
             relay: true,
             client_assertion_audience: None,
             broker: None,
+            issuer_ca_pem: None,
         }
     }
 }

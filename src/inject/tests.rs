@@ -68,10 +68,20 @@ fn native_sidecar_by_default() {
         "the image ENTRYPOINT runs the binary"
     );
     assert_eq!(ours["image"], default_image());
+    // The app waits for the postStart hook, which returns once the token is on disk; no
+    // startup probe (its period would delay every pod start).
     assert_eq!(
-        ours["startupProbe"]["exec"]["command"],
-        json!([ENTRYPOINT, "probe"])
+        ours["lifecycle"]["postStart"]["exec"]["command"],
+        json!([
+            ENTRYPOINT,
+            "probe",
+            "--wait",
+            "120s",
+            "--ready-url",
+            "http://127.0.0.1:8471/readyz"
+        ])
     );
+    assert!(ours.get("startupProbe").is_none());
     assert_eq!(ours["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(ours["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(ours["ports"][0]["containerPort"], 8471);
@@ -397,7 +407,7 @@ fn annotations_override_the_settings() {
         ours["resources"],
         json!({"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "48Mi"}})
     );
-    assert_eq!(ours["startupProbe"]["exec"]["command"][3], "2m");
+    assert_eq!(ours["lifecycle"]["postStart"]["exec"]["command"][7], "2m");
     assert_eq!(env_of(ours, "POLARS_CLOUD_RENEW_AT"), Some("0.5"));
     assert_eq!(
         env_of(ours, "POLARS_CLOUD_DOMAIN"),
@@ -993,4 +1003,47 @@ fn pods_opt_in_and_out_of_the_broker_and_its_absence_is_explained() {
         )
         .is_ok()
     );
+}
+
+/// An issuer behind a private CA: our containers that talk to the identity provider trust
+/// it through POLARS_CLOUD_CA_PEM; a broker-backed one keeps the broker's CA (its only
+/// peer); the app containers never get it.
+#[test]
+fn the_issuer_ca_reaches_our_containers_that_talk_to_the_identity_provider() {
+    const ISSUER_CA: &str = "-----BEGIN CERTIFICATE-----\nISSUER\n-----END CERTIFICATE-----\n";
+    for mode in ["native", "classic", "init-only"] {
+        let s = Settings {
+            issuer_ca_pem: Some(ISSUER_CA.into()),
+            ..Settings::default()
+        };
+        let (p, _) = run(&pod(json!({"polars.cloud/mode": mode}), app()), &s).unwrap();
+        let spec = &p["spec"];
+        let all: Vec<&Value> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .collect();
+        for c in all {
+            let want = (c["name"] != "app").then_some(ISSUER_CA);
+            assert_eq!(env_of(c, "POLARS_CLOUD_CA_PEM"), want, "{mode} {c}");
+        }
+        let broker = Settings {
+            issuer_ca_pem: Some(ISSUER_CA.into()),
+            ..with_broker(true)
+        };
+        let (p, _) = run(&pod(json!({"polars.cloud/mode": mode}), app()), &broker).unwrap();
+        let ours = &p["spec"]["initContainers"][0];
+        let pems: Vec<&Value> = ours["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"] == "POLARS_CLOUD_CA_PEM")
+            .collect();
+        assert_eq!(pems.len(), 1, "{mode}: {pems:?}");
+        assert!(
+            pems[0]["value"].as_str().unwrap().contains("MIIB"),
+            "{mode}"
+        );
+    }
 }

@@ -1,6 +1,14 @@
 //! `probe`: an exec probe. Exit 0 when the token file holds a token valid long enough.
+//!
+//! With `--wait` it is the injected sidecar's postStart hook: the kubelet starts the next
+//! container only when the hook returns, so returning the moment the token is on disk
+//! gates the app on the token itself, with no probe period in between.
 
-use std::time::{Duration, SystemTime};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime};
+
+use url::Url;
 
 use crate::cli::ProbeArgs;
 use crate::config::{ConfigFile, overlay};
@@ -17,18 +25,128 @@ pub enum Error {
     TooShort { path: String, left: u64, need: u64 },
 }
 
+/// How often `--wait` looks at the token file: a stat and a small read, so the wait ends
+/// within this of the token being written.
+const FILE_POLL: Duration = Duration::from_millis(10);
+/// How often `--wait` asks the sidecar's `/readyz` for the reason it would give.
+const READY_POLL: Duration = Duration::from_secs(1);
+
 /// `polars-cloud-auth probe`: a failed check is exit 1 with the reason on stderr.
 pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
-    match run(&token_file, args.min_valid.map(|d| d.0)) {
+    let min_valid = args.min_valid.map(|d| d.0);
+    let result = match args.wait {
+        None => run(&token_file, min_valid).map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+        Some(wait) => {
+            let ready = args.ready_url.map(ReadyUrl::parse).transpose()?;
+            wait_for(&token_file, min_valid, wait.0, ready.as_ref())
+        }
+    };
+    match result {
         Ok(left) => {
             println!("ok: token valid for {}s", left.as_secs());
             Ok(crate::exit::OK)
         }
         Err(e) => {
-            eprintln!("not ready: {:#}", anyhow::Error::from(e));
+            eprintln!("not ready: {e}");
             Ok(crate::exit::FAILURE)
         }
+    }
+}
+
+/// Waits until the file holds a token valid long enough, or `wait` has passed: then the
+/// error names the last reason (the file's, and what `/readyz` said).
+fn wait_for(
+    file: &TokenFile,
+    min_valid: Option<Duration>,
+    wait: Duration,
+    ready: Option<&ReadyUrl>,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut asked: Option<Instant> = None;
+    let mut said: Option<String> = None;
+    loop {
+        let err = match run(file, min_valid) {
+            Ok(left) => return Ok(left),
+            Err(e) => e,
+        };
+        let now = Instant::now();
+        let over = now.duration_since(start) >= wait;
+        if let Some(url) = ready
+            && (over || asked.is_none_or(|t| now.duration_since(t) >= READY_POLL))
+        {
+            asked = Some(now);
+            said = Some(url.get());
+        }
+        if over {
+            let mut msg = format!(
+                "no valid token after {}: {:#}",
+                humantime::format_duration(wait),
+                anyhow::Error::from(err)
+            );
+            if let Some(s) = said {
+                msg.push_str(&format!("; the sidecar's /readyz says: {s}"));
+            }
+            return Err(msg);
+        }
+        std::thread::sleep(FILE_POLL);
+    }
+}
+
+/// The sidecar's `/readyz`, on loopback: asked with a minimal HTTP/1.0 GET (a hook must
+/// start and finish fast; no TLS, no proxy, no redirects).
+struct ReadyUrl {
+    addr: String,
+    path: String,
+}
+
+impl ReadyUrl {
+    fn parse(url: Url) -> anyhow::Result<Self> {
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        };
+        if url.scheme() != "http" || !loopback {
+            anyhow::bail!(
+                "--ready-url must be a plain http URL on loopback (the sidecar's /readyz in the same pod), not '{url}'"
+            );
+        }
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+            Some(h) => h.to_string(),
+            None => unreachable!("checked above"),
+        };
+        Ok(Self {
+            addr: format!("{host}:{}", url.port_or_known_default().unwrap_or(80)),
+            path: url.path().to_string(),
+        })
+    }
+
+    /// The status and body, in one line; or why there was no answer.
+    fn get(&self) -> String {
+        let ask = || -> std::io::Result<String> {
+            let addr = self.addr.parse().or_else(|_| {
+                std::net::ToSocketAddrs::to_socket_addrs(&self.addr)?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("no address"))
+            })?;
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            write!(
+                s,
+                "GET {} HTTP/1.0\r\nHost: {}\r\n\r\n",
+                self.path, self.addr
+            )?;
+            let mut reply = Vec::new();
+            s.take(4096).read_to_end(&mut reply)?;
+            let reply = String::from_utf8_lossy(&reply);
+            let status = reply.lines().next().unwrap_or_default().trim().to_string();
+            let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+            Ok(format!("{status}: {body}"))
+        };
+        ask().unwrap_or_else(|e| format!("no answer ({e})"))
     }
 }
 

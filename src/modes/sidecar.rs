@@ -349,6 +349,11 @@ async fn readyz(
 ) -> impl IntoResponse {
     if health.ready(SystemTime::now(), margin) {
         (StatusCode::OK, "ready\n")
+    } else if health.rejected.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the identity provider rejected the credentials: see this container's log\n",
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no valid token on disk\n")
     }

@@ -143,8 +143,17 @@ impl TokenSource {
             match self.refresh(&refresh).await {
                 Ok(tokens) => return self.keep(tokens),
                 Err(e) if e.class() == FailureClass::Permanent => {
-                    tracing::info!(error = %e, "refresh token refused, signing in again");
+                    // The session ended (idle or max lifespan, logout, provider restart):
+                    // routine, and no reason to doubt the credentials. A sign-in that
+                    // fails next is reported with its own advice.
+                    tracing::info!(
+                        provider_said = %e.refresh_refusal(),
+                        "the identity provider ended the session (refresh token no longer accepted); signing in again"
+                    );
                     self.forget_refresh();
+                    let tokens = self.grant().await?;
+                    tracing::info!("signed in again: new session");
+                    return self.keep(tokens);
                 }
                 Err(e) => return Err(e),
             }

@@ -55,6 +55,30 @@ impl FailureClass {
 }
 
 impl FetchError {
+    /// What the provider said when it refused a refresh token, without advice: a refused
+    /// refresh token is how a session ends (SSO Session Idle or Max, a logout, a restart of
+    /// the provider), routine for a long-running process, and no sign of a wrong secret.
+    pub fn refresh_refusal(&self) -> String {
+        match self {
+            Self::Rejected {
+                status,
+                error,
+                description,
+                ..
+            } => {
+                let mut out = format!("HTTP {status}");
+                if let Some(e) = error {
+                    out.push_str(&format!(", {e}"));
+                }
+                if let Some(d) = description {
+                    out.push_str(&format!(": \"{d}\""));
+                }
+                out
+            }
+            other => other.to_string(),
+        }
+    }
+
     pub fn class(&self) -> FailureClass {
         match self {
             Self::Credentials(_) | Self::Assertion(_) | Self::Rejected { .. } => {

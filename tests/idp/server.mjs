@@ -235,19 +235,22 @@ function takeFault(endpoint, grantType) {
 const TLS = process.env.IDP_TLS_CERT && process.env.IDP_TLS_KEY
   ? { cert: fs.readFileSync(process.env.IDP_TLS_CERT), key: fs.readFileSync(process.env.IDP_TLS_KEY) }
   : null;
+// IDP_HOST: the address to listen on and to name in the issuer (default loopback); the
+// real node's pods reach the IdP on the node's bridge address.
+const HOST = process.env.IDP_HOST || '127.0.0.1';
 const server = TLS ? https.createServer(TLS) : http.createServer();
 server.keepAliveTimeout = 5000;
 
 await new Promise((resolve, reject) => {
   server.once('error', reject);
-  server.listen(PORT, '127.0.0.1', () => {
+  server.listen(PORT, HOST, () => {
     server.off('error', reject);
     resolve();
   });
 });
 
 const port = server.address().port;
-const origin = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
+const origin = `${TLS ? 'https' : 'http'}://${HOST}:${port}`;
 const issuer = `${origin}${PREFIX}`;
 
 const { privateKey, publicKey } = await keyPairPromise;

@@ -209,6 +209,13 @@ class Container:
         return subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def probe_passes(self) -> bool:
+        """The start gate: the postStart exec hook (run to its end, as the kubelet does
+        before it starts the next container), else the startupProbe."""
+        hook = (self.spec.get("lifecycle") or {}).get("postStart")
+        if hook:
+            if not getattr(self, "hook_done", False):
+                self.hook_done = self.exec(hook["exec"]["command"], timeout=130).returncode == 0
+            return self.hook_done
         probe = self.spec.get("startupProbe")
         if not probe:
             return True

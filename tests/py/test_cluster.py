@@ -342,7 +342,8 @@ def test_pod_is_injected_and_stored(kube, webhook, mode):
     inits = {c["name"]: c for c in spec.get("initContainers", [])}
     if mode == "native":
         assert inits["polars-cloud-auth"]["restartPolicy"] == "Always"
-        assert "startupProbe" in inits["polars-cloud-auth"]
+        hook = inits["polars-cloud-auth"]["lifecycle"]["postStart"]["exec"]["command"]
+        assert hook[1:4] == ["probe", "--wait", "120s"]
     elif mode == "classic":
         assert "polars-cloud-auth-init" in inits and "polars-cloud-auth" in names(spec)
     else:

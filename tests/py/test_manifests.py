@@ -15,7 +15,8 @@ import k8s
 
 FILES = ("pod-init.yaml", "deployment-native-sidecar.yaml", "job.yaml", "secret.example.yaml")
 WORKLOADS = ("pod-init.yaml", "deployment-native-sidecar.yaml", "job.yaml")
-PROBE_COMMAND = [k8s.ENTRYPOINT, "probe", "--min-valid", "30s"]
+START_GATE = [k8s.ENTRYPOINT, "probe", "--wait", "120s", "--ready-url",
+              f"http://127.0.0.1:{k8s.SIDECAR_PORT}/readyz", "--min-valid", "30s"]
 
 
 def docs_of(name: str) -> list[dict]:
@@ -132,7 +133,8 @@ def test_native_sidecar():
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["args"] == ["sidecar"]
     assert "command" not in sidecar
-    assert sidecar["startupProbe"]["exec"]["command"] == PROBE_COMMAND
+    assert sidecar["lifecycle"]["postStart"]["exec"]["command"] == START_GATE
+    assert "startupProbe" not in sidecar
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         http = sidecar[probe]["httpGet"]
         assert http["path"] == path
