@@ -166,7 +166,7 @@ EOF
 cgroups() {
   local h
   for h in /sys/fs/cgroup/*/; do
-    case "$h" in */unified/ | */systemd/) continue ;; esac
+    case "$h" in */unified/) continue ;; esac
     mkdir -p "$h$CGROUP_ROOT"
   done
 }
@@ -273,7 +273,7 @@ start() {
     --root-ca-file="$POLARS_CLOUD_AUTH_CLUSTER_CA" \
     --service-account-private-key-file="$pki/sa.key" \
     --use-service-account-credentials=false --allocate-node-cidrs=false \
-    --controllers='*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle,-route' \
+    --controllers='*,-node-ipam-controller' \
     --profiling=false --v=1 >"$dir/kube-controller-manager.log" 2>&1 &
   echo $! >"$dir/kube-controller-manager.pid"
   "$bin/kube-scheduler-$v" --kubeconfig="$KUBECONFIG" \

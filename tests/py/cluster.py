@@ -125,9 +125,10 @@ def connect() -> Kube:
 
 
 # --- TLS for webhooks the tests run ------------------------------------------------
-def make_tls(directory: Path) -> dict[str, Path]:
-    """A CA and a serving certificate for 127.0.0.1 (the API server calls the webhook by
-    the `url` the tests set, so the certificate names that address)."""
+def make_tls(directory: Path, ip: str = "127.0.0.1") -> dict[str, Path]:
+    """A CA and a serving certificate for `ip` (the API server calls the webhook by the
+    `url` the tests set, so the certificate names that address; the real node's peers
+    listen on the node's bridge address)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca, key, csr, crt, ext = (directory / n for n in (
         "ca.key", "ca.crt", "tls.key", "tls.csr", "tls.crt", "ext"))
@@ -135,8 +136,8 @@ def make_tls(directory: Path) -> dict[str, Path]:
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
     run("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj",
         "/CN=polars-cloud-auth webhook test CA")
-    run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
-    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    run("req", *ec, "-keyout", key, "-out", csr, "-subj", f"/CN={ip}")
+    ext.write_text(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")
     run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
         "-extfile", ext, "-out", crt)
     return {"ca": ca, "cert": crt, "key": key}

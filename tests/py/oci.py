@@ -333,7 +333,12 @@ def app_image(python_home: Path, venv: Path, extra: list[Entry]) -> Image:
     """Python (its stdlib, without site-packages), the system libraries it and the venv's
     extension modules load, one venv, and ``extra`` (the test's client scripts)."""
     base = [e for e in tree(python_home) if "/site-packages" not in e.path]
-    packages = tree(venv)
+    skip = set(SKIP_DIRS)
+    # polars-cloud 0.12 loads polars' 64-bit runtime; the 32-bit one pip adds beside it is
+    # never loaded (checked in /proc/self/maps), and is 180 MB.
+    if any(venv.glob("lib/python*/site-packages/_polars_runtime_64")):
+        skip.add("_polars_runtime_32")
+    packages = tree(venv, skip)
     elves = [Path(e.path) for e in base + packages if e.kind == "file" and e.path.endswith(".so")]
     elves.append(python_home / "bin" / "python3")
     libs = [e for e in shared_libraries(elves)

@@ -1,0 +1,337 @@
+"""Injected pods on a real node: kubelet 1.37, containerd 2 and runc (scripts/node.sh)
+running our image and the real polars-cloud client.
+
+Everything a pod does here is the real thing: the API server admits the pods through our
+webhook, Deployments and Jobs become pods through the controller manager and scheduler,
+the kubelet runs them with containerd and runc (network namespace per pod from the CNI
+bridge, volumes, uids and fsGroup, sysctls, hostAliases, native sidecar order, the
+postStart hook, probes, restarts, SIGTERM on delete). The images are built here
+(tests/py/oci.py): ours from the Dockerfile's final stage, an app image with Python and
+polars-cloud. Only the peers run outside pods: the test IdP and the broker on the node's
+bridge address, the webhook on loopback (see tests/py/node_peer.py for why).
+
+The IdP issues 20 s tokens and ends every session after 45 s, so a 100 s run spans five
+token lives and at least two session ends; each app calls the API once a second and the
+stand-in API (inside the app container) accepts only tokens the IdP signed that have not
+expired. Slow: `scripts/test.sh --slow` (POLARS_CLOUD_AUTH_SLOW=1);
+POLARS_CLOUD_AUTH_LONG_RUN sets the run's length in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import cluster
+import idp_peer
+import k8s
+import node_peer
+from node_peer import configmap, results, secret, token_container
+
+pytestmark = pytest.mark.skipif(
+    not node_peer.SLOW, reason="slow: runs with scripts/test.sh --slow (POLARS_CLOUD_AUTH_SLOW=1)"
+)
+
+NS = "pca-node"
+RELEASE = "pcn"
+FULLNAME = f"{RELEASE}-polars-cloud-auth"
+SA_ID, SECRET = "node-sa", "Node+Secret/7=&q"
+BROKER_SA_ID, BROKER_SECRET = "broker-sa", "Broker+Secret/8=&r"
+TOKEN_TTL, SESSION_MAX = 20, 45
+DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "100"))
+CLIENT = "0.12.0"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    node = node_peer.connect()
+    kube = node.kube
+    tmp = tmp_path_factory.mktemp("node")
+    ours = node_peer.our_image(node, tmp)
+    venv = node_peer.client_venv(CLIENT)
+    app = node_peer.app_image(node, venv, CLIENT, tmp)
+
+    tls = cluster.make_tls(tmp / "tls", ip=node.ip)
+    idp = idp_peer.Idp({SA_ID: SECRET, BROKER_SA_ID: BROKER_SECRET}, TOKEN_TTL, SESSION_MAX,
+                       host=node.ip, tls=tls)
+    # A namespace left by an earlier run is deleted first (its pods with it).
+    if kube.run("get", "namespace", NS, check=False).returncode == 0:
+        kube.run("delete", "namespace", NS, "--wait=false")
+        node.wait("the old namespace gone", lambda: kube.run(
+            "get", "namespace", NS, check=False).returncode != 0, timeout=120, every=1)
+    kube.namespace(NS)
+    kube.apply(secret("polars-cloud-credentials", NS, {"client_id": SA_ID, "client_secret": SECRET}))
+    jwks = idp.jwks()
+    kube.apply(configmap("pca-test-jwks", NS, {"jwks.json": jwks}))
+
+    broker = node_peer.HostBroker(tmp, node, idp, tls, {BROKER_SA_ID: BROKER_SECRET}, NS)
+    webhook_tls = cluster.make_tls(tmp / "webhook-tls")
+    env = {
+        "POLARS_CLOUD_INJECT_IMAGE": ours,
+        "POLARS_CLOUD_INJECT_ISSUER": idp.issuer,
+        "POLARS_CLOUD_INJECT_ISSUER_CA_FILE": str(tls["ca"]),
+        "POLARS_CLOUD_INJECT_BROKER_URL": broker.url,
+        "POLARS_CLOUD_INJECT_BROKER_CA_FILE": str(tls["ca"]),
+        "POLARS_CLOUD_INJECT_BROKER": "false",
+    }
+    webhook = cluster.Webhook(env, webhook_tls, tmp / "webhook.log")
+    node_peer.register_webhook(kube, RELEASE, NS, f"{webhook.base}/mutate", webhook_tls["ca"])
+    yield {"node": node, "kube": kube, "idp": idp, "broker": broker, "webhook": webhook,
+           "ours": ours, "app": app, "tmp": tmp}
+    kube.run("delete", "namespace", NS, "--wait=false", check=False)
+    kube.run("delete", "mutatingwebhookconfiguration", FULLNAME, check=False)
+    webhook.stop()
+    broker.stop()
+    idp.stop()
+
+
+def app_container(world, duration: float, hold: bool = True, read_only_root: bool = False) -> dict:
+    c = {
+        "name": "app",
+        "image": world["app"],
+        "imagePullPolicy": "Never",
+        "args": ["--duration", str(duration), "--jwks", "file:///etc/pca-test/jwks.json"],
+        "env": [{"name": "PCA_HOLD", "value": "1" if hold else "0"},
+                {"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [{"name": "jwks", "mountPath": "/etc/pca-test", "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": read_only_root},
+    }
+    return c
+
+
+def pod_template(world, name: str, annotations: dict, container: dict, run_as: int,
+                 fs_group: int | None, restart: str = "Always") -> dict:
+    security = {"runAsUser": run_as, "runAsGroup": run_as, "runAsNonRoot": True,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+    if fs_group is not None:
+        security["fsGroup"] = fs_group
+    return {
+        "metadata": {"labels": {"app": name, "polars.cloud/inject": "true"},
+                     "annotations": annotations},
+        "spec": {
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 10,
+            "automountServiceAccountToken": False,
+            "securityContext": security,
+            "containers": [container],
+            "volumes": [{"name": "jwks", "configMap": {"name": "pca-test-jwks"}}],
+        },
+    }
+
+
+def deployment(name: str, template: dict) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": template}}
+
+
+def job(name: str, template: dict) -> dict:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"backoffLimit": 0, "template": template}}
+
+
+# The long-running cases: (name, mode, backing, app uid, fsGroup, read-only root)
+CASES = [
+    ("native-secret", "native", "secret", 1000, 2000, False),
+    ("native-secret-nofsgroup-ro", "native", "secret", 1001, None, True),
+    ("classic-secret", "classic", "secret", 1000, 2000, False),
+    ("native-broker", "native", "broker", 1002, 2000, False),
+    ("classic-broker-nofsgroup", "classic", "broker", 1003, None, False),
+]
+
+
+def the_pod(world, name: str) -> dict:
+    pods = world["node"].pods(NS, f"app={name}")
+    running = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return running[0] if running else {}
+
+
+@pytest.fixture(scope="module")
+def long_run(world):
+    """Every case as a Deployment at once, for DURATION; the sidecar of the first case is
+    killed halfway (the kubelet must restart it, and the app must not notice)."""
+    kube, node = world["kube"], world["node"]
+    for name, mode, backing, uid, fs_group, ro in CASES:
+        annotations = {"polars.cloud/mode": mode}
+        if backing == "broker":
+            annotations["polars.cloud/broker"] = "true"
+        template = pod_template(world, name, annotations,
+                                app_container(world, DURATION, read_only_root=ro), uid, fs_group)
+        kube.apply(deployment(name, template))
+    started = {}
+    for name, *_ in CASES:
+        started[name] = node.wait(f"{name}'s app running", lambda n=name: (
+            (p := the_pod(world, n)) and (node.status(p, "app") or {}).get("state", {}).get("running")
+            and p), timeout=120)
+    killed = CASES[0][0]
+    time.sleep(DURATION / 2)
+    pod = the_pod(world, killed)
+    ours = token_container(pod)["name"]
+    pid = node.task_pid(node.container_id(pod, ours))
+    os.kill(pid, signal.SIGKILL)
+    node.wait(f"{killed}'s sidecar restarted", lambda: (
+        (st := node.status(the_pod(world, killed), ours)) and st.get("restartCount", 0) >= 1
+        and st.get("state", {}).get("running")), timeout=60)
+    out = {}
+    for name, *_ in CASES:
+        pod = node.wait(f"{name}'s client result", lambda n=name: (
+            (p := the_pod(world, n)) and "PCA-CLIENT-DONE" in node.logs(p, "app") and p),
+            timeout=DURATION + 120, every=1)
+        out[name] = {"pod": pod, "result": results(node.logs(pod, "app"))[-1],
+                     "ours": node.logs(pod, token_container(pod)["name"])}
+    return out
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_the_real_client_works_for_five_token_lives_in_a_real_pod(world, long_run, case):
+    got = long_run[case]
+    r = got["result"]
+    assert r["failed"] == 0 and r["ok"] == r["calls"], r
+    assert r["calls"] >= DURATION * 0.8, r
+    # Five token lives: the client presented at least five different tokens.
+    assert r["bearers"] >= 5, r
+    pod = got["pod"]
+    # The pod is what the webhook made of the Deployment's template, stored and run.
+    assert pod["metadata"]["annotations"].get("polars.cloud/injected"), pod["metadata"]
+    assert pod["spec"]["nodeName"] == world["node"].name
+    name, mode, backing, uid, fs_group, ro = next(c for c in CASES if c[0] == case)
+    ours = token_container(pod)
+    if mode == "native":
+        assert ours in pod["spec"]["initContainers"] and ours["restartPolicy"] == "Always"
+    else:
+        # The classic sidecar is a regular container, after an init container.
+        assert ours["args"] == ["init"], ours
+        assert "polars-cloud-auth" in [c["name"] for c in pod["spec"]["containers"]]
+    mounts = {v["name"]: v for v in pod["spec"]["volumes"]}
+    if backing == "broker":
+        assert not any("secret" in v for v in mounts.values()), mounts
+    else:
+        assert any(v.get("secret", {}).get("secretName") == "polars-cloud-credentials"
+                   for v in mounts.values()), mounts
+    # Nothing of the credentials in the app's environment or output.
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
+    assert SECRET not in json.dumps(app) and BROKER_SECRET not in json.dumps(app)
+    assert SECRET not in got["ours"] and BROKER_SECRET not in got["ours"]
+
+
+def test_a_killed_sidecar_is_restarted_and_the_app_never_notices(world, long_run):
+    got = long_run[CASES[0][0]]
+    st = world["node"].status(world["node"].wait("pod", lambda: the_pod(world, CASES[0][0])),
+                              token_container(got["pod"])["name"])
+    assert st["restartCount"] >= 1, st
+    assert got["result"]["failed"] == 0, got["result"]
+
+
+def test_session_ends_are_logged_as_routine(world, long_run):
+    """The IdP ended sessions during the run (45 s max); our container says so at INFO,
+    without the advice to check the secret."""
+    logs = long_run["native-secret-nofsgroup-ro"]["ours"]
+    assert "the identity provider ended the session" in logs or "signed in" in logs, logs[-2000:]
+    assert "check the client id" not in logs, logs[-2000:]
+
+
+def watch_pod(kube, name: str, stop: threading.Event, seen: list) -> None:
+    proc = subprocess.Popen([str(kube.kubectl), "get", "pod", name, "-n", NS, "--watch",
+                             "-o", "json", "--output-watch-events"], env=kube.env,
+                            stdout=subprocess.PIPE, text=True)
+    buf = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        buf += line
+        if line.startswith("}"):
+            seen.append(json.loads(buf))
+            buf = ""
+        if stop.is_set():
+            break
+    proc.terminate()
+
+
+def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_run):
+    kube = world["kube"]
+    name = CASES[1][0]
+    pod = the_pod(world, name)
+    pod_name = pod["metadata"]["name"]
+    ours = token_container(pod)["name"]
+    seen: list = []
+    stop = threading.Event()
+    t = threading.Thread(target=watch_pod, args=(kube, pod_name, stop, seen), daemon=True)
+    t.start()
+    time.sleep(1)
+    kube.run("scale", "deployment", name, "-n", NS, "--replicas=0")
+    began = time.monotonic()
+    world["node"].wait("the pod gone", lambda: not any(
+        p["metadata"]["name"] == pod_name for p in world["node"].pods(NS, f"app={name}")),
+        timeout=40)
+    took = time.monotonic() - began
+    stop.set()
+    finals = []
+    for ev in seen:
+        obj = ev.get("object", {})
+        st = node_peer.Node.status(world["node"], obj, ours)
+        term = (st or {}).get("state", {}).get("terminated")
+        if term:
+            finals.append(term)
+    assert finals, f"no terminated state seen for {ours}: {[e.get('type') for e in seen]}"
+    assert finals[-1]["exitCode"] == 0, finals[-1]
+    assert took < 10, f"the pod took {took:.1f}s to go (grace period 10s)"
+
+
+def test_a_job_with_our_native_sidecar_completes_when_its_app_exits(world):
+    kube, node = world["kube"], world["node"]
+    template = pod_template(world, "job-native", {"polars.cloud/mode": "native"},
+                            app_container(world, 5, hold=False), 1000, 2000, restart="Never")
+    kube.apply(job("job-native", template))
+    node.wait("the Job complete", lambda: any(
+        c["type"] == "Complete" and c["status"] == "True"
+        for c in kube.get("job", "job-native", "-n", NS).get("status", {}).get("conditions", [])),
+        timeout=120, every=1)
+    (pod,) = node.pods(NS, "app=job-native")
+    r = results(node.logs(pod, "app"))[-1]
+    assert r["failed"] == 0 and r["ok"] >= 1, r
+    ours = node.status(pod, token_container(pod)["name"])
+    assert ours["state"].get("terminated"), ours
+
+
+def test_an_init_only_job_completes(world):
+    kube, node = world["kube"], world["node"]
+    template = pod_template(world, "job-init-only", {"polars.cloud/mode": "init-only"},
+                            app_container(world, 3, hold=False), 1000, 2000, restart="Never")
+    kube.apply(job("job-init-only", template))
+    node.wait("the Job complete", lambda: any(
+        c["type"] == "Complete" and c["status"] == "True"
+        for c in kube.get("job", "job-init-only", "-n", NS).get("status", {}).get("conditions", [])),
+        timeout=120, every=1)
+    (pod,) = node.pods(NS, "app=job-init-only")
+    r = results(node.logs(pod, "app"))[-1]
+    assert r["failed"] == 0 and r["ok"] >= 1, r
+
+
+def test_the_image_the_suite_runs_is_the_dockerfiles(world):
+    """The image containerd runs has the files, user, entrypoint, env, ports and labels
+    the Dockerfile's final stage names (read from the imported image, not the builder)."""
+    import oci
+
+    node = world["node"]
+    ref = world["ours"]
+    cfg = node_peer.image_config(node, ref)
+    stage = oci.final_stage(k8s.REPO / "Dockerfile")
+    assert cfg["config"].get("User") == stage.user
+    assert cfg["config"].get("Entrypoint") == stage.entrypoint
+    assert cfg["config"].get("Cmd") == stage.cmd
+    assert cfg["config"].get("Env") == stage.env
+    assert sorted(cfg["config"].get("ExposedPorts", {})) == sorted(stage.exposed)
+    assert cfg["config"].get("Labels", {}) == stage.labels
+    files = node_peer.image_files(node, ref)
+    assert sorted(f for f in files if not f.endswith("/")) == sorted(
+        dst.lstrip("/") for _, _, dst in stage.copies)
