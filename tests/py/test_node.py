@@ -47,6 +47,8 @@ BROKER_SA_ID, BROKER_SECRET = "broker-sa", "Broker+Secret/8=&r"
 TOKEN_TTL, SESSION_MAX = 20, 45
 DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "100"))
 CLIENT = "0.12.0"
+# Our long-running container's name in native and classic mode.
+SIDECAR = "polars-cloud-auth"
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +179,7 @@ def long_run(world):
     killed = CASES[0][0]
     time.sleep(DURATION / 2)
     pod = the_pod(world, killed)
-    ours = token_container(pod)["name"]
+    ours = SIDECAR
     pid = node.task_pid(node.container_id(pod, ours))
     os.kill(pid, signal.SIGKILL)
     node.wait(f"{killed}'s sidecar restarted", lambda: (
@@ -189,7 +191,7 @@ def long_run(world):
             (p := the_pod(world, n)) and "PCA-CLIENT-DONE" in node.logs(p, "app") and p),
             timeout=DURATION + 120, every=1)
         out[name] = {"pod": pod, "result": results(node.logs(pod, "app"))[-1],
-                     "ours": node.logs(pod, token_container(pod)["name"])}
+                     "ours": node.logs(pod, SIDECAR)}
     return out
 
 
@@ -228,30 +230,38 @@ def test_the_real_client_works_for_five_token_lives_in_a_real_pod(world, long_ru
 def test_a_killed_sidecar_is_restarted_and_the_app_never_notices(world, long_run):
     got = long_run[CASES[0][0]]
     st = world["node"].status(world["node"].wait("pod", lambda: the_pod(world, CASES[0][0])),
-                              token_container(got["pod"])["name"])
+                              SIDECAR)
     assert st["restartCount"] >= 1, st
     assert got["result"]["failed"] == 0, got["result"]
 
 
-def test_session_ends_are_logged_as_routine(world, long_run):
-    """The IdP ended sessions during the run (45 s max); our container says so at INFO,
-    without the advice to check the secret."""
-    logs = long_run["native-secret-nofsgroup-ro"]["ours"]
-    assert "the identity provider ended the session" in logs or "signed in" in logs, logs[-2000:]
-    assert "check the client id" not in logs, logs[-2000:]
+def test_session_ends_are_routine_in_our_logs(world, long_run):
+    """The IdP ended at least two sessions under every pod (45 s max in a 100 s run):
+    our containers renewed across them with nothing logged above INFO, and no advice to
+    check the secret."""
+    sign_ins = [r for r in world["idp"].requests()
+                if r["params"].get("grant_type") == "password"
+                and r["params"].get("username", "").startswith(SA_ID + "@")]
+    secret_backed = sum(1 for c in CASES if c[2] == "secret")
+    # Each secret-backed pod: its first sign-in and one per session end (>= 2 in 100 s),
+    # plus the classic init containers' own.
+    assert len(sign_ins) >= 3 * secret_backed, len(sign_ins)
+    for case, got in long_run.items():
+        logs = got["ours"]
+        assert logs.count("token renewed") >= 5, (case, logs[-2000:])
+        noisy = [line for line in logs.splitlines() if " WARN " in line or " ERROR " in line]
+        assert not noisy, (case, noisy)
+        assert "check the client id" not in logs, (case, logs[-2000:])
 
 
 def watch_pod(kube, name: str, stop: threading.Event, seen: list) -> None:
     proc = subprocess.Popen([str(kube.kubectl), "get", "pod", name, "-n", NS, "--watch",
                              "-o", "json", "--output-watch-events"], env=kube.env,
                             stdout=subprocess.PIPE, text=True)
-    buf = ""
     assert proc.stdout is not None
     for line in proc.stdout:
-        buf += line
-        if line.startswith("}"):
-            seen.append(json.loads(buf))
-            buf = ""
+        if line.strip():
+            seen.append(json.loads(line))
         if stop.is_set():
             break
     proc.terminate()
@@ -262,7 +272,7 @@ def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_
     name = CASES[1][0]
     pod = the_pod(world, name)
     pod_name = pod["metadata"]["name"]
-    ours = token_container(pod)["name"]
+    ours = SIDECAR
     seen: list = []
     stop = threading.Event()
     t = threading.Thread(target=watch_pod, args=(kube, pod_name, stop, seen), daemon=True)
