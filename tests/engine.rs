@@ -371,6 +371,93 @@ fn a_failed_write_exits_5_and_keeps_the_previous_token() {
     assert_eq!(leftovers.len(), 1, "temporary file left behind");
 }
 
+/// The postStart hook: `probe --wait` returns as soon as the token is on disk and the
+/// sidecar's /readyz answers 200; a wait that runs out quotes what /readyz said.
+#[test]
+fn probe_wait_returns_once_the_token_is_written_and_the_sidecar_is_ready() {
+    if !have_idp() {
+        return;
+    }
+    let idp = Idp::with_ttl(60);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    // A stand-in /readyz: 503 with the sidecar's rejection text until told otherwise.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let serving = ready.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n")
+                && std::io::Read::read(&mut conn, &mut byte).unwrap_or(0) == 1
+            {
+                head.push(byte[0]);
+            }
+            let reply = if serving.load(std::sync::atomic::Ordering::SeqCst) {
+                "HTTP/1.0 200 OK\r\n\r\nready\n".to_string()
+            } else {
+                "HTTP/1.0 503 Service Unavailable\r\n\r\nthe identity provider rejected the credentials: see this container's log\n".to_string()
+            };
+            let _ = std::io::Write::write_all(&mut conn, reply.as_bytes());
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    let wait = |limit: &str| {
+        bin_cmd()
+            .args([
+                "probe",
+                "--wait",
+                limit,
+                "--ready-url",
+                &url,
+                "--token-file",
+            ])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Not ready: no token, and the sidecar reports a rejection; the message says both.
+    let out = wait("300ms").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no valid token after 300ms"), "{err}");
+    assert!(err.contains("rejected the credentials"), "{err}");
+    // The token appears while the hook waits, then the sidecar turns ready: it returns.
+    let hook = wait("20s");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        run(cmd(&idp)
+            .arg("init")
+            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", &path))
+        .status
+        .success()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = hook.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: token valid for"));
+    // Only plain http on loopback: a hook never reaches out of the pod.
+    let out = run(bin_cmd().args([
+        "probe",
+        "--wait",
+        "1s",
+        "--ready-url",
+        "https://example.com/readyz",
+    ]));
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("plain http URL on loopback"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn probe_checks_the_time_left() {
     if !have_idp() {

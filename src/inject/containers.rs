@@ -167,11 +167,13 @@ pub(super) fn token_container(
                 ..ContainerPort::default()
             }]
         }),
-        // The app starts when this hook returns: the moment the token is on disk, with no
-        // probe period in between (a startup probe would add up to its period). A hook that
-        // fails (no token within START_WAIT) restarts our container, and the kubelet's
-        // FailedPostStartHook event carries the reason.
-        lifecycle: matches!(role, Role::NativeSidecar).then(|| Lifecycle {
+        // A native sidecar's app starts when this hook returns: the moment our container
+        // is ready (token on disk, relay up), with no probe period in between (a startup
+        // probe would add up to its period). A classic sidecar is "started" only then, so
+        // its first readiness probe finds it ready. A hook that fails (not ready within
+        // START_WAIT) restarts our container, and the kubelet's FailedPostStartHook event
+        // carries the reason.
+        lifecycle: sidecar.then(|| Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
                     command: Some(start_gate(s)),

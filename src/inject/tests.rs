@@ -207,6 +207,12 @@ fn classic_mode_adds_an_init_container_and_a_sidecar() {
     assert_eq!(sidecar["args"], json!(["sidecar"]));
     assert!(sidecar.get("restartPolicy").is_none());
     assert!(sidecar.get("startupProbe").is_none());
+    // Started (and so first probed for readiness) only once ready.
+    assert_eq!(
+        sidecar["lifecycle"]["postStart"]["exec"]["command"][1..4],
+        json!(["probe", "--wait", "120s"])
+    );
+    assert!(init.get("lifecycle").is_none());
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], "pca-http");
     // Only the app container gets the read-only mount.
     assert_eq!(

@@ -25,11 +25,9 @@ pub enum Error {
     TooShort { path: String, left: u64, need: u64 },
 }
 
-/// How often `--wait` looks at the token file: a stat and a small read, so the wait ends
-/// within this of the token being written.
-const FILE_POLL: Duration = Duration::from_millis(10);
-/// How often `--wait` asks the sidecar's `/readyz` for the reason it would give.
-const READY_POLL: Duration = Duration::from_secs(1);
+/// How often `--wait` looks at the token file (a stat and a small read) and asks the
+/// sidecar's `/readyz` on loopback: the wait ends within this of the sidecar being ready.
+const POLL: Duration = Duration::from_millis(10);
 
 /// `polars-cloud-auth probe`: a failed check is exit 1 with the reason on stderr.
 pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
@@ -54,8 +52,9 @@ pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     }
 }
 
-/// Waits until the file holds a token valid long enough, or `wait` has passed: then the
-/// error names the last reason (the file's, and what `/readyz` said).
+/// Waits until the file holds a token valid long enough and, with `ready`, the sidecar
+/// says it is ready (its own token, the relay up, the credentials not rejected), or until
+/// `wait` has passed: then the error names the last reason.
 fn wait_for(
     file: &TokenFile,
     min_valid: Option<Duration>,
@@ -63,33 +62,28 @@ fn wait_for(
     ready: Option<&ReadyUrl>,
 ) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut asked: Option<Instant> = None;
-    let mut said: Option<String> = None;
     loop {
-        let err = match run(file, min_valid) {
-            Ok(left) => return Ok(left),
-            Err(e) => e,
-        };
-        let now = Instant::now();
-        let over = now.duration_since(start) >= wait;
-        if let Some(url) = ready
-            && (over || asked.is_none_or(|t| now.duration_since(t) >= READY_POLL))
-        {
-            asked = Some(now);
-            said = Some(url.get());
-        }
-        if over {
-            let mut msg = format!(
-                "no valid token after {}: {:#}",
-                humantime::format_duration(wait),
-                anyhow::Error::from(err)
-            );
-            if let Some(s) = said {
-                msg.push_str(&format!("; the sidecar's /readyz says: {s}"));
+        let why = match run(file, min_valid) {
+            Ok(left) => match ready.map(ReadyUrl::get) {
+                None => return Ok(left),
+                Some(Ok(())) => return Ok(left),
+                Some(Err(said)) => format!("the sidecar's /readyz says: {said}"),
+            },
+            Err(e) => {
+                let mut why = format!("{:#}", anyhow::Error::from(e));
+                if let Some(Err(said)) = ready.map(ReadyUrl::get) {
+                    why.push_str(&format!("; the sidecar's /readyz says: {said}"));
+                }
+                why
             }
-            return Err(msg);
+        };
+        if start.elapsed() >= wait {
+            return Err(format!(
+                "no valid token after {}: {why}",
+                humantime::format_duration(wait)
+            ));
         }
-        std::thread::sleep(FILE_POLL);
+        std::thread::sleep(POLL);
     }
 }
 
@@ -124,9 +118,9 @@ impl ReadyUrl {
         })
     }
 
-    /// The status and body, in one line; or why there was no answer.
-    fn get(&self) -> String {
-        let ask = || -> std::io::Result<String> {
+    /// Ok for 200; else the status and body in one line, or why there was no answer.
+    fn get(&self) -> Result<(), String> {
+        let ask = || -> std::io::Result<Result<(), String>> {
             let addr = self.addr.parse().or_else(|_| {
                 std::net::ToSocketAddrs::to_socket_addrs(&self.addr)?
                     .next()
@@ -134,19 +128,19 @@ impl ReadyUrl {
             })?;
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
             s.set_read_timeout(Some(Duration::from_millis(500)))?;
-            write!(
-                s,
-                "GET {} HTTP/1.0\r\nHost: {}\r\n\r\n",
-                self.path, self.addr
-            )?;
+            // One write: a server may answer (and close) on the first segment it reads.
+            let request = format!("GET {} HTTP/1.0\r\nHost: {}\r\n\r\n", self.path, self.addr);
+            s.write_all(request.as_bytes())?;
             let mut reply = Vec::new();
             s.take(4096).read_to_end(&mut reply)?;
             let reply = String::from_utf8_lossy(&reply);
             let status = reply.lines().next().unwrap_or_default().trim().to_string();
             let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
-            Ok(format!("{status}: {body}"))
+            Ok((status.split_whitespace().nth(1) == Some("200"))
+                .then_some(())
+                .ok_or(format!("{status}: {body}")))
         };
-        ask().unwrap_or_else(|e| format!("no answer ({e})"))
+        ask().unwrap_or_else(|e| Err(format!("no answer ({e})")))
     }
 }
 

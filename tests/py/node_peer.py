@@ -390,3 +390,57 @@ def image_files(node: Node, ref: str) -> list[str]:
         with tarfile.open(fileobj=io.BytesIO(_blob(node, layer["digest"]))) as tar:
             names += [m.name + ("/" if m.isdir() else "") for m in tar.getmembers()]
     return names
+
+
+# --- a world for injected pods ------------------------------------------------------
+class World:
+    """The peers injected pods need, in namespace `ns`: our image and an app image
+    imported, the test IdP (https, on the node's bridge address), the credentials Secret,
+    the JWKS ConfigMap the app's verifier reads, the broker, and our webhook behind the
+    chart's MutatingWebhookConfiguration (pods are broker-backed only when they ask)."""
+
+    SA_ID, SECRET = "node-sa", "Node+Secret/7=&q"
+    BROKER_SA_ID, BROKER_SECRET = "broker-sa", "Broker+Secret/8=&r"
+
+    def __init__(self, tmp: Path, ns: str, release: str, ttl: int,
+                 session_max: int | None = None, client: str = "0.12.0") -> None:
+        import idp_peer
+
+        self.node = node = connect()
+        self.kube = kube = node.kube
+        self.ns, self.release, self.tmp = ns, release, tmp
+        self.ours = our_image(node, tmp)
+        self.app = app_image(node, client_venv(client), client, tmp)
+        self.pause = f"{IMAGE_REPO}/pause:1"
+        self.tls = cluster.make_tls(tmp / "tls", ip=node.ip)
+        self.idp = idp_peer.Idp({self.SA_ID: self.SECRET, self.BROKER_SA_ID: self.BROKER_SECRET},
+                                ttl, session_max, host=node.ip, tls=self.tls)
+        # A namespace left by an earlier run is deleted first (its pods with it).
+        if kube.run("get", "namespace", ns, check=False).returncode == 0:
+            kube.run("delete", "namespace", ns, "--wait=false")
+            node.wait("the old namespace gone", lambda: kube.run(
+                "get", "namespace", ns, check=False).returncode != 0, timeout=120, every=1)
+        kube.namespace(ns)
+        kube.apply(secret("polars-cloud-credentials", ns,
+                          {"client_id": self.SA_ID, "client_secret": self.SECRET}))
+        kube.apply(configmap("pca-test-jwks", ns, {"jwks.json": self.idp.jwks()}))
+        self.broker = HostBroker(tmp, node, self.idp, self.tls,
+                                 {self.BROKER_SA_ID: self.BROKER_SECRET}, ns)
+        webhook_tls = cluster.make_tls(tmp / "webhook-tls")
+        self.webhook = cluster.Webhook({
+            "POLARS_CLOUD_INJECT_IMAGE": self.ours,
+            "POLARS_CLOUD_INJECT_ISSUER": self.idp.issuer,
+            "POLARS_CLOUD_INJECT_ISSUER_CA_FILE": str(self.tls["ca"]),
+            "POLARS_CLOUD_INJECT_BROKER_URL": self.broker.url,
+            "POLARS_CLOUD_INJECT_BROKER_CA_FILE": str(self.tls["ca"]),
+            "POLARS_CLOUD_INJECT_BROKER": "false",
+        }, webhook_tls, tmp / "webhook.log")
+        self.config_name = f"{release}-polars-cloud-auth"
+        register_webhook(kube, release, ns, f"{self.webhook.base}/mutate", webhook_tls["ca"])
+
+    def stop(self) -> None:
+        self.kube.run("delete", "namespace", self.ns, "--wait=false", check=False)
+        self.kube.run("delete", "mutatingwebhookconfiguration", self.config_name, check=False)
+        self.webhook.stop()
+        self.broker.stop()
+        self.idp.stop()

@@ -29,11 +29,9 @@ from pathlib import Path
 
 import pytest
 
-import cluster
-import idp_peer
 import k8s
 import node_peer
-from node_peer import configmap, results, secret, token_container
+from node_peer import results, token_container
 
 pytestmark = pytest.mark.skipif(
     not node_peer.SLOW, reason="slow: runs with scripts/test.sh --slow (POLARS_CLOUD_AUTH_SLOW=1)"
@@ -41,9 +39,8 @@ pytestmark = pytest.mark.skipif(
 
 NS = "pca-node"
 RELEASE = "pcn"
-FULLNAME = f"{RELEASE}-polars-cloud-auth"
-SA_ID, SECRET = "node-sa", "Node+Secret/7=&q"
-BROKER_SA_ID, BROKER_SECRET = "broker-sa", "Broker+Secret/8=&r"
+SA_ID, SECRET = node_peer.World.SA_ID, node_peer.World.SECRET
+BROKER_SECRET = node_peer.World.BROKER_SECRET
 TOKEN_TTL, SESSION_MAX = 20, 45
 DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "100"))
 CLIENT = "0.12.0"
@@ -53,45 +50,11 @@ SIDECAR = "polars-cloud-auth"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    node = node_peer.connect()
-    kube = node.kube
-    tmp = tmp_path_factory.mktemp("node")
-    ours = node_peer.our_image(node, tmp)
-    venv = node_peer.client_venv(CLIENT)
-    app = node_peer.app_image(node, venv, CLIENT, tmp)
-
-    tls = cluster.make_tls(tmp / "tls", ip=node.ip)
-    idp = idp_peer.Idp({SA_ID: SECRET, BROKER_SA_ID: BROKER_SECRET}, TOKEN_TTL, SESSION_MAX,
-                       host=node.ip, tls=tls)
-    # A namespace left by an earlier run is deleted first (its pods with it).
-    if kube.run("get", "namespace", NS, check=False).returncode == 0:
-        kube.run("delete", "namespace", NS, "--wait=false")
-        node.wait("the old namespace gone", lambda: kube.run(
-            "get", "namespace", NS, check=False).returncode != 0, timeout=120, every=1)
-    kube.namespace(NS)
-    kube.apply(secret("polars-cloud-credentials", NS, {"client_id": SA_ID, "client_secret": SECRET}))
-    jwks = idp.jwks()
-    kube.apply(configmap("pca-test-jwks", NS, {"jwks.json": jwks}))
-
-    broker = node_peer.HostBroker(tmp, node, idp, tls, {BROKER_SA_ID: BROKER_SECRET}, NS)
-    webhook_tls = cluster.make_tls(tmp / "webhook-tls")
-    env = {
-        "POLARS_CLOUD_INJECT_IMAGE": ours,
-        "POLARS_CLOUD_INJECT_ISSUER": idp.issuer,
-        "POLARS_CLOUD_INJECT_ISSUER_CA_FILE": str(tls["ca"]),
-        "POLARS_CLOUD_INJECT_BROKER_URL": broker.url,
-        "POLARS_CLOUD_INJECT_BROKER_CA_FILE": str(tls["ca"]),
-        "POLARS_CLOUD_INJECT_BROKER": "false",
-    }
-    webhook = cluster.Webhook(env, webhook_tls, tmp / "webhook.log")
-    node_peer.register_webhook(kube, RELEASE, NS, f"{webhook.base}/mutate", webhook_tls["ca"])
-    yield {"node": node, "kube": kube, "idp": idp, "broker": broker, "webhook": webhook,
-           "ours": ours, "app": app, "tmp": tmp}
-    kube.run("delete", "namespace", NS, "--wait=false", check=False)
-    kube.run("delete", "mutatingwebhookconfiguration", FULLNAME, check=False)
-    webhook.stop()
-    broker.stop()
-    idp.stop()
+    w = node_peer.World(tmp_path_factory.mktemp("node"), NS, RELEASE, TOKEN_TTL, SESSION_MAX,
+                        client=CLIENT)
+    yield {"node": w.node, "kube": w.kube, "idp": w.idp, "broker": w.broker,
+           "webhook": w.webhook, "ours": w.ours, "app": w.app, "tmp": w.tmp}
+    w.stop()
 
 
 def app_container(world, duration: float, hold: bool = True, read_only_root: bool = False) -> dict:
