@@ -209,8 +209,10 @@ fn classic_mode_adds_an_init_container_and_a_sidecar() {
     assert!(sidecar.get("startupProbe").is_none());
     // Started (and so first probed for readiness) only once ready.
     assert_eq!(
-        sidecar["lifecycle"]["postStart"]["exec"]["command"][1..4],
-        json!(["probe", "--wait", "120s"])
+        sidecar["lifecycle"]["postStart"]["exec"]["command"]
+            .as_array()
+            .unwrap()[1..4],
+        [json!("probe"), json!("--wait"), json!("120s")]
     );
     assert!(init.get("lifecycle").is_none());
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["port"], "pca-http");
