@@ -10,8 +10,9 @@ The same pod (an app container running the pause image, nothing else) is created
 the API server plain, injected secret-backed (native and classic mode) and injected
 broker-backed (native), alternately, --rounds of each, on a kubelet that has run for at
 least --settle seconds (a fresh kubelet delays new probes by a random part of their period
-for its first 10 s). Our webhook admits the injected ones (tests/py/node_peer.World);
-the IdP issues 300 s tokens.
+for its first 10 s). Our webhook admits the injected ones (tests/py/node_peer.World; the release build, as the webhook and the
+broker); the IdP issues 300 s tokens. Every variant mounts the pod's service-account token,
+as most pods do.
 
 * apply -> app started: from just before the pod's POST to the API server, to the
   containerd event `/tasks/start` of the app container (containerd's clock, this machine);
@@ -115,7 +116,10 @@ def pod(name: str, annotations: dict | None, image: str) -> dict:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS, "labels": labels,
                          "annotations": annotations or {}},
-            "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+            # The service-account token is mounted, as in most pods: a pod with no volume
+            # at all skips the kubelet's wait for mounted volumes (it checks every 300 ms),
+            # which every injected pod pays for its token volume.
+            "spec": {"terminationGracePeriodSeconds": 1,
                      "securityContext": {"runAsUser": 1000, "runAsGroup": 1000,
                                          "runAsNonRoot": True, "fsGroup": 2000,
                                          "seccompProfile": {"type": "RuntimeDefault"}},
@@ -219,6 +223,10 @@ def main() -> int:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="pca-bench-"))
+    # The webhook and broker run the release build, as in a cluster.
+    import os
+
+    os.environ["PCA_BIN"] = str(node_peer.static_binary())
     world = node_peer.World(tmp, NS, "pcbench", ttl=300)
     node = world.node
     up = node.kube.get("node", node.name)["metadata"]["creationTimestamp"]

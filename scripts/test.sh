@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh          the quick suites (a few minutes)
 #   scripts/test.sh --slow   also the suites against slow real peers (Keycloak, a real
-#                            kube-apiserver with the Helm CLI, long-running clients);
+#                            kube-apiserver with the Helm CLI, a real node (kubelet,
+#                            containerd, runc: needs root), long-running clients);
 #                            CI runs this. POLARS_CLOUD_AUTH_SLOW=1 does the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,9 @@ node --test tests/idp/selftest.mjs
 echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, linters)"
 py_args=()
 if [ "$slow" = 1 ]; then
-  # These run in the slow block below, against the cluster it starts.
-  py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli)
+  # These run in the slow blocks below, against the cluster and the node they start.
+  py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli
+    --ignore=tests/py/test_node.py)
 fi
 .venv/bin/pytest -q tests/py "${py_args[@]}"
 
@@ -58,5 +60,18 @@ if [ "$slow" = 1 ]; then
     # (tests/py/keycloak_peer.py).
     echo "== real kube-apiserver, kubectl and Helm CLI"
     .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_broker.py tests/py/test_helm.py::test_helm_cli
+  )
+
+  echo "== a real node: kubelet, containerd 2 and runc running our image (scripts/node.sh, tests/py/test_node.py)"
+  bash scripts/node.sh build   # cached; containerd is built once from the Go module proxy
+  # A subshell of its own: a fresh control plane with the node, stopped (and the host's
+  # settings restored) by the trap whatever happens.
+  (
+    trap 'bash scripts/node.sh stop || true' EXIT
+    bash scripts/node.sh start
+    eval "$(bash scripts/node.sh env)"
+    .venv/bin/pytest -q tests/py/test_node.py
+    echo "== pod start and per-pod memory on the real node, quick form (benches/pod_start.py; full form in docs/benchmarks.md)"
+    .venv/bin/python benches/pod_start.py --rounds 3 --memory-pods 5
   )
 fi

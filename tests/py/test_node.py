@@ -154,7 +154,11 @@ def long_run(world):
             (p := the_pod(world, n)) and "PCA-CLIENT-DONE" in node.logs(p, "app") and p),
             timeout=DURATION + 120, every=1)
         out[name] = {"pod": pod, "result": results(node.logs(pod, "app"))[-1],
-                     "ours": node.logs(pod, SIDECAR)}
+                     "ours": node.logs(pod, SIDECAR),
+                     "memory": node.memory(pod, SIDECAR)}
+        # A figure, not a check: our container after a run with the relay serving the
+        # real client (docs/benchmarks.md, "Memory on a node").
+        print(json.dumps({"case": name, **{k: round(v, 2) for k, v in out[name]["memory"].items()}}))
     return out
 
 
