@@ -45,8 +45,9 @@ SESSION_MAX = 30
 QUICK_DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_MATRIX_RUN", "50"))
 SLOW_DURATION = float(os.environ.get("POLARS_CLOUD_AUTH_LONG_RUN", "100"))
 MODES = ("exec", "exec-sidecar", "action")
-# Client processes at once in the slow matrix (2 cores: the clients mostly sleep).
-SLOW_PARALLEL = int(os.environ.get("POLARS_CLOUD_AUTH_MATRIX_PARALLEL", "12"))
+# Runs at once in the slow matrix: all of them (2 cores suffice, the clients mostly sleep:
+# 27 runs, 128 s measured).
+SLOW_PARALLEL = int(os.environ.get("POLARS_CLOUD_AUTH_MATRIX_PARALLEL", "32"))
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -82,6 +83,8 @@ def read_file_commands(path: Path) -> dict[str, str]:
 class Peers:
     """One IdP and one sidecar (its token file is what `exec-sidecar` follows)."""
 
+    RENEW_AT = "0.25"
+
     def __init__(self, tmp: Path) -> None:
         if not BINARY.exists():
             pytest.fail(f"{BINARY} is missing: run cargo build first (scripts/test.sh does)")
@@ -100,7 +103,7 @@ class Peers:
             # at the default 80% leave 60 s: `exec` hands each renewal on before a client
             # would refresh (at 5 to 10 s left; 0.10 and older cannot refresh through it).
             [str(BINARY), "sidecar", "--token-file", str(self.token_file), "--listen", "127.0.0.1:0",
-             "--renew-at", "0.25"],
+             "--renew-at", self.RENEW_AT],
             env=self.creds, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         for _ in range(200):
@@ -255,8 +258,8 @@ def check_control(seen: dict[str, Any], control: str) -> dict[str, Any]:
 
 
 def run_matrix(tmp: Path, versions: list[str], duration: float, parallel: int) -> None:
-    for v in versions:  # install (or find cached) before the clock matters
-        clients.venv(v)
+    with ThreadPoolExecutor(2) as ex:  # install (or find cached) before the clock matters
+        list(ex.map(clients.venv, versions))
     peers = Peers(tmp)
     jobs: dict[tuple[str, str], Any] = {}
     controls: dict[tuple[str, str], Any] = {}
@@ -305,3 +308,49 @@ def test_the_release_list_is_grouped_in_families_and_a_newer_release_gets_the_ne
         clients.family_of("0.6.3")
     with pytest.raises(ValueError, match="requirements-clients.txt"):
         clients.venv("0.1.0")
+
+
+def test_when_renewals_come_late_0_11_refreshes_through_the_relay_and_0_10_cannot(tmp_path):
+    """What an older client does when it must refresh: `exec` next to a sidecar that
+    renews only at 80% of a 20 s life (4 s left, later than the clients' 5 to 9 s).
+    0.11 refreshes through the relay with its handle and keeps working (the relay names
+    it); 0.10 cannot complete the TLS handshake with the relay (built-in roots only), so
+    its handle is never sent, and some calls fail; the relay says a client refused its
+    CA, and `exec` warns that the file is renewed too late. Nothing reaches the IdP but
+    our own renewals."""
+    legacy, builtin = clients.FAMILIES["legacy-files"], clients.FAMILIES["legacy-builtin-roots"]
+    peers = LatePeers(tmp_path)
+    try:
+        with ThreadPoolExecutor(2) as ex:
+            runs = {v: ex.submit(run_mode, peers, v, "exec-sidecar", 30.0) for v in (legacy, builtin)}
+            seen = {v: f.result() for v, f in runs.items()}
+        requests = peers.idp.requests()
+    finally:
+        peers.stop()
+    [r] = seen[legacy]["results"]
+    assert r["failed"] == 0 and r["calls"] >= 24, r
+    assert f"client_version={legacy}" in seen[legacy]["log"], seen[legacy]["log"][-3000:]
+    assert "renewed later than" in seen[legacy]["log"]
+    [r] = seen[builtin]["results"]
+    assert r["failed"] > 0 and r["ok"] > 0, r
+    assert "refused the relay's certificate" in seen[builtin]["log"], seen[builtin]["log"][-3000:]
+    for q in requests:
+        if q["path"].endswith("/token"):
+            refresh = (q.get("params") or {}).get("refresh_token") or ""
+            assert "pod-local refresh handle" not in jwt_payload(refresh), q
+
+
+def jwt_payload(token: str) -> str:
+    import base64
+
+    try:
+        part = token.split(".")[1]
+        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+    except (IndexError, ValueError):
+        return ""
+
+
+class LatePeers(Peers):
+    """Peers whose sidecar renews at the default 80%: 4 s before a 20 s token ends."""
+
+    RENEW_AT = "0.8"
