@@ -354,3 +354,44 @@ class LatePeers(Peers):
     """Peers whose sidecar renews at the default 80%: 4 s before a 20 s token ends."""
 
     RENEW_AT = "0.8"
+
+
+def test_a_token_file_nobody_renews_gives_every_family_one_token_life(tmp_path):
+    """`exec --token-file F` where F was written once (by `init`, no sidecar): the child's
+    config directory has the files of both generations, but nothing renews them, so every
+    family works for one token life and then fails (0.12 and 0.11 at their refresh, which
+    the relay can only answer with the expired token; 0.10 at its own)."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run cargo build first (scripts/test.sh does)")
+    versions = list(clients.FAMILIES.values())
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(clients.venv, versions))
+    idp = idp_peer.Idp({"test-sa": SECRET}, TOKEN_TTL, SESSION_MAX)
+    try:
+        env = clean_env(POLARS_CLOUD_ISSUER=idp.issuer, POLARS_CLOUD_CLIENT_ID="test-sa",
+                        POLARS_CLOUD_CLIENT_SECRET=SECRET, HOME=str(tmp_path))
+        token_file = tmp_path / "init" / "token"
+        init = subprocess.run([str(BINARY), "init", "--token-file", str(token_file)], env=env,
+                              capture_output=True, timeout=60)
+        assert init.returncode == 0, init.stderr.decode()
+        env.pop("POLARS_CLOUD_CLIENT_SECRET")
+
+        def one(v: str) -> dict[str, Any]:
+            out = tmp_path / v
+            out.mkdir()
+            argv = [str(BINARY), "exec", "--min-valid", "5s", "--token-file", str(token_file),
+                    "--", *wrapped_client(v, TOKEN_TTL + 10, out),
+                    "--jwks", f"{idp.issuer}/protocol/openid-connect/certs"]
+            p = subprocess.run(argv, env=dict(env, OUT=str(out)), capture_output=True,
+                               timeout=TOKEN_TTL + 120)
+            [r] = [json.loads(x) for x in p.stdout.decode().splitlines() if x.startswith("{")]
+            return r
+
+        with ThreadPoolExecutor(len(versions)) as ex:
+            seen = dict(zip(versions, ex.map(one, versions)))
+    finally:
+        idp.stop()
+    for v, r in seen.items():
+        assert r["client_version"] == v, r
+        assert r["ok"] >= 5 and r["failed"] > 0 and r["first_error_at_s"] <= TOKEN_TTL, (v, r)
+    print("\none token life:", json.dumps({v: (r["ok"], r["calls"]) for v, r in seen.items()}))

@@ -275,18 +275,30 @@ def test_injected_pods_serve_every_client_family():
 
 
 def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the_first_token():
-    """The controls, and init-only's documented limit: with `polars.cloud/relay: "false"`
-    the 0.12 client finds no token at all (it ignores the token file); in init-only mode
-    (no sidecar to refresh through) it works until its first token nears expiry."""
+    """The controls, and init-only's documented limit, for 0.12 and 0.11 (the two families
+    that refresh): with `polars.cloud/relay: "false"` the client finds no token at all (no
+    release reads the token file); in init-only mode (no sidecar to renew the files or
+    answer refreshes) it works until its first token nears expiry, then fails."""
     require_peers()
-    off = run_pod("relay-off", "native", 1000, None, duration=5,
-                  annotations={"polars.cloud/relay": "false"})
-    [r] = off["results"]
-    assert r["ok"] == 0 and any("not found" in e for e in r["errors"]), r
-    init_only = run_pod("init-only", "init-only", 1000, None, duration=TOKEN_TTL + 10)
-    [r] = init_only["results"]
-    assert r["ok"] >= 5 and r["failed"] > 0, r
-    assert r["first_error_at_s"] <= TOKEN_TTL, r
+    pythons = {"0.12.0": PYTHON,
+               clients.FAMILIES["legacy-files"]: clients.python(clients.FAMILIES["legacy-files"],
+                                                                root=POD_CLIENTS)}
+    with ThreadPoolExecutor(2 * len(pythons)) as ex:
+        off = {v: ex.submit(run_pod, f"relay-off-{v.replace('.', '-')}", "native", 1000, None,
+                            duration=5, annotations={"polars.cloud/relay": "false"}, python=py)
+               for v, py in pythons.items()}
+        init_only = {v: ex.submit(run_pod, f"init-only-{v.replace('.', '-')}", "init-only", 1000,
+                                  None, duration=TOKEN_TTL + 10, python=py)
+                     for v, py in pythons.items()}
+        off = {v: f.result() for v, f in off.items()}
+        init_only = {v: f.result() for v, f in init_only.items()}
+    for v in pythons:
+        [r] = off[v]["results"]
+        assert r["client_version"] == v and r["ok"] == 0, r
+        assert any("not found" in e for e in r["errors"]), r
+        [r] = init_only[v]["results"]
+        assert r["client_version"] == v and r["ok"] >= 5 and r["failed"] > 0, r
+        assert r["first_error_at_s"] <= TOKEN_TTL, r
 
 
 def clean_env(**extra: str) -> dict[str, str]:
