@@ -1,7 +1,8 @@
 //! The relay for one child process (`exec`): a private directory with the child's
-//! `config.toml` and legacy token files (rewritten at every renewal), the relay's keys and the CA bundle; the CONNECT proxy that routes the
-//! child's token requests to the relay; and a feed that keeps the relay's token fresh,
-//! from our own renewals or from a token file someone else renews (a sidecar's).
+//! `config.toml` and legacy token files (rewritten at every renewal), the relay's keys and
+//! the CA bundle; the CONNECT proxy that routes the child's token requests to the relay;
+//! and a feed that keeps the relay's token fresh, from our own renewals or from a token
+//! file someone else renews (a sidecar's).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

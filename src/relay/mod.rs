@@ -12,6 +12,11 @@
 //! pinned with `POLARS_CLOUD_API_ADDR`, so only the token requests change route. The one
 //! real session stays in our process; the app holds nothing the identity provider
 //! accepts, and the session ending (Keycloak's SSO Session Max) is invisible to it.
+//!
+//! Clients 0.7 to 0.11 ignore `config.toml` and read the legacy token files again at every
+//! call, so each config directory also gets those, rewritten at every renewal (at least
+//! [`CLIENT_LEAD`] before expiry, before such a client would refresh); [`clients`] tells
+//! the families apart and what the relay has seen of them.
 
 pub mod clients;
 pub mod endpoint;
