@@ -395,3 +395,55 @@ def test_a_token_file_nobody_renews_gives_every_family_one_token_life(tmp_path):
         assert r["client_version"] == v, r
         assert r["ok"] >= 5 and r["failed"] > 0 and r["first_error_at_s"] <= TOKEN_TTL, (v, r)
     print("\none token life:", json.dumps({v: (r["ok"], r["calls"]) for v, r in seen.items()}))
+
+
+def test_what_login_stores_serves_every_family(tmp_path):
+    """`login` (device flow, approved through the test IdP's own pages) stores config.toml
+    and the legacy files; the newest release of each family signs in with them (each from
+    a copy, as the clients write back). Refreshing by themselves needs a JWT refresh token
+    (Keycloak's); the test IdP's are opaque, so the run stays within the first token."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run cargo build first (scripts/test.sh does)")
+    versions = list(clients.FAMILIES.values())
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(clients.venv, versions))
+    idp = idp_peer.Idp({"test-sa": SECRET}, TOKEN_TTL, SESSION_MAX)
+    try:
+        env = clean_env(POLARS_CLOUD_ISSUER=idp.issuer, HOME=str(tmp_path))
+        env.pop("XDG_CONFIG_HOME", None)
+        for k in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+            env.pop(k, None)
+        login = subprocess.Popen([str(BINARY), "login", "--no-browser"], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert login.stderr is not None
+        url = None
+        for line in login.stderr:
+            if line.startswith("    http"):
+                url = line.strip()
+                break
+        assert url, "login printed no URL"
+        approve = subprocess.run(["node", str(ROOT / "tests" / "idp" / "approve.mjs"), url],
+                                 capture_output=True, text=True, timeout=60)
+        assert approve.returncode == 0, approve.stderr
+        assert login.wait(60) == 0, login.stderr.read()
+        stored = tmp_path / ".config" / "polars_cloud"
+        assert {"config.toml", "cloud_access_token", "cloud_refresh_token"} <= set(os.listdir(stored))
+
+        def one(v: str) -> dict[str, Any]:
+            copy = tmp_path / f"config-{v}"
+            shutil.copytree(stored, copy)
+            p = subprocess.run(
+                [str(clients.python(v)), str(LONG_CLIENT), "--duration", "5",
+                 "--jwks", f"{idp.issuer}/protocol/openid-connect/certs"],
+                env=dict(env, POLARS_CLOUD_CONFIG_DIR=str(copy)), capture_output=True,
+                text=True, timeout=120)
+            [r] = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+            return r
+
+        with ThreadPoolExecutor(len(versions)) as ex:
+            seen = dict(zip(versions, ex.map(one, versions)))
+    finally:
+        idp.stop()
+    for v, r in seen.items():
+        assert r["client_version"] == v and r["failed"] == 0 and r["ok"] >= 4, (v, r)
