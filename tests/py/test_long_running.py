@@ -157,7 +157,10 @@ def run_pod(
             pod.start()
             rc = pod.wait("app", duration + 90)
             app = pod.container("app")
+            # Our container is still up: what its /metrics says about the app's client.
+            scrape = net.run(["curl", "-sf", "http://127.0.0.1:8471/metrics"], check=False)
             return {
+                "metrics": scrape.stdout.decode(errors="replace"),
                 "rc": rc,
                 "results": results(app.stdout()),
                 "app_stderr": app.stderr(),
@@ -268,9 +271,14 @@ def test_injected_pods_serve_every_client_family():
         for legacy in ("cloud_access_token", "cloud_refresh_token"):
             [data] = [d for p, d in files.items() if p.endswith("/" + legacy)]
             assert data and data == data.strip(), (v, legacy)
-        relay_log = seen[v]["ours"].get("polars-cloud-auth", "") + "".join(seen[v]["ours"].values())
+        relay_log = "".join(seen[v]["ours"].values())
         refreshed = f"client_version={v}" in relay_log
         assert refreshed == (family == "config-toml"), (v, relay_log[-2000:])
+        # The sidecar tells a later `doctor` which client it served: 0.12 refreshes
+        # through it; the older families never needed to (their files were fresh).
+        info = f'polars_cloud_auth_client_info{{version="{v}",family="{family}",served="true"}} 1'
+        assert "# TYPE polars_cloud_auth_client_info gauge" in seen[v]["metrics"], seen[v]["metrics"]
+        assert (info in seen[v]["metrics"]) == (family == "config-toml"), seen[v]["metrics"]
     print("\nlong-running pods per family:", json.dumps(figures))
 
 
