@@ -187,7 +187,8 @@ impl From<RealmArgs> for IdpArgs {
 #[derive(Args, Clone, Debug, Default)]
 #[command(next_help_heading = "Where tokens are stored")]
 pub struct StoreArgs {
-    /// The original client's token file [default: ~/.polars/cloud_access_token].
+    /// A bare token file for `exec` and tools that read one (no polars-cloud release reads it)
+    /// [default: ~/.polars/cloud_access_token].
     #[arg(
         long,
         alias = "token-file",

@@ -1,5 +1,6 @@
 //! `login`: a person signs in with the device flow; the tokens go where the Polars Cloud
-//! clients look (config.toml for the current client, the token file for the original one),
+//! clients look (config.toml for 0.12, the legacy token files for 0.6 to 0.11; a bare
+//! token file for `exec` and tools),
 //! or to stdout with `--print`. Everything on the terminal goes to stderr.
 
 use std::ffi::OsString;
@@ -212,7 +213,7 @@ fn signed_in(access: &AccessToken, now: SystemTime) -> String {
 fn stored(tokens: &Tokens, stores: &Stores, now: SystemTime) -> String {
     let [access, refresh] = stores.config.legacy_paths();
     format!(
-        "\n{}\nStored in:\n  {}  (polars-cloud 0.12 and later, which refresh it)\n  {} and {}  (polars-cloud 0.6 to 0.11)\n  {}  (the original client's token file)\nRun `polars-cloud-auth status` to check, `polars-cloud-auth logout` to sign out.\n",
+        "\n{}\nStored in:\n  {}  (polars-cloud 0.12 and later, which refresh it)\n  {} and {}  (polars-cloud 0.6 to 0.11, which refresh them)\n  {}  (for exec and tools; no polars-cloud release reads it)\nRun `polars-cloud-auth status` to check, `polars-cloud-auth logout` to sign out.\n",
         signed_in(&tokens.access, now),
         stores.config.path().display(),
         access.display(),

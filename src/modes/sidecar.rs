@@ -132,6 +132,18 @@ impl Health {
                     ("{result=\"refused\"}", count(&relay.refused)),
                 ],
             );
+            let clients = relay.clients.metric_samples();
+            let samples: Vec<(&str, String)> = clients
+                .iter()
+                .map(|(l, n)| (l.as_str(), n.clone()))
+                .collect();
+            metric(
+                &mut out,
+                "client_info",
+                "gauge",
+                "1 for each polars-cloud client version the relay has seen, with its behaviour family (docs/polars-cloud-client.md) and whether this mode serves it; version \"<=0.10\": a client refused the relay's CA. Clients older than 0.12 are served by the token files and show here only once they try to refresh.",
+                &samples,
+            );
         }
         let ready = u8::from(self.ready(now, margin)).to_string();
         metric(

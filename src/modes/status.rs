@@ -56,7 +56,7 @@ pub fn report(stores: &Stores, env_token: Option<&SecretString>, now: SystemTime
     let path = stores.token_file.path();
     let _ = writeln!(
         text,
-        "token file   {}  (the original client)",
+        "token file   {}  (for exec and tools; no polars-cloud release reads it)",
         path.display()
     );
     match read_file(path) {

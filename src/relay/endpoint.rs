@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::TOKEN_PATH;
+use super::clients::{Family, Seen, version_from_headers};
 use super::handle::{HandleKey, LIFE};
 use crate::token::AccessToken;
 
@@ -47,6 +48,8 @@ pub struct Relay {
     pub served: AtomicU64,
     /// Requests refused (wrong grant, wrong handle, no valid token).
     pub refused: AtomicU64,
+    /// The app's client versions, from their refreshes and broken-off handshakes.
+    pub clients: Seen,
     /// When the last refresh was answered (see [`SPACING`]).
     last_answer: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -62,6 +65,7 @@ impl Relay {
             current,
             served: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            clients: Seen::default(),
             last_answer: tokio::sync::Mutex::new(None),
         })
     }
@@ -75,6 +79,12 @@ impl Relay {
         let stream = match tokio::time::timeout(HANDSHAKE_LIMIT, self.tls.accept(io)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                if refused_our_ca(&e) && self.clients.untrusting() {
+                    tracing::warn!(
+                        family = Family::LegacyBuiltinRoots.name(),
+                        "relay: an app's client refused the relay's certificate; polars-cloud 0.10 and older trust only built-in roots and cannot refresh here: they are served by the legacy token files, which every renewal rewrites before they would refresh"
+                    );
+                }
                 tracing::debug!(error = %e, "relay: TLS handshake failed");
                 return;
             }
@@ -116,11 +126,49 @@ fn router(relay: Arc<Relay>) -> Router {
         .with_state(relay)
 }
 
+/// Whether a failed handshake is the client refusing our certificate (its alert).
+fn refused_our_ca(e: &std::io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            A::UnknownCA | A::BadCertificate | A::CertificateUnknown
+        ))
+    )
+}
+
+/// Counts the client's version and says once per version who it is.
+fn note_client(relay: &Relay, headers: &HeaderMap) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let version = version_from_headers(header("x-client-version"), header("user-agent"));
+    if !relay.clients.refresh(version) {
+        return;
+    }
+    match version {
+        Some(v) => {
+            let family = Family::of(v);
+            tracing::info!(
+                client_version = %v,
+                family = family.name(),
+                served = family.served_by_relay_modes(),
+                "relay: the app runs polars-cloud {v}, which {}",
+                family.note()
+            );
+        }
+        None => tracing::info!(
+            user_agent = header("user-agent"),
+            "relay: a client without a polars-cloud version header refreshed"
+        ),
+    }
+}
+
 async fn token(
     State(relay): State<Arc<Relay>>,
+    headers: HeaderMap,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
     let form = form.map(|Form(f)| f).unwrap_or_default();
+    note_client(&relay, &headers);
     // One answer at a time, SPACING apart; the lock is held until this one is sent off.
     let mut last = relay.last_answer.lock().await;
     if let Some(at) = *last {

@@ -1,7 +1,8 @@
 //! The relay for one child process (`exec`): a private directory with the child's
-//! `config.toml`, the relay's keys and the CA bundle; the CONNECT proxy that routes the
-//! child's token requests to the relay; and a feed that keeps the relay's token fresh,
-//! from our own renewals or from a token file someone else renews (a sidecar's).
+//! `config.toml` and legacy token files (rewritten at every renewal), the relay's keys and
+//! the CA bundle; the CONNECT proxy that routes the child's token requests to the relay;
+//! and a feed that keeps the relay's token fresh, from our own renewals or from a token
+//! file someone else renews (a sidecar's).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -64,7 +65,7 @@ impl Local {
                 .context("failed to set up the relay for the command's client")?,
         );
         let (publish, current) = watch::channel(Some(first.clone()));
-        let relay = Relay::new(prepared, current);
+        let relay = Relay::new(prepared.clone(), current);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("failed to listen on loopback for the command's proxy")?;
@@ -77,7 +78,11 @@ impl Local {
             upstream,
             cancel.clone(),
         ));
-        tokio::spawn(run_feed(feed, first, publish, cancel.clone()));
+        let files = Files {
+            prepared,
+            settings: settings.clone(),
+        };
+        tokio::spawn(run_feed(feed, first, publish, files, cancel.clone()));
         tracing::debug!(proxy = %addr, dir = %dir.display(), "relay for the command started");
         Ok(Self {
             dir,
@@ -140,10 +145,18 @@ fn private_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The child's config directory, rewritten at every renewal (the legacy token files that
+/// clients before 0.12 read again at every call).
+struct Files {
+    prepared: Arc<super::Prepared>,
+    settings: Settings,
+}
+
 async fn run_feed(
     feed: Feed,
     first: AccessToken,
     publish: watch::Sender<Option<AccessToken>>,
+    files: Files,
     cancel: CancellationToken,
 ) {
     let mut policy = match &feed {
@@ -153,6 +166,7 @@ async fn run_feed(
     policy.lead = CLIENT_LEAD;
     let mut current = first;
     let mut attempt = 0u32;
+    let mut late_warned = false;
     loop {
         let now = SystemTime::now();
         let wait = match &feed {
@@ -183,10 +197,27 @@ async fn run_feed(
                     "token renewed for the command"
                 );
                 publish.send_replace(Some(token.clone()));
+                if let Err(e) = files
+                    .prepared
+                    .seed(&files.settings, &token, SystemTime::now())
+                {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "failed to rewrite the command's token files; clients before 0.12 keep the last token until they refresh through the relay"
+                    );
+                }
                 current = token;
             }
             // The file still holds the token we have: look again shortly.
-            Ok(_) => {}
+            Ok(_) => {
+                if !late_warned && current.remaining(SystemTime::now()) < CLIENT_LEAD {
+                    late_warned = true;
+                    tracing::warn!(
+                        lead_s = CLIENT_LEAD.as_secs(),
+                        "the token file is renewed later than this before expiry: the command's client refreshes through the relay meanwhile, and polars-cloud 0.10 and older (which cannot) fail; renew the file earlier (--renew-at)"
+                    );
+                }
+            }
             Err(e) => {
                 let wait = renew::backoff(attempt, None, &policy, renew::draw());
                 attempt = attempt.saturating_add(1);

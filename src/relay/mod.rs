@@ -12,7 +12,13 @@
 //! pinned with `POLARS_CLOUD_API_ADDR`, so only the token requests change route. The one
 //! real session stays in our process; the app holds nothing the identity provider
 //! accepts, and the session ending (Keycloak's SSO Session Max) is invisible to it.
+//!
+//! Clients 0.7 to 0.11 ignore `config.toml` and read the legacy token files again at every
+//! call, so each config directory also gets those, rewritten at every renewal (at least
+//! [`CLIENT_LEAD`] before expiry, before such a client would refresh); [`clients`] tells
+//! the families apart and what the relay has seen of them.
 
+pub mod clients;
 pub mod endpoint;
 pub mod handle;
 pub mod local;
@@ -87,7 +93,8 @@ pub struct Settings {
     pub domain: String,
     /// Our keys: the CA key and the handle key.
     pub state_dir: PathBuf,
-    /// The app containers' config directories, each to get a `config.toml`.
+    /// The app containers' config directories, each to get a `config.toml` and the
+    /// legacy token files.
     pub client_configs: Vec<PathBuf>,
     /// The bundle the app trusts: the system roots plus the relay's CA.
     pub ca_bundle: PathBuf,
@@ -146,7 +153,9 @@ pub fn setup(s: &Settings) -> Result<Prepared, Error> {
 
 impl Prepared {
     /// Gives every app config directory a `config.toml` with `token` and a handle, unless
-    /// it already holds one of ours (the client keeps that file up to date itself).
+    /// it already holds one of ours (the 0.12 client keeps that file up to date itself),
+    /// and the legacy token files with `token` and a handle, always (0.7 to 0.11 read
+    /// them again at every call and never write them while the token lives).
     pub fn seed(&self, s: &Settings, token: &AccessToken, now: SystemTime) -> Result<(), Error> {
         for dir in &s.client_configs {
             seed(dir, s.file_mode, &self.key, token, now)?;
@@ -234,17 +243,32 @@ fn seed(
             .map_err(file_error("set the mode of", dir))?;
     }
     let config = ClientConfig::in_dir(dir);
-    if let Ok(Some(stored)) = config.read()
-        && stored
-            .refresh_token
-            .as_ref()
-            .is_some_and(|h| key.verify_secret(h))
-        && stored.access_token.is_some()
-    {
-        return Ok(());
-    }
-    let handle: SecretString = key.mint(now);
-    config.store_toml(token.secret(), &handle, file_mode)?;
+    let ours = |h: &Option<SecretString>| h.as_ref().filter(|h| key.verify_secret(h)).cloned();
+    let toml = config
+        .read()
+        .ok()
+        .flatten()
+        .filter(|s| s.access_token.is_some())
+        .and_then(|s| ours(&s.refresh_token));
+    // config.toml first: a 0.12 client finding the legacy files beside a config.toml
+    // without [auth] would migrate them (and delete them under an older client).
+    let handle = match toml {
+        Some(handle) => handle,
+        None => {
+            let handle: SecretString = key.mint(now);
+            config.store_toml(token.secret(), &handle, file_mode)?;
+            handle
+        }
+    };
+    // The legacy files at every renewal: 0.7 to 0.11 read them again at every call, and
+    // refresh only in their last seconds, well after our renewal.
+    let legacy = config
+        .read_legacy()
+        .ok()
+        .flatten()
+        .and_then(|s| ours(&s.refresh_token))
+        .unwrap_or(handle);
+    config.store_legacy(token.secret(), &legacy, file_mode)?;
     Ok(())
 }
 
@@ -257,6 +281,62 @@ mod tests {
         assert_eq!(dir_mode(0o600), 0o700);
         assert_eq!(dir_mode(0o640), 0o770);
         assert_eq!(dir_mode(0o644), 0o777);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn every_renewal_rewrites_the_legacy_files_and_config_toml_only_once() {
+        use secrecy::ExposeSecret;
+        use std::os::unix::fs::PermissionsExt;
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = tmp.path().join("roots.pem");
+        std::fs::write(&roots, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let app = tmp.path().join("client/app");
+        let s = Settings {
+            domain: DEFAULT_DOMAIN.into(),
+            state_dir: tmp.path().join("state"),
+            client_configs: vec![app.clone()],
+            ca_bundle: tmp.path().join(CA_BUNDLE_FILE),
+            system_roots: roots,
+            file_mode: 0o640,
+        };
+        let now = SystemTime::now();
+        let token =
+            |t: &str| AccessToken::new(t.to_string().into(), now, now + Duration::from_secs(300));
+        let prepared = prepare(&s, &token("first"), now).unwrap();
+        let read = |n: &str| std::fs::read_to_string(app.join(n)).unwrap();
+        let config = ClientConfig::in_dir(&app);
+        let stored = config.read().unwrap().unwrap();
+        let handle = stored.refresh_token.unwrap();
+        assert!(prepared.key.verify_secret(&handle));
+        // Bare: a trailing newline breaks 0.11's requests.
+        assert_eq!(read(client_config::LEGACY_ACCESS_FILE), "first");
+        assert_eq!(
+            read(client_config::LEGACY_REFRESH_FILE),
+            handle.expose_secret()
+        );
+        prepared.seed(&s, &token("second"), now).unwrap();
+        // config.toml is the 0.12 client's from now on; the legacy files follow renewals.
+        let again = config.read().unwrap().unwrap();
+        assert_eq!(again.access_token.unwrap().expose_secret(), "first");
+        assert_eq!(read(client_config::LEGACY_ACCESS_FILE), "second");
+        assert_eq!(
+            read(client_config::LEGACY_REFRESH_FILE),
+            handle.expose_secret()
+        );
+        for n in [
+            client_config::LEGACY_ACCESS_FILE,
+            client_config::LEGACY_REFRESH_FILE,
+        ] {
+            let mode = std::fs::metadata(app.join(n)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o640, "{n}");
+        }
+        // A foreign refresh token in the legacy file is replaced by one of our handles.
+        std::fs::write(app.join(client_config::LEGACY_REFRESH_FILE), "foreign").unwrap();
+        prepared.seed(&s, &token("third"), now).unwrap();
+        let legacy = read(client_config::LEGACY_REFRESH_FILE);
+        assert!(prepared.key.verify(&legacy), "{legacy}");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!   both `[auth] access_token` and `refresh_token`. We edit that file with `toml_edit`, so
 //!   the person's other keys and comments stay as they were.
 //! - Clients 0.6 to 0.11 read the bare tokens from `cloud_access_token` and
-//!   `cloud_refresh_token` in the same directory (both must be there). 0.12 leaves these
-//!   files alone while `config.toml` has an `[auth]`, so we write both kinds.
-//! - The original client reads the bare token from `~/.polars/cloud_access_token`, moved by
-//!   `POLARS_CLOUD_ACCESS_TOKEN_PATH`; that file is a [`TokenFile`](super::TokenFile).
+//!   `cloud_refresh_token` in the same directory (both must be there), again at every
+//!   call. 0.12 leaves these files alone while `config.toml` has an `[auth]`, so we write
+//!   both kinds.
+//! - `~/.polars/cloud_access_token` (moved by `POLARS_CLOUD_ACCESS_TOKEN_PATH`) is read by
+//!   no released client (0.6 to 0.12 checked); login writes it for `exec`, `status` and
+//!   tools that read a token file. It is a [`TokenFile`](super::TokenFile).
 //!
 //! Everything is written atomically with mode 0600.
 
@@ -31,7 +33,8 @@ pub const CLIENT_DIR: &str = "polars_cloud";
 pub const LEGACY_ACCESS_FILE: &str = "cloud_access_token";
 /// The refresh token file of clients 0.6 to 0.11, in the config directory.
 pub const LEGACY_REFRESH_FILE: &str = "cloud_refresh_token";
-/// The original client's token file, under the home directory.
+/// A bare token file under the home directory, for `exec`, `status` and tools (no
+/// polars-cloud release reads it).
 pub const SEED_TOKEN_FILE: &str = ".polars/cloud_access_token";
 
 /// The config directory the 0.12 client reads: `POLARS_CLOUD_CONFIG_DIR` (given as
@@ -77,7 +80,7 @@ pub fn home(env: &dyn Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
     absolute(env(var))
 }
 
-/// The original client's token file: `explicit` (`--path`, `POLARS_CLOUD_ACCESS_TOKEN_PATH`)
+/// The bare token file: `explicit` (`--path`, `POLARS_CLOUD_ACCESS_TOKEN_PATH`)
 /// or `~/.polars/cloud_access_token`.
 pub fn seed_token_path(
     explicit: Option<&Path>,
@@ -164,6 +167,30 @@ impl ClientConfig {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Writes the older clients' two files alone, bare (a trailing newline makes 0.11's
+    /// requests fail with `builder error`), atomically, with file mode `mode`: for a
+    /// config directory that polars-cloud-auth provides to an app, rewritten at every
+    /// renewal because those clients read them again at every call.
+    pub fn store_legacy(
+        &self,
+        access_token: &SecretString,
+        refresh_token: &SecretString,
+        mode: u32,
+    ) -> Result<(), Error> {
+        for (path, value) in [
+            (&self.legacy_refresh, refresh_token),
+            (&self.legacy_access, access_token),
+        ] {
+            write_atomic(path, value.expose_secret().as_bytes(), mode).map_err(|source| {
+                Error::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The tokens in the older clients' files; `None` when there are none.

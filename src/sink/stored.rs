@@ -1,5 +1,5 @@
 //! Where stored tokens live on a machine, for the modes that read them back: login's two
-//! stores (config.toml and the original client's token file), which `status` and `logout`
+//! stores (config.toml and the bare token file), which `status` and `logout`
 //! look at too, and the places `exec` looks for a token that stays valid.
 
 use std::ffi::OsString;

@@ -1,4 +1,6 @@
-"""Injected pods whose REAL polars-cloud 0.12 client runs for many token lives.
+"""Injected pods whose REAL polars-cloud client runs for many token lives (0.12 in the
+pods below; the newest release of every behaviour family in
+test_injected_pods_serve_every_client_family, from tests/py/clients.py).
 
 The pod spec is what `polars-cloud-auth inject` writes (the webhook calls the same
 function); tests/py/kubelet.py runs it as a kubelet would (network and mount namespaces,
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +33,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
+import clients  # noqa: E402
 import idp_peer  # noqa: E402
 import kubelet  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
 PYTHON = ROOT / ".venv" / "bin" / "python"
+# The family venvs of the pods' apps: under the checkout, since the emulated containers
+# cannot see /root (tests/py/kubelet.py), where the default cache is.
+POD_CLIENTS = ROOT / "target" / "py-clients"
 LONG_CLIENT = HERE / "client" / "long_client.py"
 SECRET = "Zq9+UNIQUE/SECRET=77&x"
 TOKEN_TTL = 20
@@ -62,8 +69,9 @@ def Idp(net: kubelet.Network | None = None, ttl: int | None = None) -> idp_peer.
     return idp_peer.Idp({"test-sa": SECRET}, ttl or TOKEN_TTL, SESSION_MAX, net)
 
 
-def app_container(name: str, duration: float, jwks: str, processes: int = 1) -> dict[str, Any]:
-    client = [str(PYTHON), str(LONG_CLIENT), "--duration", str(duration), "--jwks", jwks]
+def app_container(name: str, duration: float, jwks: str, processes: int = 1,
+                  python: Path = PYTHON) -> dict[str, Any]:
+    client = [str(python), str(LONG_CLIENT), "--duration", str(duration), "--jwks", jwks]
     if processes == 1:
         command = client
     else:
@@ -128,6 +136,7 @@ def run_pod(
     duration: float = DURATION,
     annotations: dict[str, str] | None = None,
     ttl: int | None = None,
+    python: Path = PYTHON,
 ):
     """Runs one injected pod to the end of its app container; returns what was seen."""
     net = kubelet.Network()
@@ -135,7 +144,7 @@ def run_pod(
     try:
         jwks = f"{idp.issuer}/protocol/openid-connect/certs"
         manifest = pod_manifest(
-            name, [app_container("app", duration, jwks, processes)], mode, run_as, fs_group
+            name, [app_container("app", duration, jwks, processes, python)], mode, run_as, fs_group
         )
         manifest["metadata"]["annotations"].update(annotations or {})
         spec = injected(manifest, idp.issuer)
@@ -148,7 +157,10 @@ def run_pod(
             pod.start()
             rc = pod.wait("app", duration + 90)
             app = pod.container("app")
+            # Our container is still up: what its /metrics says about the app's client.
+            scrape = net.run(["curl", "-sf", "http://127.0.0.1:8471/metrics"], check=False)
             return {
+                "metrics": scrape.stdout.decode(errors="replace"),
                 "rc": rc,
                 "results": results(app.stdout()),
                 "app_stderr": app.stderr(),
@@ -227,8 +239,6 @@ def test_injected_pods_keep_their_real_client_working_across_token_lives_and_ses
     """Five pods at once (the run takes one DURATION): native and classic, with and
     without fsGroup, and one with four client processes sharing a config directory."""
     require_peers()
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(len(PODS)) as ex:
         futures = {name: ex.submit(run_pod, name, mode, uid, fsg, n) for name, mode, uid, fsg, n in PODS}
         seen = {name: f.result() for name, f in futures.items()}
@@ -242,19 +252,61 @@ def test_injected_pods_keep_their_real_client_working_across_token_lives_and_ses
     print("\nlong-running pods:", json.dumps(figures))
 
 
-def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the_first_token():
-    """The controls, and init-only's documented limit: with `polars.cloud/relay: "false"`
-    the 0.12 client finds no token at all (it ignores the token file); in init-only mode
-    (no sidecar to refresh through) it works until its first token nears expiry."""
+def test_injected_pods_serve_every_client_family():
+    """One native pod per behaviour family (the newest release of each), at once, for
+    DURATION: the sidecar's renewals rewrite the legacy token files that 0.7 to 0.11 read
+    at every call, beside the config.toml 0.12 refreshes from; 0 failed calls for all."""
     require_peers()
-    off = run_pod("relay-off", "native", 1000, None, duration=5,
-                  annotations={"polars.cloud/relay": "false"})
-    [r] = off["results"]
-    assert r["ok"] == 0 and any("not found" in e for e in r["errors"]), r
-    init_only = run_pod("init-only", "init-only", 1000, None, duration=TOKEN_TTL + 10)
-    [r] = init_only["results"]
-    assert r["ok"] >= 5 and r["failed"] > 0, r
-    assert r["first_error_at_s"] <= TOKEN_TTL, r
+    pythons = {v: clients.python(v, root=POD_CLIENTS) for v in clients.FAMILIES.values()}
+    with ThreadPoolExecutor(len(pythons)) as ex:
+        futures = {v: ex.submit(run_pod, f"family-{v.replace('.', '-')}", "native", 1000, None,
+                                python=py) for v, py in pythons.items()}
+        seen = {v: f.result() for v, f in futures.items()}
+    figures = {}
+    for family, v in clients.FAMILIES.items():
+        figures[v] = check(seen[v])
+        [r] = seen[v]["results"]
+        assert r["client_version"] == v, r
+        files = seen[v]["files"]
+        for legacy in ("cloud_access_token", "cloud_refresh_token"):
+            [data] = [d for p, d in files.items() if p.endswith("/" + legacy)]
+            assert data and data == data.strip(), (v, legacy)
+        relay_log = "".join(seen[v]["ours"].values())
+        refreshed = f"client_version={v}" in relay_log
+        assert refreshed == (family == "config-toml"), (v, relay_log[-2000:])
+        # The sidecar tells a later `doctor` which client it served: 0.12 refreshes
+        # through it; the older families never needed to (their files were fresh).
+        info = f'polars_cloud_auth_client_info{{version="{v}",family="{family}",served="true"}} 1'
+        assert "# TYPE polars_cloud_auth_client_info gauge" in seen[v]["metrics"], seen[v]["metrics"]
+        assert (info in seen[v]["metrics"]) == (family == "config-toml"), seen[v]["metrics"]
+    print("\nlong-running pods per family:", json.dumps(figures))
+
+
+def test_without_the_relay_the_client_finds_no_token_and_init_only_ends_with_the_first_token():
+    """The controls, and init-only's documented limit, for 0.12 and 0.11 (the two families
+    that refresh): with `polars.cloud/relay: "false"` the client finds no token at all (no
+    release reads the token file); in init-only mode (no sidecar to renew the files or
+    answer refreshes) it works until its first token nears expiry, then fails."""
+    require_peers()
+    pythons = {"0.12.0": PYTHON,
+               clients.FAMILIES["legacy-files"]: clients.python(clients.FAMILIES["legacy-files"],
+                                                                root=POD_CLIENTS)}
+    with ThreadPoolExecutor(2 * len(pythons)) as ex:
+        off = {v: ex.submit(run_pod, f"relay-off-{v.replace('.', '-')}", "native", 1000, None,
+                            duration=5, annotations={"polars.cloud/relay": "false"}, python=py)
+               for v, py in pythons.items()}
+        init_only = {v: ex.submit(run_pod, f"init-only-{v.replace('.', '-')}", "init-only", 1000,
+                                  None, duration=TOKEN_TTL + 10, python=py)
+                     for v, py in pythons.items()}
+        off = {v: f.result() for v, f in off.items()}
+        init_only = {v: f.result() for v, f in init_only.items()}
+    for v in pythons:
+        [r] = off[v]["results"]
+        assert r["client_version"] == v and r["ok"] == 0, r
+        assert any("not found" in e for e in r["errors"]), r
+        [r] = init_only[v]["results"]
+        assert r["client_version"] == v and r["ok"] >= 5 and r["failed"] > 0, r
+        assert r["first_error_at_s"] <= TOKEN_TTL, r
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""A long-running workload with the REAL `polars-cloud` 0.12 client.
+"""A long-running workload with the REAL `polars-cloud` client (any release from 0.7.0 on:
+run it with the Python of a venv from tests/py/clients.py).
 
 It calls the API once per `--interval` for `--duration` seconds, the way a Polars job
 keeps using its client for hours, and prints one JSON line with what happened:
 
-    {"calls": 120, "ok": 120, "failed": 0, "errors": {}, "bearers": 9, ...}
+    {"calls": 120, "ok": 120, "failed": 0, "errors": {}, "bearers": 9,
+     "client_version": "0.12.0", ...}
 
 The workload's environment is used as given (a pod's, `exec`'s child's, a CI step's),
 with one exception: `POLARS_CLOUD_API_ADDR` is pointed at a local stand-in of the API
@@ -57,6 +59,9 @@ def main() -> int:
     os.environ["NO_PROXY"] = ",".join(x for x in [no_proxy, "127.0.0.1", "localhost"] if x)
 
     import polars_cloud as pc
+    from importlib.metadata import version
+
+    client_version = version("polars-cloud")
 
     calls = ok = 0
     errors: dict[str, int] = {}
@@ -104,6 +109,7 @@ def main() -> int:
         "bearers": len(bearers),
         "outside": outside,
         "elapsed_s": round(time.time() - started, 1),
+        "client_version": client_version,
     }
     api.stop()
     print(json.dumps(out), flush=True)

@@ -1,6 +1,6 @@
 """A tiny local stand-in of the Polars Cloud control-plane API.
 
-It answers what the real `polars-cloud` 0.12.0 client calls while it
+It answers what the real `polars-cloud` client (0.7.0 to 0.12.0) calls while it
 authenticates (see docs/polars-cloud-client.md):
 
 * ``GET /api/v1/user/me`` -> 200 with a plausible ``UserModel`` body when the
@@ -81,13 +81,14 @@ class _SocketWriter:
         return False
 
 # Shape of the client's `UserModel` (struct UserModel with 8 elements in the
-# compiled extension; names from polars_cloud.pyi and the extension strings).
+# compiled extension; names from polars_cloud.pyi and the extension strings). All eight
+# fields, avatar_url a string: clients up to 0.9.0 cannot decode a null there.
 DEFAULT_USER: dict[str, Any] = {
     "id": "0b9b6a52-3c1e-4c59-9a7e-5b3f0b2f7a01",
     "email": "workload@example.invalid",
     "first_name": "Stand",
     "last_name": "In",
-    "avatar_url": None,
+    "avatar_url": "https://example.invalid/avatar.png",
     "default_workspace_id": None,
     "newsletter_updates": False,
     "personal_emails": False,
@@ -281,7 +282,9 @@ class StandInApi:
                 with api._lock:
                     api.token_requests.append(
                         {"host": self.tunnel_host, "method": self.command, "path": path,
-                         "content_type": self.headers.get("Content-Type"), "form": form}
+                         "content_type": self.headers.get("Content-Type"), "form": form,
+                         "user_agent": self.headers.get("User-Agent"),
+                         "client_version": self.headers.get("x-client-version")}
                     )
                 if self.command == "POST" and path == TOKEN_PATH:
                     self._send(*api._token_response(form))
