@@ -7,6 +7,7 @@
 # address on this machine.
 #
 #   scripts/node.sh build   build what is not cached yet (cluster.sh build, containerd, pause)
+#   scripts/node.sh binary  build our binary as the image needs it; print its path
 #   scripts/node.sh start   start the control plane and the node; needs root
 #   scripts/node.sh env     print the running node's environment (eval it)
 #   scripts/node.sh stop    stop everything start started and put the host back as it was
@@ -83,6 +84,18 @@ build() {
     cc -static -Os -o "$PAUSE.tmp" tools/node/pause.c
     mv "$PAUSE.tmp" "$PAUSE"
   fi
+}
+
+# Our binary as the image needs it: release, statically linked (the image is FROM
+# scratch). The Dockerfile links it against musl; no musl target can be installed here
+# (rustup's downloads are not reachable), so glibc is linked statically instead: the same
+# code, another C library. A target directory of its own, so that it builds beside
+# `cargo test` without waiting for its lock.
+binary() {
+  local target=x86_64-unknown-linux-gnu
+  RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/image \
+    cargo build --locked --release --quiet --target "$target" >&2
+  echo "$PWD/target/image/$target/release/polars-cloud-auth"
 }
 
 free_port() {
@@ -428,8 +441,9 @@ stop() {
 
 case "${1:-}" in
   build) build ;;
+  binary) binary ;;
   start) start ;;
   env) env_ ;;
   stop) stop ;;
-  *) echo "usage: scripts/node.sh build|start|env|stop" >&2; exit 2 ;;
+  *) echo "usage: scripts/node.sh build|binary|start|env|stop" >&2; exit 2 ;;
 esac

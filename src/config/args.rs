@@ -284,7 +284,7 @@ pub struct InjectArgs {
     #[arg(long, env = vars::INJECT_CPU_REQUEST, value_name = "QUANTITY", value_parser = inject::check::quantity)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_request: Option<String>,
-    /// Memory request of the injected containers [default: 16Mi].
+    /// Memory request of the injected containers [default: 8Mi].
     #[arg(long, env = vars::INJECT_MEMORY_REQUEST, value_name = "QUANTITY", value_parser = inject::check::quantity)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_request: Option<String>,

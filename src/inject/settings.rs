@@ -160,7 +160,7 @@ impl Default for Settings {
             mode: Mode::Native,
             token_path: TokenPath::default(),
             cpu_request: "5m".into(),
-            memory_request: "16Mi".into(),
+            memory_request: "8Mi".into(),
             memory_limit: "32Mi".into(),
             domain: None,
             issuer: None,

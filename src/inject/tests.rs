@@ -87,7 +87,7 @@ fn native_sidecar_by_default() {
     assert_eq!(ours["ports"][0]["containerPort"], 8471);
     assert_eq!(
         ours["resources"],
-        json!({"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}})
+        json!({"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}})
     );
     assert_eq!(
         ours["securityContext"],

@@ -503,7 +503,7 @@ def token_contract_problems(spec: dict, secret_name: str = CREDENTIALS_SECRET,
         if tm.get("mountPath") != token_dir or tm.get("readOnly"):
             p.append(f"{n}: {TOKEN_VOLUME} not mounted writable at {token_dir}")
         res = c.get("resources") or {}
-        want = {"requests": {"cpu": "5m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}}
+        want = {"requests": {"cpu": "5m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}
         if res != want:
             p.append(f"{n}: resources {res} are not {want}")
         others = {_uid(a, spec) for a in apps} - {_uid(c, spec)}

@@ -1,5 +1,11 @@
-"""Runs a pod spec on this machine the way a kubelet would, close enough to test what a
-real workload sees. There is no container runtime here (no Docker engine, no kubelet),
+"""Runs a pod spec on this machine the way a kubelet would, close enough to measure what a
+real workload sees.
+
+Used only by benches/relay_pod.py (the relay's cost at the IdP per pod, with an IdP in
+each pod's own network namespace). Every test of injected pods runs on the real node
+instead (scripts/node.sh, tests/py/test_node.py); this benchmark has not been ported to it
+yet.
+ There is no container runtime here (no Docker engine, no kubelet),
 so this is an emulation; what it reproduces, and what it does not, is listed here and
 nothing else is claimed:
 

@@ -28,7 +28,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -44,22 +43,33 @@ HERE = Path(__file__).resolve().parent
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 HOW = 'sudo scripts/node.sh start && eval "$(scripts/node.sh env)", or scripts/test.sh --slow'
 IMAGE_REPO = "localhost/polars-cloud-auth-test"
-TARGET = "x86_64-unknown-linux-gnu"
 # Where the client scripts live in app images.
 CLIENT_DIR = "/opt/pca-test"
 # Runs tests/py/client/long_client.py, then (with PCA_HOLD=1) waits for SIGTERM, so that a
 # Deployment's pod stays up after the run; SIGTERM ends it at once (PID 1 ignores signals
 # it has no handler for).
+# With PCA_PROCESSES=N, N client processes share the container (and its config directory).
 RUNNER = f"""
-import os, runpy, signal, sys
+import os, runpy, signal, subprocess, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-sys.path[:0] = ["{CLIENT_DIR}/client", "{CLIENT_DIR}/lib"]
-sys.argv = ["long_client.py"] + sys.argv[1:]
+sys.path[:0] = ["{CLIENT_DIR}/client"]
+n = int(os.environ.get("PCA_PROCESSES", "1"))
 code = 0
-try:
-    runpy.run_path("{CLIENT_DIR}/client/long_client.py", run_name="__main__")
-except SystemExit as e:
-    code = e.code or 0
+if n > 1:
+    env = dict(os.environ, PCA_PROCESSES="1", PCA_HOLD="0")
+    procs = [subprocess.Popen([sys.executable, "{CLIENT_DIR}/client/long_client.py", *sys.argv[1:]], env=env)
+             for _ in range(n)]
+    code = max(p.wait() for p in procs)
+else:
+    sys.argv = ["long_client.py"] + sys.argv[1:]
+    try:
+        runpy.run_path("{CLIENT_DIR}/client/long_client.py", run_name="__main__")
+    except SystemExit as e:
+        code = e.code or 0
+    except BaseException:  # the client may panic at import (pyo3): the run still ends
+        import traceback
+        traceback.print_exc()
+        code = 1
 print("PCA-CLIENT-DONE", code, flush=True)
 if os.environ.get("PCA_HOLD") == "1":
     while True:
@@ -189,18 +199,16 @@ def connect() -> Node:
 
 # --- images --------------------------------------------------------------------------
 def static_binary() -> Path:
-    """Our binary built as the image needs it: release, statically linked (the image is
-    FROM scratch). The Dockerfile links it against musl; no musl target can be installed
-    here (rustup's downloads are not reachable), so glibc is linked statically instead:
-    the same code, a different C library (the binary resolves no host names in these
-    tests, where static glibc would need NSS modules)."""
-    env = dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static")
-    subprocess.run(["cargo", "build", "--locked", "--release", "--target", TARGET],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    path = ROOT / "target" / TARGET / "release" / "polars-cloud-auth"
-    out = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True).stdout
-    if out and "statically linked" not in out and "static-pie" not in out:
-        raise AssertionError(f"{path} is not a static binary: {out}")
+    """Our binary as the image needs it (`scripts/node.sh binary`: release, statically
+    linked; glibc, since no musl target can be installed here)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "node.sh"), "binary"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AssertionError(f"scripts/node.sh binary failed:\n{out.stderr}")
+    path = Path(out.stdout.strip().splitlines()[-1])
+    kind = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True).stdout
+    if kind and "statically linked" not in kind and "static-pie" not in kind:
+        raise AssertionError(f"{path} is not a static binary: {kind}")
     return path
 
 
@@ -220,22 +228,11 @@ def our_image(node: Node, workdir: Path) -> str:
 
 
 def client_files() -> list[oci.Entry]:
-    """The client scripts, the runner, and the one package they need beyond the client
-    (cryptography, for the JWKS check), from the test venv."""
+    """The client scripts (tests/py/client) and the runner. The venvs of tests/py/clients.py
+    hold what the scripts import besides the client (cryptography, for the JWKS check)."""
     entries = [oci.Entry(path=f"{CLIENT_DIR}/run_client.py", data=RUNNER.encode())]
     for f in sorted((HERE / "client").glob("*.py")):
         entries.append(oci.Entry(path=f"{CLIENT_DIR}/client/{f.name}", source=f))
-    site = Path(sys.executable).resolve().parent.parent / "lib"
-    venv_site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
-    for pkg in ("cryptography", "cffi", "pycparser", "_cffi_backend"):
-        for p in sorted(venv_site.glob(pkg + "*")):
-            if p.is_dir():
-                for e in oci.tree(p):
-                    e.path = f"{CLIENT_DIR}/lib/" + str(Path(e.path).relative_to(venv_site))
-                    entries.append(e)
-            elif p.suffix == ".so":
-                entries.append(oci.Entry(path=f"{CLIENT_DIR}/lib/{p.name}", source=p, mode=0o755))
-    del site
     return entries
 
 
@@ -288,17 +285,10 @@ def token_container(pod: dict) -> dict:
 
 # --- the clients ---------------------------------------------------------------------
 def client_venv(version: str) -> Path:
-    """A venv holding polars-cloud `version` alone (and what pip brings with it), cached
-    under ~/.cache/polars-cloud-auth/node-clients/<version>."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    venv = cache / "polars-cloud-auth" / "node-clients" / version
-    stamp = venv / ".installed"
-    if not stamp.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        f"polars-cloud=={version}"], check=True)
-        stamp.write_text(version)
-    return venv
+    """The venv of tests/py/clients.py for that release (cached, made on first use)."""
+    import clients
+
+    return clients.venv(version)
 
 
 # --- peers on the host ---------------------------------------------------------------
@@ -410,7 +400,7 @@ class World:
         self.kube = kube = node.kube
         self.ns, self.release, self.tmp = ns, release, tmp
         self.ours = our_image(node, tmp)
-        self.app = app_image(node, client_venv(client), client, tmp)
+        self.app = self.app_image(client)
         self.pause = f"{IMAGE_REPO}/pause:1"
         self.tls = cluster.make_tls(tmp / "tls", ip=node.ip)
         self.idp = idp_peer.Idp({self.SA_ID: self.SECRET, self.BROKER_SA_ID: self.BROKER_SECRET},
@@ -437,6 +427,10 @@ class World:
         }, webhook_tls, tmp / "webhook.log")
         self.config_name = f"{release}-polars-cloud-auth"
         register_webhook(kube, release, ns, f"{self.webhook.base}/mutate", webhook_tls["ca"])
+
+    def app_image(self, version: str) -> str:
+        """The app image for polars-cloud `version` (built and imported once)."""
+        return app_image(self.node, client_venv(version), version, self.tmp)
 
     def stop(self) -> None:
         self.kube.run("delete", "namespace", self.ns, "--wait=false", check=False)

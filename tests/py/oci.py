@@ -287,7 +287,7 @@ def pause_image(binary: Path) -> Image:
 
 # Not needed to run a client, and large: left out of app images.
 SKIP_DIRS = {"__pycache__", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip",
-             "lib2to3", "pip", "setuptools", "_distutils_hack", "pydoc_data"}
+             "lib2to3", "pip", "setuptools", "pydoc_data"}
 
 
 def tree(root: Path, skip: set[str] = SKIP_DIRS) -> list[Entry]:
@@ -329,15 +329,30 @@ def shared_libraries(files: Iterable[Path]) -> list[Entry]:
     return list(entries.values())
 
 
+def unused_polars_runtimes(venv: Path) -> set[str]:
+    """polars installs two runtimes (32- and 64-bit row indices, about 200 MB each) and
+    loads one: the client is imported once and /proc/self/maps says which; the other is
+    left out of the image."""
+    import subprocess
+
+    present = {p.name for p in venv.glob("lib/python*/site-packages/_polars_runtime_*")
+               if p.is_dir()}
+    if len(present) < 2:
+        return set()
+    code = ("import polars_cloud, re; print(' '.join(sorted(set(re.findall("
+            "r'(_polars_runtime_\\w+)/', open('/proc/self/maps').read())))))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True,
+                         text=True, check=True).stdout.split()
+    if not out:
+        return set()
+    return present - set(out)
+
+
 def app_image(python_home: Path, venv: Path, extra: list[Entry]) -> Image:
     """Python (its stdlib, without site-packages), the system libraries it and the venv's
     extension modules load, one venv, and ``extra`` (the test's client scripts)."""
     base = [e for e in tree(python_home) if "/site-packages" not in e.path]
-    skip = set(SKIP_DIRS)
-    # polars-cloud 0.12 loads polars' 64-bit runtime; the 32-bit one pip adds beside it is
-    # never loaded (checked in /proc/self/maps), and is 180 MB.
-    if any(venv.glob("lib/python*/site-packages/_polars_runtime_64")):
-        skip.add("_polars_runtime_32")
+    skip = set(SKIP_DIRS) | unused_polars_runtimes(venv)
     packages = tree(venv, skip)
     elves = [Path(e.path) for e in base + packages if e.kind == "file" and e.path.endswith(".so")]
     elves.append(python_home / "bin" / "python3")
@@ -348,7 +363,10 @@ def app_image(python_home: Path, venv: Path, extra: list[Entry]) -> Image:
              Entry(path="/lib64", kind="symlink", target="usr/lib64", mode=0o777),
              Entry(path="/usr/lib64/ld-linux-x86-64.so.2", kind="symlink",
                    target=str(Path("/lib64/ld-linux-x86-64.so.2").resolve()), mode=0o777),
-             Entry(path="/tmp", kind="dir", mode=0o1777)]
+             Entry(path="/tmp", kind="dir", mode=0o1777),
+             # The system roots, as every app base image has them (the client's HTTPS
+             # needs some: without any, 0.12 panics at import).
+             Entry(path=str(CA_ROOTS), source=CA_ROOTS)]
     return Image(
         env=["PATH=/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
         layers=[base + libs + links, packages, extra],

@@ -357,7 +357,7 @@ def test_default_injection_env():
         "POLARS_CLOUD_INJECT_MODE": "native",
         "POLARS_CLOUD_INJECT_TOKEN_PATH": k8s.TOKEN_PATH,
         "POLARS_CLOUD_INJECT_CPU_REQUEST": "5m",
-        "POLARS_CLOUD_INJECT_MEMORY_REQUEST": "16Mi",
+        "POLARS_CLOUD_INJECT_MEMORY_REQUEST": "8Mi",
         "POLARS_CLOUD_INJECT_MEMORY_LIMIT": "32Mi",
     }
     assert "POLARS_CLOUD_INJECT_DOMAIN" not in env
