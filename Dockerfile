@@ -15,6 +15,9 @@ RUN target="$(uname -m)-unknown-linux-musl" \
  && cp "target/$target/release/polars-cloud-auth" /polars-cloud-auth
 
 FROM scratch
+LABEL org.opencontainers.image.title="polars-cloud-auth" \
+      org.opencontainers.image.description="Short-lived Polars Cloud access tokens for workloads" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /polars-cloud-auth /usr/local/bin/polars-cloud-auth
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt

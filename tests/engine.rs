@@ -668,6 +668,12 @@ fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotate
     wait_for(Duration::from_secs(20), || {
         (sc.ready()? == 503).then_some(())
     });
+    // /readyz says why (the postStart hook quotes it when a pod cannot start).
+    let (_, why) = http_get(sc.port, "/readyz").unwrap();
+    assert!(
+        why.contains("the identity provider rejected the credentials"),
+        "{why}"
+    );
     assert!(
         sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}")
             .unwrap()

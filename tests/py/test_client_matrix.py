@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import clients  # noqa: E402
 import idp_peer  # noqa: E402
+from actions_runner import read_file_commands  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
@@ -57,27 +58,6 @@ def clean_env(**extra: str) -> dict[str, str]:
         env.pop(k, None)
     env.update(extra)
     return env
-
-
-def read_file_commands(path: Path) -> dict[str, str]:
-    """A GITHUB_ENV / GITHUB_STATE file as the runner reads it (heredoc entries)."""
-    out: dict[str, str] = {}
-    lines = path.read_text().split("\n") if path.exists() else []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if "<<" in line:
-            name, delim = line.split("<<", 1)
-            j = lines.index(delim, i + 1)
-            out[name] = "\n".join(lines[i + 1 : j])
-            i = j + 1
-        elif "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-            i += 1
-        else:
-            i += 1
-    return out
 
 
 class Peers:

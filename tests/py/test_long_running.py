@@ -28,6 +28,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import idp_peer  # noqa: E402
+from actions_runner import read_file_commands  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
@@ -116,27 +117,6 @@ def test_exec_keeps_its_child_working_across_token_lives_and_session_ends(tmp_pa
             sidecar.terminate()
             sidecar.wait(10)
         idp.stop()
-
-
-def read_file_commands(path: Path) -> dict[str, str]:
-    """A GITHUB_ENV / GITHUB_STATE file as the runner reads it (heredoc entries)."""
-    out: dict[str, str] = {}
-    lines = path.read_text().split("\n") if path.exists() else []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if "<<" in line:
-            name, delim = line.split("<<", 1)
-            j = lines.index(delim, i + 1)
-            out[name] = "\n".join(lines[i + 1 : j])
-            i = j + 1
-        elif "=" in line:
-            k, v = line.split("=", 1)
-            out[k] = v
-            i += 1
-        else:
-            i += 1
-    return out
 
 
 def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry(tmp_path):

@@ -294,34 +294,32 @@ def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_
     assert took < 10, f"the pod took {took:.1f}s to go (grace period 10s)"
 
 
-def test_a_job_with_our_native_sidecar_completes_when_its_app_exits(world):
+def completed_job(world, name: str, mode: str, duration: float) -> dict:
+    """A Job whose app runs the real client for `duration` then exits: waits for the Job
+    to complete (the controller's condition), returns its pod."""
     kube, node = world["kube"], world["node"]
-    template = pod_template(world, "job-native", {"polars.cloud/mode": "native"},
-                            app_container(world, 5, hold=False), 1000, 2000, restart="Never")
-    kube.apply(job("job-native", template))
-    node.wait("the Job complete", lambda: any(
+    template = pod_template(world, name, {"polars.cloud/mode": mode},
+                            app_container(world, duration, hold=False), 1000, 2000,
+                            restart="Never")
+    kube.apply(job(name, template))
+    node.wait(f"the Job {name} complete", lambda: any(
         c["type"] == "Complete" and c["status"] == "True"
-        for c in kube.get("job", "job-native", "-n", NS).get("status", {}).get("conditions", [])),
+        for c in kube.get("job", name, "-n", NS).get("status", {}).get("conditions", [])),
         timeout=120, every=1)
-    (pod,) = node.pods(NS, "app=job-native")
+    (pod,) = node.pods(NS, f"app={name}")
     r = results(node.logs(pod, "app"))[-1]
     assert r["failed"] == 0 and r["ok"] >= 1, r
-    ours = node.status(pod, token_container(pod)["name"])
+    return pod
+
+
+def test_a_job_with_our_native_sidecar_completes_when_its_app_exits(world):
+    pod = completed_job(world, "job-native", "native", 5)
+    ours = world["node"].status(pod, token_container(pod)["name"])
     assert ours["state"].get("terminated"), ours
 
 
 def test_an_init_only_job_completes(world):
-    kube, node = world["kube"], world["node"]
-    template = pod_template(world, "job-init-only", {"polars.cloud/mode": "init-only"},
-                            app_container(world, 3, hold=False), 1000, 2000, restart="Never")
-    kube.apply(job("job-init-only", template))
-    node.wait("the Job complete", lambda: any(
-        c["type"] == "Complete" and c["status"] == "True"
-        for c in kube.get("job", "job-init-only", "-n", NS).get("status", {}).get("conditions", [])),
-        timeout=120, every=1)
-    (pod,) = node.pods(NS, "app=job-init-only")
-    r = results(node.logs(pod, "app"))[-1]
-    assert r["failed"] == 0 and r["ok"] >= 1, r
+    completed_job(world, "job-init-only", "init-only", 3)
 
 
 def test_the_image_the_suite_runs_is_the_dockerfiles(world):
