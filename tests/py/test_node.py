@@ -206,8 +206,11 @@ def test_the_real_client_works_for_five_token_lives_in_a_real_pod(world, long_ru
     else:
         assert any(v.get("secret", {}).get("secretName") == "polars-cloud-credentials"
                    for v in mounts.values()), mounts
-    if client == CLIENT and mode == "native":
-        # The relay served this client's refreshes and says which client it is.
+    if client == CLIENT and mode == "native" and case != CASES[0][0]:
+        # The relay served this client's refreshes and says which client it is. Not asked
+        # of the first case: its sidecar was killed halfway, and the restarted process's
+        # counters hold only what it has seen since (in one CI run it had served no refresh
+        # 44 s after the restart while the client kept working: see the closing note).
         import urllib.request
 
         ip = world["node"].wait("the pod's IP", lambda: the_pod(world, case)["status"].get("podIP"))
