@@ -45,6 +45,16 @@ fn names(list: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// Init containers, then containers, of a pod spec.
+fn all_containers(spec: &Value) -> Vec<&Value> {
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_array().into_iter().flatten())
+        .collect()
+}
+
 fn env_of<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
     c["env"]
         .as_array()?
@@ -929,12 +939,7 @@ fn a_broker_backed_pod_mounts_no_secret_and_presents_its_projected_token() {
             projected["projected"]["sources"][0]["serviceAccountToken"],
             json!({"audience": "polars-cloud-auth", "expirationSeconds": 600, "path": "token"})
         );
-        let all: Vec<&Value> = spec["initContainers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(spec["containers"].as_array().into_iter().flatten())
-            .collect();
+        let all = all_containers(spec);
         for c in all {
             let mounts = names(&c["volumeMounts"]);
             if c["name"] == "app" {
@@ -1026,12 +1031,7 @@ fn the_issuer_ca_reaches_our_containers_that_talk_to_the_identity_provider() {
         };
         let (p, _) = run(&pod(json!({"polars.cloud/mode": mode}), app()), &s).unwrap();
         let spec = &p["spec"];
-        let all: Vec<&Value> = spec["initContainers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(spec["containers"].as_array().into_iter().flatten())
-            .collect();
+        let all = all_containers(spec);
         for c in all {
             let want = (c["name"] != "app").then_some(ISSUER_CA);
             assert_eq!(env_of(c, "POLARS_CLOUD_CA_PEM"), want, "{mode} {c}");
