@@ -9,9 +9,13 @@ relay must carry the client across that all the same.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
-import time
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -20,6 +24,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import clients  # noqa: E402
 import keycloak_peer  # noqa: E402
 import test_long_running as lr  # noqa: E402
 
@@ -86,10 +91,6 @@ class AuthFront:
     touched). Needs root, as the node suite does; CI runs the slow suites as root."""
 
     def __init__(self, kc_base: str, tmp: Path) -> None:
-        import socket
-        import ssl
-        import threading
-
         self.upstream = urllib.parse.urlsplit(kc_base)
         self.dir = tmp / "front"
         self.dir.mkdir()
@@ -123,8 +124,6 @@ class AuthFront:
             threading.Thread(target=self._accept, args=(s, tls), daemon=True).start()
 
     def _accept(self, listener, tls) -> None:
-        import threading
-
         while not self._stop:
             try:
                 conn, _ = listener.accept()
@@ -133,9 +132,6 @@ class AuthFront:
             threading.Thread(target=self._carry, args=(conn, tls), daemon=True).start()
 
     def _carry(self, conn, tls) -> None:
-        import socket
-        import threading
-
         try:
             conn.settimeout(30)
             if tls is not None:
@@ -188,15 +184,10 @@ def test_after_login_each_family_refreshes_by_itself_for_five_token_lives(kc, tm
     cannot run here. What the test shows for them: the first life works from the legacy
     files `login` wrote, the refresh then fails on TLS (not on our files), and the refresh
     token in those files is one Keycloak accepts (refreshed here through the same front)."""
-    import os
-    import shutil
-
     if os.geteuid() != 0:
         pytest.fail("needs root (a mount namespace with its own /etc/hosts): run as root, as CI does")
     if not lr.BINARY.exists():
         pytest.fail(f"{lr.BINARY} is missing: run cargo build first")
-    import clients
-
     versions = list(clients.FAMILIES.values())
     for v in versions:
         clients.venv(v)
