@@ -417,16 +417,29 @@ class World:
         self.broker = HostBroker(tmp, node, self.idp, self.tls,
                                  {self.BROKER_SA_ID: self.BROKER_SECRET}, ns)
         webhook_tls = cluster.make_tls(tmp / "webhook-tls")
-        self.webhook = cluster.Webhook({
+        # The injector's settings: the webhook's, and the offline `inject`'s (`inject`).
+        self.inject_env = {
             "POLARS_CLOUD_INJECT_IMAGE": self.ours,
             "POLARS_CLOUD_INJECT_ISSUER": self.idp.issuer,
             "POLARS_CLOUD_INJECT_ISSUER_CA_FILE": str(self.tls["ca"]),
             "POLARS_CLOUD_INJECT_BROKER_URL": self.broker.url,
             "POLARS_CLOUD_INJECT_BROKER_CA_FILE": str(self.tls["ca"]),
             "POLARS_CLOUD_INJECT_BROKER": "false",
-        }, webhook_tls, tmp / "webhook.log")
+        }
+        self.webhook = cluster.Webhook(self.inject_env, webhook_tls, tmp / "webhook.log")
         self.config_name = f"{release}-polars-cloud-auth"
         register_webhook(kube, release, ns, f"{self.webhook.base}/mutate", webhook_tls["ca"])
+
+    def inject(self, doc: dict) -> dict:
+        """`doc` as the offline `polars-cloud-auth inject --all` prints it, with the
+        webhook's settings (JSON is YAML: the manifest goes in as JSON)."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.inject_env}
+        out = subprocess.run([str(cluster.binary()), "inject", "--all"], input=json.dumps(doc),
+                             env=env, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise AssertionError(f"inject failed: {out.stderr}")
+        [injected] = k8s.load_all(out.stdout)
+        return injected
 
     def app_image(self, version: str) -> str:
         """The app image for polars-cloud `version` (built and imported once)."""

@@ -109,6 +109,9 @@ def main() -> int:
         "bearers": len(bearers),
         "outside": outside,
         "elapsed_s": round(time.time() - started, 1),
+        # Wall clock of the first call (epoch seconds): a test can place the run in a
+        # token's life.
+        "started_at": round(started, 1),
         "client_version": client_version,
     }
     api.stop()
