@@ -123,7 +123,8 @@ def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry
     """The action's main step with `long-running: true`; a later step starting after the
     first token expired runs the real client for DURATION (across session ends); the post
     step stops the relay and revokes its session. The default export is the control: the
-    same later step fails with the exported token."""
+    same later step fails with the exported token. Post runs as the runner runs it, with the
+job's exported environment, and hands the later post steps a working network."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run cargo build first")
     idp = Idp()
@@ -192,16 +193,29 @@ def test_github_action_long_running_serves_a_later_step_that_starts_after_expiry
         config_dir = Path(exported["POLARS_CLOUD_CONFIG_DIR"])
         assert SECRET.encode() not in (config_dir / "config.toml").read_bytes()
 
+        # Post as the runner runs it: with the job's environment (main's exports).
+        post_files = {n: runner / f"post-{n.lower()}" for n in files}
+        for f in post_files.values():
+            f.write_text("")
         post = subprocess.run(
             [str(BINARY), "github-action", "post"],
-            env=step_env(**inputs, **{f"STATE_{k}": v for k, v in state.items()}),
+            env=step_env(**exported, **inputs, **{f"STATE_{k}": v for k, v in state.items()},
+                         **{k: str(v) for k, v in post_files.items()}),
             capture_output=True, timeout=60,
         )
-        assert post.returncode == 0, post.stderr.decode()
+        post_log = post.stdout.decode() + post.stderr.decode()
+        assert post.returncode == 0, post_log
+        assert "::warning::" not in post_log, post_log
         assert not Path(f"/proc/{pid}").exists(), "the relay still runs after post"
         assert not config_dir.exists(), "the relay's directory outlived post"
         revokes = [q for q in idp.requests() if q["path"].endswith("/revoke")]
-        assert len(revokes) >= 2, revokes  # main's session, and the relay's own
+        assert len(revokes) == 2, revokes  # main's session, and the relay's own
+        assert state["refresh_token"] in [q["params"].get("token") for q in revokes]
+        # The post steps of actions used before ours run after it, with the job's
+        # environment as our post left it: no dead proxy, no missing trust store.
+        after = {**exported, **read_file_commands(post_files["GITHUB_ENV"])}
+        assert after["HTTPS_PROXY"] == after["https_proxy"] == "", after
+        assert Path(after["SSL_CERT_FILE"]).is_file(), after
         relay_log = (temp / "polars-cloud-auth-relay.log").read_text()
         assert SECRET not in relay_log
     finally:
