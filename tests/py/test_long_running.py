@@ -28,7 +28,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import idp_peer  # noqa: E402
-from actions_runner import read_file_commands  # noqa: E402
+from actions_runner import post_env, read_file_commands  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
@@ -199,7 +199,7 @@ job's exported environment, and hands the later post steps a working network."""
             f.write_text("")
         post = subprocess.run(
             [str(BINARY), "github-action", "post"],
-            env=step_env(**exported, **inputs, **{f"STATE_{k}": v for k, v in state.items()},
+            env=step_env(**inputs, **post_env(exported, state),
                          **{k: str(v) for k, v in post_files.items()}),
             capture_output=True, timeout=60,
         )
