@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -218,6 +219,24 @@ def revocations(idp: idp_peer.Idp) -> list[dict[str, Any]]:
     return [q for q in idp.requests() if q["path"].endswith("/revoke")]
 
 
+def relays_under(tmp: Path) -> list[int]:
+    """The pids of our relays (`github-action relay`) whose RUNNER_TEMP is under `tmp`: the
+    ones this test's job started, and no other process."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if b"github-action\0relay" not in (p / "cmdline").read_bytes():
+                continue
+            if f"\0RUNNER_TEMP={tmp}/".encode() not in b"\0" + (p / "environ").read_bytes():
+                continue
+        except OSError:
+            continue
+        pids.append(int(p.name))
+    return pids
+
+
 def assert_probe_worked(log: str) -> None:
     """The probe's main step (before ours) and its post step (after ours) both reached the
     IdP over HTTPS."""
@@ -236,6 +255,8 @@ def peers(tmp_path):
         yield idp, tls["ca"]
     finally:
         idp.stop()
+        for pid in relays_under(tmp_path):  # a job that failed before its post step
+            os.kill(pid, signal.SIGTERM)
 
 
 def test_act_short_job_masks_hands_on_and_revokes(tmp_path, peers):
@@ -290,6 +311,7 @@ def test_act_long_running_job_keeps_a_later_step_working(tmp_path, peers):
     assert not [k for k in env if k.startswith(("INPUT_", "STATE_"))], sorted(env)
     assert SECRET not in (job.out / "later-step.env").read_text()
     assert "could not revoke" not in log, log[-6000:]
+    assert not relays_under(tmp_path), "the relay outlived the job"
     assert_probe_worked(log)
     revoked = revocations(idp)
     assert len(revoked) == 2 and all(q["status"] == 200 for q in revoked), revoked
