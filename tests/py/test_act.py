@@ -18,8 +18,8 @@ binary (`binary-path`):
 
 Harness quirks of act (not of the action): it passes its own environment into the steps,
 so it runs under `env -i` with a minimal one; its cache server would listen on a
-non-loopback address (`--no-cache-server`); its `--json` log carries secrets in extra
-fields, so the tests read the text log, where no secret may appear.
+non-loopback address (`--no-cache-server`); its `--json` log carries masked values (our
+tokens) in extra fields, so the tests read the text log, where no secret may appear.
 
 Slow: runs under `scripts/test.sh --slow` (POLARS_CLOUD_AUTH_SLOW=1). The long-running job's
 client runs POLARS_CLOUD_AUTH_ACT_LONG_RUN seconds (70 by default: several token lives).
