@@ -54,11 +54,18 @@ if [ "$slow" = 1 ]; then
   py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli
     --ignore=tests/py/test_node.py)
 fi
+if [ "$slow" = 1 ]; then
+  py_args+=(--ignore=tests/py/test_act.py)  # in its slow block below, once act is built
+fi
 .venv/bin/pytest -q tests/py "${py_args[@]}"
 
 if [ "$slow" = 1 ]; then
   echo "== slow suites (POLARS_CLOUD_AUTH_SLOW=1)"
   # Each slow peer adds its block here: install or start it (cached), run its suite.
+
+  echo "== the GitHub Action under nektos/act (scripts/act.sh, tests/py/test_act.py; docs/github-action.md)"
+  bash scripts/act.sh build   # cached; the first run builds act from the Go module proxy
+  .venv/bin/pytest -q -s tests/py/test_act.py
 
   echo "== real kube-apiserver and Keycloak (scripts/cluster.sh, scripts/keycloak.sh; tests/cluster/README.md, tests/keycloak/README.md)"
   wait_for_peer_build   # started above; cached; the first run builds from source (see the README)

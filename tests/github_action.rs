@@ -225,11 +225,17 @@ impl Runner {
         }
     }
 
-    /// The post step, with the STATE_* variables the runner derives from main's GITHUB_STATE.
+    /// The post step as the runner runs it: with the job's environment, which holds what
+    /// main exported through GITHUB_ENV (actions/runner and act both hand it to post
+    /// steps), and the STATE_* variables the runner derives from main's GITHUB_STATE.
     fn post(&self, main: &Step, with: &[(&str, &str)]) -> Step {
-        let state: Vec<(String, String)> = entries(&main.state)
+        let state: Vec<(String, String)> = job_env(&[main])
             .into_iter()
-            .map(|e| (format!("STATE_{}", e.name), e.value))
+            .chain(
+                entries(&main.state)
+                    .into_iter()
+                    .map(|e| (format!("STATE_{}", e.name), e.value)),
+            )
             .collect();
         let env: Vec<(&str, &str)> = state
             .iter()
@@ -237,6 +243,18 @@ impl Runner {
             .collect();
         self.run("post.js", with, &env)
     }
+}
+
+/// The job's environment after `steps` (in order): each step's GITHUB_ENV entries over
+/// the earlier ones, as the runner applies them to every later step, post steps included.
+fn job_env(steps: &[&Step]) -> Vec<(String, String)> {
+    let mut env = BTreeMap::new();
+    for step in steps {
+        for e in entries(&step.env) {
+            env.insert(e.name, e.value);
+        }
+    }
+    env.into_iter().collect()
 }
 
 fn input_var(name: &str) -> String {
@@ -1065,4 +1083,120 @@ fn github_oidc_token_gets_a_keycloak_token_for_the_federated_client() {
     assert_eq!(other.error(), NO_ID_TOKEN);
     other.no_files();
     assert_eq!(gh.requests().len(), before);
+}
+
+/// An earlier action's post step (posts run in reverse order, so after ours) with the job's
+/// environment: an HTTPS request to `url` the way most tools make it (the proxy from
+/// `https_proxy`/`HTTPS_PROXY`, and `SSL_CERT_FILE`, when set, read as the trust store),
+/// trusting `ca` for the test server. Returns the probe's exit and its output.
+fn earlier_actions_post(job_env: &[(String, String)], url: &str, ca: &Path) -> (bool, String) {
+    const PROBE: &str = r#"
+import os, ssl, sys, urllib.request
+bundle = os.environ.get("SSL_CERT_FILE")
+if bundle:
+    with open(bundle) as f:
+        assert "BEGIN CERTIFICATE" in f.read(), f"SSL_CERT_FILE {bundle} holds no certificate"
+context = ssl.create_default_context(cafile=sys.argv[2])
+with urllib.request.urlopen(sys.argv[1], context=context, timeout=10) as reply:
+    print(reply.status)
+"#;
+    let out = scrubbed(python())
+        .args(["-c", PROBE, url])
+        .arg(ca)
+        .envs(job_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// The revocation requests of a test IdP that serves https only, trusting `ca`.
+fn tls_revocations(idp: &Idp, ca: &Path) -> Vec<Value> {
+    const READ: &str = r#"
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2])
+print(urllib.request.urlopen(sys.argv[1], context=context, timeout=10).read().decode())
+"#;
+    let out = scrubbed(python())
+        .args(["-c", READ])
+        .arg(format!("https://127.0.0.1:{}/__test/requests", idp.port))
+        .arg(ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let all = match reply {
+        Value::Object(mut o) => o.remove("requests").unwrap_or(Value::Null),
+        other => other,
+    };
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["endpoint"] == "revocation")
+        .cloned()
+        .collect()
+}
+
+/// Issue 18 item 10: with `long-running: true` post ran with the job's exported
+/// environment (HTTPS_PROXY to the relay, SSL_CERT_FILE its CA bundle), stopped the relay
+/// first, and then failed to revoke main's session ("No CA certificates were loaded from
+/// the system"); the post steps of actions used before ours, which run after ours, were
+/// left a dead proxy and a deleted bundle. Now post revokes first and hands later steps
+/// the network the job had before main.
+#[test]
+fn long_running_post_revokes_and_leaves_later_post_steps_a_working_network() {
+    if !(have_idp() && have_python()) {
+        return;
+    }
+    let runner = Runner::new();
+    let (ca, cert, key) = test_pki(runner.dir.path());
+    let idp = Idp::start_with(IdpOptions {
+        tls: Some((cert, key)),
+        ..IdpOptions::default()
+    });
+    let url = format!("{}/.well-known/openid-configuration", idp.issuer);
+    let with = with_sa(&idp);
+    let ca_file = ca.to_string_lossy().into_owned();
+    let inputs = set(&with, &[("long-running", "true"), ("ca-file", &ca_file)]);
+    let main = runner.run("main.js", &inputs, &[]);
+    assert_eq!(main.code, Some(0), "log:\n{}", main.log());
+    let exported = job_env(&[&main]);
+    let names: Vec<&str> = exported.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        names.contains(&"HTTPS_PROXY") && names.contains(&"SSL_CERT_FILE"),
+        "{names:?}"
+    );
+    // The control: while the relay runs, a later step's HTTPS goes through it.
+    let (ok, log) = earlier_actions_post(&exported, &url, &ca);
+    assert!(ok, "through the relay: {log}");
+
+    let post = runner.post(&main, &inputs);
+    assert_eq!(post.code, Some(0), "log:\n{}", post.log());
+    assert!(!post.stdout.contains("::warning::"), "log:\n{}", post.log());
+    let refresh = value(&entries(&main.state), "refresh_token").to_string();
+    let revocations = tls_revocations(&idp, &ca);
+    assert_eq!(
+        revocations.len(),
+        2,
+        "main's session and the relay's: {revocations:?}"
+    );
+    assert!(
+        revocations.iter().all(|r| r["status"] == 200),
+        "{revocations:?}"
+    );
+    assert!(
+        revocations
+            .iter()
+            .any(|r| r["params"]["token"] == refresh.as_str()),
+        "main's refresh token was not revoked: {revocations:?}"
+    );
+    assert_no_leak(&refresh, &[&post.log(), &post.env]);
+    assert_no_leak(SA_SECRET, &[&post.log(), &post.env]);
+
+    // The earlier action's post step, after ours, with the job's environment as it is now.
+    let (ok, log) = earlier_actions_post(&job_env(&[&main, &post]), &url, &ca);
+    assert!(ok, "after our post: {log}");
 }

@@ -25,3 +25,10 @@ def read_file_commands(path: Path) -> dict[str, str]:
         else:
             i += 1
     return out
+
+
+def post_env(job_env: dict[str, str], state: dict[str, str]) -> dict[str, str]:
+    """What a runner adds for an action's post step: the job's environment as the earlier
+    steps left it through GITHUB_ENV (actions/runner and act both hand it to post steps)
+    and the action's GITHUB_STATE as STATE_* variables."""
+    return {**job_env, **{f"STATE_{k}": v for k, v in state.items()}}

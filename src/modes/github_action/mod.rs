@@ -70,6 +70,8 @@ const STATE_BINARY: &str = "binary";
 const STATE_TOKEN_FILE: &str = "token_file";
 const STATE_REFRESH_TOKEN: &str = "refresh_token";
 const STATE_RELAY_PID: &str = "relay_pid";
+/// The network variables post gives back to the later (post) steps, as a JSON object.
+const STATE_NETWORK: &str = "network";
 
 /// Why the action's settings are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ pub async fn run(step: Step) -> anyhow::Result<u8> {
     let mut out = std::io::stdout();
     let result = match step {
         Step::Main => main(&lookup, &runner, &mut out).await,
-        Step::Post => post(&lookup, &mut out).await,
+        Step::Post => post(&lookup, &runner, &mut out).await,
         Step::Relay => return relay_daemon().await.map(|()| exit::OK),
     };
     Ok(match result {
@@ -192,6 +194,12 @@ async fn main(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyh
     let relay = if inputs.long_running {
         let ready = start_relay(lookup, &exe).await?;
         runner.set(FileCommand::State, STATE_RELAY_PID, &ready.pid.to_string())?;
+        let network = network_after_relay(lookup, &ready.env);
+        runner.set(
+            FileCommand::State,
+            STATE_NETWORK,
+            &serde_json::to_string(&network)?,
+        )?;
         for (name, value) in &ready.env {
             if name == crate::vars::API_ADDR && lookup(name).is_some() {
                 continue; // the workflow's own API address stays
@@ -272,21 +280,11 @@ fn summary_line(issuer: &Url, expires_at: &str, exported: bool, file: bool, rela
     )
 }
 
-async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
+/// post: revoke main's session while the relay (whose proxy and CA bundle the job's
+/// environment names, post's own included) still runs, then stop the relay, give the later
+/// post steps the job's network back, and delete the token file.
+async fn post(lookup: Lookup<'_>, runner: &Runner, out: &mut impl Write) -> anyhow::Result<()> {
     let state = |name: &str| lookup(&format!("STATE_{name}")).filter(|v| !v.is_empty());
-    if let Some(pid) = state(STATE_RELAY_PID) {
-        stop_relay(&pid).await;
-    }
-    let mut removal = Ok(());
-    if let Some(path) = state(STATE_TOKEN_FILE) {
-        let removed = TokenFile::new(&path, TOKEN_FILE_MODE).remove();
-        match removed {
-            Ok(true) => tracing::info!(path, "token file deleted"),
-            Ok(false) => tracing::info!(path, "token file already gone"),
-            Err(_) => {}
-        }
-        removal = removed.map(drop);
-    }
     if let Some(value) = state(STATE_REFRESH_TOKEN) {
         let refresh = RefreshToken {
             value: SecretString::from(value),
@@ -304,6 +302,30 @@ async fn post(lookup: Lookup<'_>, out: &mut impl Write) -> anyhow::Result<()> {
                 ),
             )?,
         }
+    }
+    if let Some(pid) = state(STATE_RELAY_PID) {
+        stop_relay(&pid).await;
+    }
+    if let Some(network) = state(STATE_NETWORK) {
+        let network: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&network).context("the state `network` is not a JSON object")?;
+        for (name, value) in &network {
+            runner.set(FileCommand::Env, name, value)?;
+        }
+        tracing::info!(
+            variables = ?network.keys().collect::<Vec<_>>(),
+            "later steps get the job's network settings back"
+        );
+    }
+    let mut removal = Ok(());
+    if let Some(path) = state(STATE_TOKEN_FILE) {
+        let removed = TokenFile::new(&path, TOKEN_FILE_MODE).remove();
+        match removed {
+            Ok(true) => tracing::info!(path, "token file deleted"),
+            Ok(false) => tracing::info!(path, "token file already gone"),
+            Err(_) => {}
+        }
+        removal = removed.map(drop);
     }
     Ok(removal?)
 }

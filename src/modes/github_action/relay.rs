@@ -133,6 +133,41 @@ pub(super) async fn relay_daemon() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The variables of the relay's exports that every tool's HTTPS depends on.
+const NETWORK: [&str; 3] = [vars::HTTPS_PROXY, "https_proxy", vars::SSL_CERT_FILE];
+
+/// What post writes to GITHUB_ENV once the relay is gone, computed by main from the job's
+/// environment before the relay's exports: the runner hands GITHUB_ENV to every later step,
+/// post steps included, and the post steps of actions used before ours run after ours. So
+/// the proxy variables go back to what the job had (in either spelling), or empty (curl,
+/// Python, Go, Node's proxy agents and reqwest read an empty proxy variable as none), and `SSL_CERT_FILE` to
+/// what the job had, or else to the system roots the relay's bundle was made from (an empty
+/// `SSL_CERT_FILE` would make OpenSSL load no roots at all). The other exports
+/// (POLARS_CLOUD_*) name the stopped relay; only Polars Cloud clients read them.
+pub(super) fn network_after_relay(
+    lookup: Lookup,
+    exported: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    NETWORK
+        .iter()
+        .filter(|name| exported.contains_key(**name))
+        .map(|name| {
+            let before = match *name {
+                vars::SSL_CERT_FILE => {
+                    lookup(name).unwrap_or_else(|| crate::relay::SYSTEM_ROOTS.to_string())
+                }
+                // One spelling of the proxy was enough for the job's tools (and the relay's
+                // upstream); an empty twin would hide it from those that read the other.
+                _ => lookup(name)
+                    .or_else(|| lookup(&name.to_ascii_uppercase()))
+                    .or_else(|| lookup(&name.to_ascii_lowercase()))
+                    .unwrap_or_default(),
+            };
+            (name.to_string(), before)
+        })
+        .collect()
+}
+
 /// Stops the relay that main started (only if that pid is still our relay).
 #[cfg(unix)]
 pub(super) async fn stop_relay(pid: &str) {

@@ -242,3 +242,40 @@ fn the_token_file_goes_under_runner_temp_and_never_into_the_workspace() {
         Err(Error::TempInWorkspace { .. })
     ));
 }
+
+/// After post, later steps get the job's own proxy and trust store back: an unset proxy
+/// becomes empty (no proxy), an unset SSL_CERT_FILE the system roots the relay's bundle was
+/// made from; variables the relay did not export are left alone.
+#[test]
+fn the_network_after_the_relay_is_the_jobs_own() {
+    let exported: std::collections::BTreeMap<String, String> = [
+        ("HTTPS_PROXY", "http://127.0.0.1:4000"),
+        ("https_proxy", "http://127.0.0.1:4000"),
+        ("SSL_CERT_FILE", "/tmp/relay/ca-bundle.pem"),
+        ("POLARS_CLOUD_CONFIG_DIR", "/tmp/relay/client"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let unset = env(&[]);
+    let after = network_after_relay(&|k: &str| unset.get(k).cloned(), &exported);
+    assert_eq!(
+        after,
+        [
+            ("HTTPS_PROXY", ""),
+            ("SSL_CERT_FILE", crate::relay::SYSTEM_ROOTS),
+            ("https_proxy", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    );
+    let job = env(&[
+        ("HTTPS_PROXY", "http://proxy.corp:3128"),
+        ("SSL_CERT_FILE", "/etc/corp/roots.pem"),
+    ]);
+    let after = network_after_relay(&|k: &str| job.get(k).cloned(), &exported);
+    assert_eq!(after["HTTPS_PROXY"], "http://proxy.corp:3128");
+    assert_eq!(after["https_proxy"], "http://proxy.corp:3128");
+    assert_eq!(after["SSL_CERT_FILE"], "/etc/corp/roots.pem");
+}
