@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import clients  # noqa: E402
 import idp_peer  # noqa: E402
-from actions_runner import read_file_commands  # noqa: E402
+from actions_runner import post_env, read_file_commands  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
 BINARY = ROOT / "target" / "debug" / "polars-cloud-auth"
@@ -182,10 +182,13 @@ def run_action(peers: Peers, version: str, duration: float, out: Path,
             env=step_env(**exported), capture_output=True, timeout=duration + 120,
         )
     finally:
+        # Post as the runner runs it: with the job's exports (actions_runner.post_env).
         post = subprocess.run([str(BINARY), "github-action", "post"],
-                              env=step_env(**inputs, **{f"STATE_{k}": v for k, v in state.items()}),
+                              env=step_env(**inputs, **post_env(exported, state)),
                               capture_output=True, timeout=60)
-        log += post.stdout.decode() + post.stderr.decode(errors="replace")
+        post_log = post.stdout.decode() + post.stderr.decode(errors="replace")
+        log += post_log
+        assert post.returncode == 0 and "::warning::" not in post_log, post_log
         relay_log = temp / "polars-cloud-auth-relay.log"
         log += relay_log.read_text() if relay_log.exists() else ""
     return later, log
