@@ -588,3 +588,96 @@ fn a_pod_without_the_relay_does_not_serve_the_apps_real_client() {
     assert!(fix.contains("polars.cloud/relay"), "{fix}");
     assert_eq!(r.status("relay"), "skip");
 }
+
+/// The real broker (its API server unreachable: the refusal below is its own check,
+/// before any token review) refusing a broker-backed container's token.
+#[test]
+fn a_broker_refusing_this_pods_token_is_named() {
+    if !have_idp() {
+        return;
+    }
+    let idp = Idp::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(tmp.path());
+    let creds = tmp.path().join("prod");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("client_id"), SA_ID).unwrap();
+    std::fs::write(creds.join("client_secret"), SA_SECRET).unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "credentials:\n  prod: {{dir: {}}}\ngrants:\n  - {{namespace: team-a, credential: prod}}\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nclusters:\n- name: k\n  cluster: {{server: 'https://127.0.0.1:{}'}}\nusers:\n- name: u\n  user: {{token: not-used}}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut b = bin_cmd();
+    b.arg("broker")
+        .env("POLARS_CLOUD_BROKER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("POLARS_CLOUD_BROKER_TLS_CERT", &cert)
+        .env("POLARS_CLOUD_BROKER_TLS_KEY", &key)
+        .env("POLARS_CLOUD_BROKER_POLICY", &policy)
+        .env("POLARS_CLOUD_ISSUER", &idp.issuer)
+        .env("POLARS_CLOUD_BROKER_SHUTDOWN_DELAY", "0s")
+        .env("KUBECONFIG", &kubeconfig);
+    let mut broker = Proc::spawn(&mut b);
+    wait_for(Duration::from_secs(30), || {
+        assert!(broker.alive(), "the broker exited:\n{}", broker.stderr());
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    // A service-account token for another audience than the broker's.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let assertion = {
+        use base64::Engine;
+        let e = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.{}",
+            e(r#"{"alg":"RS256","typ":"JWT"}"#),
+            e(&format!(
+                r#"{{"aud":["https://kubernetes.default.svc"],"exp":{},"iat":{now},"sub":"system:serviceaccount:team-a:etl"}}"#,
+                now + 600
+            )),
+            e("signature-of-the-projected-token")
+        )
+    };
+    let assertion_file = tmp.path().join("sa-token");
+    std::fs::write(&assertion_file, &assertion).unwrap();
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let r = doctor(|c| {
+        c.env("HOME", "/nonexistent-doctor-home")
+            .env("POLARS_CLOUD_GRANT", "client-credentials")
+            .env("POLARS_CLOUD_CLIENT_ASSERTION_FILE", &assertion_file)
+            .env(
+                "POLARS_CLOUD_TOKEN_URL",
+                format!("https://127.0.0.1:{port}/token"),
+            )
+            .env("POLARS_CLOUD_CA_PEM", &ca_pem)
+            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", tmp.path().join("token"));
+    });
+    assert_eq!(r.status("credentials"), "ok", "{}", r.table);
+    assert_eq!(r.status("broker"), "ok", "{}", r.table);
+    let (status, detail, fix) = r.link("grant");
+    assert_eq!(status, "fail", "{}", r.table);
+    assert!(
+        detail.contains("polars-cloud-auth broker:") && detail.contains("audience"),
+        "{detail}"
+    );
+    assert!(fix.contains("broker"), "{fix}");
+    assert_eq!(r.code, 1);
+    r.assert_no_leak(&[&assertion, SA_SECRET]);
+    broker.stop(Duration::from_secs(10));
+}

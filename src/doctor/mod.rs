@@ -473,9 +473,9 @@ pub fn client(seen: Seen, delivery: Delivery) -> Finding {
                 Delivery::TokenFileOnly => Finding::warn(
                     link::CLIENT,
                     format!(
-                        "client version unknown ({why}); the relay is off, so the app gets the bare token file only"
+                        "the relay is off, so the app gets the bare token file only; client version unknown, {why}"
                     ),
-                    "no polars-cloud release reads the bare token file: turn the relay on (drop the annotation polars.cloud/relay: \"false\"), or pass --client-version if the app is not polars-cloud",
+                    "no polars-cloud release reads the bare token file: unless the app reads it itself, turn the relay on (drop the annotation polars.cloud/relay: \"false\")",
                 ),
                 _ => Finding::skip(link::CLIENT, format!("client version unknown: {why}")),
             };

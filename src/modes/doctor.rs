@@ -399,7 +399,7 @@ async fn grant(plan: &Plan) -> Finding {
             let broker_refused = matches!(&e, FetchError::Rejected { description: Some(d), .. } if d.starts_with(BROKER_REFUSAL));
             let fix = match &e {
                 _ if broker_refused => {
-                    "the broker's policy (its ConfigMap) must list this namespace and service account, with a credential Secret the broker can read: see the broker's log for the refusal"
+                    "do what the broker says above; a service account it does not grant needs a grant for its namespace (and name) in the broker's policy (the chart's broker.grants); the broker's log has each refusal"
                 }
                 FetchError::Rejected { .. } if plan.broker => {
                     "see the broker's log; the pod's service-account token is refused"
@@ -413,7 +413,12 @@ async fn grant(plan: &Plan) -> Finding {
                 FetchError::Unreachable { .. } => "see the reachability link above",
                 _ => "see the reason",
             };
-            Finding::fail(link::GRANT, format!("{peer}: {e}"), fix)
+            let detail = if broker_refused {
+                format!("the broker refused: {}", e.refresh_refusal())
+            } else {
+                format!("{peer}: {e}")
+            };
+            Finding::fail(link::GRANT, detail, fix)
         }
     }
 }
@@ -733,7 +738,10 @@ async fn client(plan: &Plan) -> Finding {
     } else if plan.relay.is_some() {
         relay_metrics(plan.metrics).await
     } else {
-        Seen::Unknown("pass --client-version (or --python where the app's Python runs)".to_string())
+        Seen::Unknown(
+            "not visible here: pass --client-version, or --python where the app's Python runs"
+                .to_string(),
+        )
     };
     doctor::client(seen, delivery)
 }
