@@ -334,6 +334,7 @@ struct Pod {
     tmp: tempfile::TempDir,
     env: Vec<(String, String)>,
     relay_port: u16,
+    listen: u16,
 }
 
 impl Pod {
@@ -374,6 +375,7 @@ impl Pod {
             tmp,
             env,
             relay_port,
+            listen,
         }
     }
 
@@ -500,6 +502,10 @@ fn our_container_in_a_pod_relay_faults_and_an_unserved_client_are_named() {
         detail.contains("does not verify its certificate"),
         "{detail}"
     );
+    // Doctor checks without a TLS alert, so the relay does not count it as a client
+    // that refused its CA (which /metrics would show as version "<=0.10").
+    let (_, metrics) = http_get(pod.listen, "/metrics").unwrap();
+    assert!(!metrics.contains("version=\"<=0.10\""), "{metrics}");
 
     // The token file made 0600 under a pod without an fsGroup: the app's uid cannot read
     // it (the sidecar re-applies its mode at the next renewal, minutes away).
@@ -529,6 +535,7 @@ fn our_container_in_a_pod_relay_faults_and_an_unserved_client_are_named() {
         detail.contains("polars-cloud 0.6.3") && detail.contains("not served"),
         "{detail}"
     );
+    assert!(!detail.contains("refused its CA"), "{detail}");
     assert!(fix.contains("0.7 or later"), "{fix}");
     // A client the relay serves, told by flag: holds, and says which family.
     let r = pod.doctor(&[], &["--client-version", "0.11.3"]);

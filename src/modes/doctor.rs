@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
@@ -365,11 +366,6 @@ async fn grant(plan: &Plan) -> Finding {
             );
         }
     };
-    let peer = if plan.broker {
-        "the broker"
-    } else {
-        "the identity provider"
-    };
     match source.fetch().await {
         Ok(tokens) => {
             let claims = crate::token::claims(tokens.access.secret().expose_secret()).ok();
@@ -415,8 +411,10 @@ async fn grant(plan: &Plan) -> Finding {
             };
             let detail = if broker_refused {
                 format!("the broker refused: {}", e.refresh_refusal())
+            } else if plan.broker {
+                format!("the broker: {e}")
             } else {
-                format!("{peer}: {e}")
+                e.to_string()
             };
             Finding::fail(link::GRANT, detail, fix)
         }
@@ -574,24 +572,36 @@ async fn relay_answers(s: &crate::relay::Settings, host: &str, addr: SocketAddr)
             );
         }
     };
-    let certs = match reqwest::Certificate::from_pem_bundle(&pem) {
-        Ok(c) if !c.is_empty() => c,
-        _ => {
+    let verifier = match Recording::new(&pem) {
+        Some(v) => Arc::new(v),
+        None => {
             return Finding::fail(
                 link::RELAY,
-                format!("the app's CA bundle {bundle} holds no PEM certificate"),
+                format!("the app's CA bundle {bundle} holds no usable PEM certificate"),
                 "our container rewrites it at start: restart the pod",
             );
         }
     };
     // The app's view: only the bundle (its SSL_CERT_FILE), the relay's name, no proxy.
-    let client = match reqwest::Client::builder()
-        .tls_certs_only(certs)
-        .no_proxy()
-        .resolve(host, addr)
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())
+    .and_then(|b| {
+        let tls = b
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .resolve(host, addr)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
             return Finding::fail(
@@ -602,7 +612,17 @@ async fn relay_answers(s: &crate::relay::Settings, host: &str, addr: SocketAddr)
         }
     };
     let url = format!("https://{host}:{}/", addr.port());
-    match client.get(&url).send().await {
+    let answer = client.get(&url).send().await;
+    if let Some(e) = verifier.failure() {
+        return Finding::fail(
+            link::RELAY,
+            format!(
+                "the relay at {addr} answers, but {bundle} does not verify its certificate: {e}"
+            ),
+            "the relay's CA changed (its state volume was replaced) after the bundle was written: restart our container so that it writes both again",
+        );
+    }
+    match answer {
         Ok(reply) => Finding::ok(
             link::RELAY,
             format!(
@@ -610,23 +630,93 @@ async fn relay_answers(s: &crate::relay::Settings, host: &str, addr: SocketAddr)
                 reply.status().as_u16()
             ),
         ),
-        Err(e) => {
-            let cause = root_cause(&e);
-            match doctor::failure_kind(e.is_timeout(), e.is_connect(), &cause) {
-                Failure::Tls => Finding::fail(
-                    link::RELAY,
-                    format!(
-                        "the relay at {addr} answers, but {bundle} does not verify its certificate: {cause}"
-                    ),
-                    "the relay's CA changed (its state volume was replaced) after the bundle was written: restart our container so that it writes both again",
-                ),
-                _ => Finding::fail(
-                    link::RELAY,
-                    format!("nothing answers as the relay at {addr}: {cause}"),
-                    "our container's sidecar is not running or not listening (init-only pods have no relay): see `kubectl describe pod` and its log; POLARS_CLOUD_RELAY_LISTEN sets the address",
-                ),
-            }
+        Err(e) => Finding::fail(
+            link::RELAY,
+            format!("nothing answers as the relay at {addr}: {}", root_cause(&e)),
+            "our container's sidecar is not running or not listening (init-only pods have no relay): see `kubectl describe pod` and its log; POLARS_CLOUD_RELAY_LISTEN sets the address",
+        ),
+    }
+}
+
+/// Checks the relay's certificate against the app's bundle as the app's client would,
+/// but notes a failure instead of breaking off the handshake: the relay counts a client's
+/// TLS alert as a client that does not trust its CA (`client_info{version="<=0.10"}`),
+/// and doctor must not show up there as one.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+impl Recording {
+    fn new(pem: &[u8]) -> Option<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok);
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return None;
         }
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .ok()?;
+        Some(Self {
+            inner,
+            failed: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().ok()?.clone()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Err(e) = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) && let Ok(mut failed) = self.failed.lock()
+        {
+            *failed = Some(e.to_string());
+        }
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
