@@ -326,6 +326,14 @@ fn allows(uid: u32, gids: &[u32], m: &Meta, bits: u32) -> bool {
     granted & bits == bits
 }
 
+fn groups(gids: &[u32]) -> String {
+    if gids.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = gids.iter().map(u32::to_string).collect();
+    format!(" (groups {})", list.join(","))
+}
+
 /// Who may read a file: decided for the app's uid when known, else from the bits that
 /// every container of the pod has (others; or the group of an fsGroup volume, whose
 /// directory carries the set-group-id bit). `files`: each file and its directory.
@@ -350,8 +358,8 @@ pub fn readable(app: &App, files: &[(&Path, Meta, Meta)]) -> Finding {
                     return Finding::fail(
                         link::APP_ACCESS,
                         format!(
-                            "uid {uid} (groups {:?}) cannot read {} (owner {}:{}, mode {:04o}; directory {}:{}, mode {:04o})",
-                            app.gids,
+                            "uid {uid}{} cannot read {} (owner {}:{}, mode {:04o}; directory {}:{}, mode {:04o})",
+                            groups(&app.gids),
                             path.display(),
                             file.uid,
                             file.gid,
