@@ -688,3 +688,47 @@ fn a_broker_refusing_this_pods_token_is_named() {
     r.assert_no_leak(&[&assertion, SA_SECRET]);
     broker.stop(Duration::from_secs(10));
 }
+
+#[test]
+fn a_workstation_after_login_reports_the_session_and_the_installed_client() {
+    if !have_python() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = skewed_server(Duration::ZERO);
+    let config_home = tmp.path().join("config");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // What `login` stores: config.toml with the access and refresh tokens.
+    let (access, refresh) = (jwt(now + 300, now), jwt(now + 36000, now));
+    ClientConfig::in_dir(&config_home.join("polars_cloud"))
+        .store_toml(&access.clone().into(), &refresh.clone().into(), 0o600)
+        .unwrap();
+    let python = python();
+    let r = doctor(|c| {
+        c.env("HOME", tmp.path())
+            .env("XDG_CONFIG_HOME", &config_home)
+            .env(
+                "POLARS_CLOUD_ISSUER",
+                format!("http://127.0.0.1:{port}/realms/Polars"),
+            )
+            .arg("--python")
+            .arg(&python);
+    });
+    assert_eq!(r.json["place"], "laptop");
+    assert_eq!(r.status("credentials"), "skip", "{}", r.table);
+    assert_eq!(r.status("grant"), "skip", "{}", r.table);
+    let (status, detail, _) = r.link("token-file");
+    assert_eq!(status, "ok", "{}", r.table);
+    assert!(detail.contains("login's session"), "{detail}");
+    let (status, detail, _) = r.link("client");
+    assert_eq!(status, "ok", "{}", r.table);
+    assert!(
+        detail.contains("polars-cloud 0.12.0 (config-toml"),
+        "{detail}"
+    );
+    assert_eq!(r.code, 0, "{}", r.table);
+    r.assert_no_leak(&[&access, &refresh]);
+}
