@@ -732,3 +732,46 @@ fn a_workstation_after_login_reports_the_session_and_the_installed_client() {
     assert_eq!(r.code, 0, "{}", r.table);
     r.assert_no_leak(&[&access, &refresh]);
 }
+
+#[test]
+fn a_dead_proxy_is_named_as_the_route_without_its_password() {
+    if !have_idp() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(tmp.path());
+    let idp = Idp::start_with(IdpOptions {
+        tls: Some((cert, key)),
+        ..IdpOptions::default()
+    });
+    let proxy_port = free_port();
+    let password = "pr0xy-Pa55word-never-shown";
+    let r = doctor(|c| {
+        sa(c, &idp.issuer);
+        c.env("POLARS_CLOUD_CA_FILE", &ca).env(
+            "HTTPS_PROXY",
+            format!("http://user:{password}@127.0.0.1:{proxy_port}"),
+        );
+    });
+    let (status, detail, fix) = r.link("idp");
+    assert_eq!(status, "fail", "{}", r.table);
+    assert!(detail.contains("could not reach"), "{detail}");
+    assert!(
+        fix.contains(&format!("through the proxy http://127.0.0.1:{proxy_port}")),
+        "{fix}"
+    );
+    r.assert_no_leak(&[password, SA_SECRET]);
+    // NO_PROXY naming the host: direct again, and it holds.
+    let r = doctor(|c| {
+        sa(c, &idp.issuer);
+        c.env("POLARS_CLOUD_CA_FILE", &ca)
+            .env(
+                "HTTPS_PROXY",
+                format!("http://user:{password}@127.0.0.1:{proxy_port}"),
+            )
+            .env("NO_PROXY", "127.0.0.1");
+    });
+    let (status, detail, _) = r.link("idp");
+    assert_eq!(status, "ok", "{}", r.table);
+    assert!(detail.contains("directly"), "{detail}");
+}
