@@ -68,6 +68,14 @@ pub enum Command {
     /// Serve tokens to broker-backed sidecars, which authenticate with their pod's
     /// service-account token; the only place that holds the credentials.
     Broker(BrokerCmdArgs),
+    /// Walk the path from the credentials to the app's client, link by link, and say what
+    /// holds and what to fix.
+    ///
+    /// In a pod, run it in our container, which sees the volumes the app containers mount:
+    /// `kubectl exec POD -c polars-cloud-auth -- polars-cloud-auth doctor --app-uid UID`.
+    /// Exit 0 when no link is broken (warnings allowed), 1 when one is, 2 for bad flags.
+    /// Nothing it prints is a secret or a token (docs/doctor.md).
+    Doctor(DoctorArgs),
 }
 
 /// Which entry point of the action is running.
@@ -315,6 +323,47 @@ pub struct BrokerCmdArgs {
     pub idp: IdpArgs,
     #[command(flatten)]
     pub renew: RenewArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Print the report as JSON (for scripts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The uid the app's containers run as (its securityContext.runAsUser), to check that
+    /// it may read the token file, the CA bundle and its config directory [default: only
+    /// what every uid of the pod may read is known].
+    #[arg(long, value_name = "UID")]
+    pub app_uid: Option<u32>,
+    /// The app's groups (runAsGroup, supplementalGroups); a pod's fsGroup is seen on the
+    /// volume itself. Repeat or comma-separate.
+    #[arg(long, value_name = "GID", value_delimiter = ',', requires = "app_uid")]
+    pub app_gid: Vec<u32>,
+    /// The Python the app runs, to read which polars-cloud it has [default on a
+    /// workstation: python3 on PATH; in a pod: what the relay saw on /metrics].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// The app's polars-cloud version, when doctor cannot see it (e.g. 0.11.3).
+    #[arg(long, value_name = "VERSION", value_parser = client_version)]
+    pub client_version: Option<crate::relay::clients::Version>,
+    /// Do not sign in to test the credentials (a sign-in starts a session at the identity
+    /// provider, which doctor revokes at once).
+    #[arg(long)]
+    pub no_grant: bool,
+    #[command(flatten)]
+    pub idp: IdpArgs,
+    #[command(flatten)]
+    pub file: FileArgs,
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// Where our sidecar serves /metrics (the client versions its relay saw).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+fn client_version(s: &str) -> Result<crate::relay::clients::Version, String> {
+    crate::relay::clients::Version::parse(s)
+        .ok_or_else(|| format!("'{s}' is not a version such as 0.11.3"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use crate::source::{FailureClass, FetchError};
 
 /// Success.
 pub const OK: u8 = 0;
-/// Any other failure (a probe that finds no valid token, an unexpected I/O error).
+/// Any other failure (a probe that finds no valid token, a `doctor` that finds a broken
+/// link, an unexpected I/O error).
 pub const FAILURE: u8 = 1;
 /// Bad usage or configuration: a flag, the config file, missing credentials, an unusable
 /// webhook certificate.

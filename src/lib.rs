@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod device;
+pub mod doctor;
 pub mod exit;
 pub mod hardening;
 pub mod inject;
@@ -61,5 +62,6 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::Inject(args) => modes::inject::command(args, &file),
         Command::Webhook(args) => modes::webhook::command(args, &file),
         Command::Broker(args) => modes::broker::command(args, &file),
+        Command::Doctor(args) => modes::doctor::command(args, &file),
     }
 }

@@ -1,6 +1,7 @@
 //! One module per mode; each is a thin driver over the token source and the sinks.
 
 pub mod broker;
+pub mod doctor;
 pub mod exec;
 pub mod github_action;
 pub mod init;

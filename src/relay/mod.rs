@@ -43,7 +43,7 @@ pub const TOKEN_PATH: &str = "/realms/Polars/protocol/openid-connect/token";
 /// Where our container keeps the relay's keys (a volume only it mounts).
 pub const DEFAULT_STATE_DIR: &str = "/var/run/polars-cloud-auth";
 /// The file with the handle key in the state directory.
-const HANDLE_KEY: &str = "handle.key";
+pub const HANDLE_KEY: &str = "handle.key";
 /// The bundle's file name beside the token file.
 pub const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
 /// Where our container finds the system roots to put into the bundle, when
