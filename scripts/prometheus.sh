@@ -5,6 +5,8 @@
 #
 #   scripts/prometheus.sh build   build the binaries that are not cached yet
 #   scripts/prometheus.sh path    print the path of the cached prometheus, then promtool
+#   scripts/prometheus.sh crds    generate the Prometheus Operator's CRDs (ServiceMonitor,
+#                                 PodMonitor, PrometheusRule) if not cached; print their directory
 #
 # Built with -tags remove_all_sd: the cloud service discoveries are left out (the tests use
 # static targets only), which makes the build several times smaller.
@@ -19,6 +21,18 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/polars-cloud-auth
 bin=$cache/bin
 PROMETHEUS=$bin/prometheus-$VERSION
 PROMTOOL=$bin/promtool-$VERSION
+
+# The CRDs: controller-gen (pinned in tools/prometheus/crds/go.mod) over the operator's API
+# types module, as the operator's own build makes them; nothing vendored.
+CRD_MOD=tools/prometheus/crds
+mod_version() { # module path, go.mod
+  awk -v m="$1" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$2"
+}
+CRD_TYPES=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+CRD_VERSION=$(mod_version "$CRD_TYPES" "$CRD_MOD/go.mod")
+CONTROLLER_GEN_VERSION=$(mod_version sigs.k8s.io/controller-tools "$CRD_MOD/go.mod")
+CONTROLLER_GEN=$bin/controller-gen-$CONTROLLER_GEN_VERSION
+CRD_DIR=$cache/crds/prometheus-operator-$CRD_VERSION
 
 log() { echo "prometheus: $*" >&2; }
 
@@ -47,11 +61,40 @@ build() {
   log "built prometheus and promtool in $((SECONDS - start)) s"
 }
 
+crds() {
+  if [ -f "$CRD_DIR/monitoring.coreos.com_prometheusrules.yaml" ]; then
+    echo "$CRD_DIR"
+    return 0
+  fi
+  mkdir -p "$bin" "$cache/crds"
+  local tmp start=$SECONDS
+  tmp=$(mktemp -d "$cache/crds/.gen.XXXXXX")
+  trap 'rm -rf "$tmp"' RETURN
+  if [ ! -x "$CONTROLLER_GEN" ]; then
+    log "building controller-gen $CONTROLLER_GEN_VERSION"
+    (cd "$CRD_MOD" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -ldflags="-s -w" \
+      -o "$tmp/controller-gen" sigs.k8s.io/controller-tools/cmd/controller-gen)
+    mv "$tmp/controller-gen" "$CONTROLLER_GEN"
+  fi
+  (cd "$CRD_MOD" && GOFLAGS="-mod=readonly" "$CONTROLLER_GEN" crd:crdVersions=v1 \
+    "paths=$CRD_TYPES/v1" "output:crd:dir=$tmp/all")
+  mkdir -p "$tmp/out"
+  local kind
+  for kind in servicemonitors podmonitors prometheusrules; do
+    mv "$tmp/all/monitoring.coreos.com_$kind.yaml" "$tmp/out/"
+  done
+  rm -rf "$CRD_DIR"
+  mv "$tmp/out" "$CRD_DIR"
+  log "generated the CRDs of $CRD_TYPES $CRD_VERSION in $((SECONDS - start)) s"
+  echo "$CRD_DIR"
+}
+
 case "${1:-}" in
   build) build ;;
+  crds) crds ;;
   path) echo "$PROMETHEUS"; echo "$PROMTOOL" ;;
   *)
-    echo "usage: $0 build|path" >&2
+    echo "usage: $0 build|path|crds" >&2
     exit 2
     ;;
 esac
