@@ -84,6 +84,13 @@ def test_off_by_default():
         "clientId": "a", "clientSecret": "b"}})) == []
 
 
+@pytest.mark.parametrize("version", k8s.kube_versions())
+def test_lint_strict_with_everything_on(version):
+    report = k8s.lint(WITH_BROKER, kube_version=version)
+    assert report["total_charts_linted"] == 1
+    assert k8s.lint_problems(report) == []
+
+
 @pytest.mark.parametrize("switch,kinds", [
     ("serviceMonitor", ["ServiceMonitor"]),
     ("podMonitor", ["PodMonitor"]),
