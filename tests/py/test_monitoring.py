@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -495,22 +496,21 @@ class Prometheus:
             [str(prometheus), f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
             env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self.wait(lambda: self.get("/-/ready", raw=True) == "ready", "ready")
+        self.wait(self.ready, "ready")
 
-    def get(self, path: str, raw: bool = False, **params):
-        url = self.base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                body = r.read().decode()
+            with urllib.request.urlopen(self.base + "/-/ready", timeout=5) as r:
+                return r.status == 200
         except OSError:
-            return None
-        if raw:
-            return "ready" if "Ready" in body else body
-        return json.loads(body)
+            return False
 
     def api(self, path: str, **params) -> dict:
-        body = self.get("/api/v1/" + path, **params)
-        assert body and body["status"] == "success", body
+        """GET /api/v1/<path>: the data of a successful answer."""
+        url = f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
         return body["data"]
 
     def wait(self, what, name: str, timeout: float = 60) -> None:
@@ -534,7 +534,6 @@ def post_review(webhook, name: str) -> dict:
     req = urllib.request.Request(webhook.base + "/mutate", method="POST",
                                  data=(k8s.REPO / "tests" / "data" / "admission" / name).read_bytes(),
                                  headers={"Content-Type": "application/json"})
-    import ssl
     context = ssl.create_default_context(cafile=str(webhook.tls["ca"]))
     with urllib.request.urlopen(req, context=context, timeout=10) as r:
         return json.load(r)["response"]
