@@ -145,6 +145,16 @@ def test_service_monitors_scrape_the_https_ports_with_the_charts_ca():
         f"{k8s.RELEASE}-polars-cloud-auth"]
 
 
+def test_service_monitors_with_cert_manager():
+    """cert-manager writes the same Secret (with ca.crt) for the names the monitors use."""
+    docs = k8s.render({**WITH_BROKER, "tls": {"certManager": {"enabled": True}}})
+    (cert,) = k8s.find(docs, "Certificate")
+    for monitor in k8s.find(docs, "ServiceMonitor"):
+        tls = monitor["spec"]["endpoints"][0]["tlsConfig"]
+        assert tls["ca"]["secret"]["name"] == cert["spec"]["secretName"]
+        assert tls["serverName"] in cert["spec"]["dnsNames"]
+
+
 def test_monitor_options():
     values = {"monitoring": {
         "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "5s",
