@@ -687,6 +687,25 @@ def test_every_selector_of_the_rules_and_the_dashboard_has_data(stack):
     assert empty == []
 
 
+def test_the_selector_check_can_fail(stack):
+    """The canary of the check above: a name we do not export, or a label value we never
+    write, parses fine and has no data."""
+    prom = stack["prom"]
+    for expr in ('rate(polars_cloud_auth_webhook_errors_total[5m])',
+                 'polars_cloud_auth_failures_total{class="fatal"}'):
+        (sel,) = selectors(prom.api("parse_query", query=expr))
+        assert prom.api("query", query=sel)["result"] == [], sel
+
+
+def test_the_dashboards_namespace_variable_has_values(stack):
+    prom = stack["prom"]
+    (var,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "namespace"]
+    m = re.fullmatch(r"label_values\((.*), namespace\)", var["definition"])
+    assert m, var["definition"]
+    values = prom.api("label/namespace/values", **{"match[]": m.group(1)})
+    assert sorted(values) == sorted({NS, APPS})
+
+
 def test_every_panel_shows_data(stack):
     prom = stack["prom"]
     blank = [(t, e) for t, e in panel_exprs(dashboard()) if not prom.api("query", query=e)["result"]]
