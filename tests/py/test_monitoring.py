@@ -106,6 +106,14 @@ def test_each_switch_renders_only_its_objects(switch, kinds):
         assert doc["metadata"]["namespace"] == k8s.NAMESPACE
 
 
+@pytest.mark.parametrize("version", k8s.kube_versions())
+def test_the_dashboard_configmap_is_valid(version):
+    """kubernetes-validate --strict; the monitoring.coreos.com kinds are checked against
+    their real CRDs on the API server in the slow part below."""
+    (cm,) = [d for d in monitoring_objects(k8s.render(ALL_ON)) if d["kind"] == "ConfigMap"]
+    assert k8s.validate(cm, version) is None
+
+
 def test_the_other_objects_do_not_change():
     """Turning the kit on adds objects and changes none of the others."""
     def rest(docs):
