@@ -52,7 +52,7 @@ py_args=()
 if [ "$slow" = 1 ]; then
   # These run in the slow blocks below, against the cluster and the node they start.
   py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli
-    --ignore=tests/py/test_node.py)
+    --ignore=tests/py/test_node.py --ignore=tests/py/test_monitoring.py)
 fi
 if [ "$slow" = 1 ]; then
   py_args+=(--ignore=tests/py/test_act.py)  # in its slow block below, once act is built
@@ -90,6 +90,17 @@ if [ "$slow" = 1 ]; then
     # (tests/py/keycloak_peer.py).
     echo "== real kube-apiserver, kubectl and Helm CLI"
     .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_broker.py tests/py/test_helm.py::test_helm_cli
+  )
+
+  echo "== Prometheus: promtool rule tests, the Operator's CRDs on a real kube-apiserver, a real Prometheus scraping webhook, broker and sidecar (scripts/prometheus.sh, tests/py/test_monitoring.py, docs/operations.md)"
+  # Self-contained: prometheus and promtool built and cached (first run: minutes), a
+  # control plane of its own, stopped by the trap.
+  nice -n 19 bash scripts/prometheus.sh build
+  (
+    trap 'bash scripts/cluster.sh stop || true' EXIT
+    bash scripts/cluster.sh start
+    eval "$(bash scripts/cluster.sh env)"
+    .venv/bin/pytest -q tests/py/test_monitoring.py
   )
 
   echo "== a real node: kubelet, containerd 2 and runc running our image (scripts/node.sh, tests/py/test_node.py)"
