@@ -27,7 +27,10 @@ if [ "$slow" = 1 ]; then
   # suites mostly wait, so on a fresh machine this hides most of the build.
   peer_build_log=$(mktemp)
   # Our image's static binary too (a target directory of its own: no wait on cargo test's).
-  nice -n 19 bash -c 'bash scripts/node.sh build && bash scripts/node.sh binary' \
+  # act and Node 24 (scripts/act.sh) and prometheus with promtool (scripts/prometheus.sh)
+  # are built in the same background job.
+  nice -n 19 bash -c 'bash scripts/act.sh build && bash scripts/node.sh build &&
+    bash scripts/node.sh binary && bash scripts/prometheus.sh build' \
     >"$peer_build_log" 2>&1 &
   peer_build_pid=$!
   trap '[ -z "$peer_build_pid" ] || kill "$peer_build_pid" 2>/dev/null || true' EXIT
@@ -50,12 +53,9 @@ node --test tests/idp/selftest.mjs
 echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, linters)"
 py_args=()
 if [ "$slow" = 1 ]; then
-  # These run in the slow blocks below, against the cluster and the node they start.
+  # These run in the slow blocks below, once act, the cluster, promtool and the node are there.
   py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli
-    --ignore=tests/py/test_node.py --ignore=tests/py/test_monitoring.py)
-fi
-if [ "$slow" = 1 ]; then
-  py_args+=(--ignore=tests/py/test_act.py)  # in its slow block below, once act is built
+    --ignore=tests/py/test_node.py --ignore=tests/py/test_monitoring.py --ignore=tests/py/test_act.py)
 fi
 .venv/bin/pytest -q tests/py "${py_args[@]}"
 
@@ -64,11 +64,10 @@ if [ "$slow" = 1 ]; then
   # Each slow peer adds its block here: install or start it (cached), run its suite.
 
   echo "== the GitHub Action under nektos/act (scripts/act.sh, tests/py/test_act.py; docs/github-action.md)"
-  bash scripts/act.sh build   # cached; the first run builds act from the Go module proxy
+  wait_for_peer_build   # started above; cached; the first run builds from source (see the README)
   .venv/bin/pytest -q -s tests/py/test_act.py
 
   echo "== real kube-apiserver and Keycloak (scripts/cluster.sh, scripts/keycloak.sh; tests/cluster/README.md, tests/keycloak/README.md)"
-  wait_for_peer_build   # started above; cached; the first run builds from source (see the README)
   # A subshell of its own: one cluster and one Keycloak for the block, both stopped by the
   # trap whatever happens. The cluster starts first: Keycloak trusts its CA, so that its
   # Kubernetes identity provider can fetch the API server's JWKS (client assertions, end to
@@ -93,9 +92,8 @@ if [ "$slow" = 1 ]; then
   )
 
   echo "== Prometheus: promtool rule tests, the Operator's CRDs on a real kube-apiserver, a real Prometheus scraping webhook, broker and sidecar (scripts/prometheus.sh, tests/py/test_monitoring.py, docs/operations.md)"
-  # Self-contained: prometheus and promtool built and cached (first run: minutes), a
-  # control plane of its own, stopped by the trap.
-  nice -n 19 bash scripts/prometheus.sh build
+  # prometheus and promtool were built (cached) with the other peers above; a control
+  # plane of its own, stopped by the trap.
   (
     trap 'bash scripts/cluster.sh stop || true' EXIT
     bash scripts/cluster.sh start
