@@ -252,6 +252,39 @@ def test_a_killed_sidecar_is_restarted_and_the_app_never_notices(world, long_run
     assert got["result"]["failed"] == 0, got["result"]
 
 
+@pytest.mark.parametrize("case", ["classic-secret", "native-broker"])
+def test_doctor_in_our_container_finds_every_link_holding(world, long_run, case):
+    """`polars-cloud-auth doctor` run in our container of a pod that just served the real
+    client for five token lives: in our image, with the process settings the webhook gave
+    our container. Every link holds (the relay saw the 0.12 client, so `client` is known
+    and served), and the output names no secret or token.
+
+    `kubectl exec` goes API server -> kubelet, and this node's kubelet listens on loopback
+    under a node name nothing resolves (scripts/node.sh): so the test asks containerd for
+    the same thing kubectl exec ends in, a process in the running container
+    (`ctr tasks exec`, which takes the container's user, environment and namespaces)."""
+    name, mode, backing, uid, fs_group, ro, client = next(c for c in CASES if c[0] == case)
+    node = world["node"]
+    cid = node.container_id(the_pod(world, case), SIDECAR)
+    out = node.ctr("tasks", "exec", "--exec-id", f"doctor-{case}", cid,
+                   "/usr/local/bin/polars-cloud-auth", "doctor", "--app-uid", str(uid), "--json",
+                   check=False)
+    assert out.stdout.startswith("{"), (out.returncode, out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    print(f"\ndoctor in {case}:", json.dumps(report, indent=1))
+    assert out.returncode == 0 and report["ok"], (out.returncode, report, out.stderr)
+    assert report["place"] == "our-container", report
+    links = {f["link"]: f for f in report["findings"]}
+    holding = ["grant", "token-file", "app-access", "relay", "handle", "client"]
+    holding.append("broker" if backing == "broker" else "idp")
+    for link in holding:
+        assert links[link]["status"] == "ok", (link, links)
+    assert client in links["client"]["detail"], links["client"]
+    text = out.stdout + out.stderr
+    assert SECRET not in text and BROKER_SECRET not in text
+    assert "eyJ" not in text, "a JWT in doctor's output"
+
+
 def test_session_ends_are_routine_in_our_logs(world, long_run):
     """The IdP ended at least two sessions under every pod (45 s max in a 100 s run):
     our containers renewed across them with nothing logged above INFO, and no advice to
