@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::endpoint::Relay;
+use crate::server::Accepted;
 
-/// A request head must arrive within this, and be no larger than `MAX_HEAD`.
+/// The upstream proxy's answer must arrive within this; a request head must be no
+/// larger than `MAX_HEAD`.
 const HEAD_LIMIT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -64,7 +66,10 @@ pub fn connect_target(head: &str) -> Result<(String, u16), &'static str> {
     }
 }
 
-/// Accepts on `listener` until `cancel`.
+/// Accepts on `listener` until `cancel`, with the relay's bounds ([`crate::server`]): the
+/// same connection cap for tunnels and relay requests, a request head within
+/// [`Limits::handshake`](crate::server::Limits::handshake), and the relay's own limits
+/// once the stream is its.
 pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
@@ -73,10 +78,11 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let relay_host = Arc::<str>::from(relay_host);
-    super::accept_loop(listener, "proxy", cancel, |tcp| {
+    let (limits, connections) = (relay.limits().clone(), relay.connections.clone());
+    crate::server::accept(listener, &limits, connections, cancel, move |conn| {
         let (relay, relay_host, upstream) = (relay.clone(), relay_host.clone(), upstream.clone());
         async move {
-            if let Err(e) = one(tcp, relay, &relay_host, &upstream).await {
+            if let Err(e) = one(conn, relay, &relay_host, &upstream).await {
                 tracing::debug!(error = %e, "proxy: connection ended");
             }
         }
@@ -99,12 +105,14 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
 }
 
 async fn one(
-    mut tcp: TcpStream,
+    conn: Accepted,
     relay: Arc<Relay>,
     relay_host: &str,
     upstream: &Upstream,
 ) -> std::io::Result<()> {
-    let head = tokio::time::timeout(HEAD_LIMIT, read_head(&mut tcp))
+    let Accepted { mut tcp, ctx } = conn;
+    let limit = ctx.limits.handshake;
+    let head = tokio::time::timeout(limit, read_head(&mut tcp))
         .await
         .map_err(|_| std::io::Error::other("request head timed out"))??;
     let (host, port) = match connect_target(&head) {
@@ -121,13 +129,17 @@ async fn one(
     if host == relay_host {
         tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             .await?;
-        relay.serve_connection(tcp).await;
+        relay.serve_connection(tcp, &ctx).await;
         return Ok(());
     }
-    let outbound = match upstream {
-        Upstream::Direct => TcpStream::connect((host.as_str(), port)).await,
-        Upstream::Proxy(addr) => via_proxy(addr, &host, port).await,
-    };
+    let outbound = tokio::time::timeout(limit, async {
+        match upstream {
+            Upstream::Direct => TcpStream::connect((host.as_str(), port)).await,
+            Upstream::Proxy(addr) => via_proxy(addr, &host, port).await,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("connecting timed out")));
     let mut outbound = match outbound {
         Ok(s) => s,
         Err(e) => {
@@ -138,8 +150,10 @@ async fn one(
     };
     tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         .await?;
-    tokio::io::copy_bidirectional(&mut tcp, &mut outbound).await?;
-    Ok(())
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut tcp, &mut outbound) => copied.map(|_| ()),
+        _ = ctx.closing.cancelled() => Ok(()),
+    }
 }
 
 async fn via_proxy(addr: &str, host: &str, port: u16) -> std::io::Result<TcpStream> {
