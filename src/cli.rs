@@ -53,6 +53,10 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Run a command with POLARS_CLOUD_ACCESS_TOKEN set to a fresh token.
     Exec(ExecArgs),
+    /// Internal: how `exec` starts its command on Linux. Asks for the kernel to kill this
+    /// process when `exec` dies, then becomes the command.
+    #[command(hide = true)]
+    ExecChild(ExecChildArgs),
     /// Print the JSON Schema of the --config file.
     Schema,
     /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
@@ -235,6 +239,21 @@ pub struct LogoutArgs {
     pub realm: RealmArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// `exec-child PARENT -- COMMAND...`.
+#[derive(Args, Debug)]
+pub struct ExecChildArgs {
+    /// The pid of the `exec` that started us; if our parent is another one by the time
+    /// the parent-death signal is set, that `exec` is already gone.
+    pub parent: u32,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
