@@ -1,8 +1,10 @@
-//! `exec -- CMD ARGS...`: run a command with `POLARS_CLOUD_ACCESS_TOKEN` set, for clients
-//! that read only the environment. The token comes from a stored file when it stays valid
-//! long enough (the sidecar's file in a pod, login's files on a laptop), otherwise it is
-//! fetched with the configured credentials. Signals are passed on to the command and its
-//! exit status becomes ours.
+//! `exec -- CMD ARGS...`: run a command whose Polars Cloud client renews its token
+//! through a relay of ours ([`crate::relay::local`]): a private config directory, and
+//! `HTTPS_PROXY` to route its refreshes to the relay. The token comes from a stored file
+//! when it stays valid long enough (the sidecar's file in a pod, login's files on a
+//! laptop; login's session is used as it is), otherwise it is fetched with the
+//! configured credentials. `--env-token` sets `POLARS_CLOUD_ACCESS_TOKEN` only. Signals
+//! are passed on to the command, its exit status becomes ours, and it dies with us.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
