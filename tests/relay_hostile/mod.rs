@@ -428,20 +428,20 @@ fn webhook_connections_whose_body_timed_out_are_closed() {
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
         .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let config = Arc::new(config);
-    let connect = || {
+    let roots = Arc::new(roots);
+    let connect = |alpn: &[u8]| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
         let tcp = TcpStream::connect(("127.0.0.1", port))?;
         tcp.set_read_timeout(Some(BOUND))?;
         tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
         let name = ServerName::try_from(SVC).unwrap();
-        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
@@ -449,7 +449,7 @@ fn webhook_connections_whose_body_timed_out_are_closed() {
         std::io::Result::Ok(tls)
     };
     let get = |path: &str| -> Option<String> {
-        let mut s = connect().ok()?;
+        let mut s = connect(b"http/1.1").ok()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nhost: {SVC}\r\nconnection: close\r\n\r\n"
@@ -464,9 +464,17 @@ fn webhook_connections_whose_body_timed_out_are_closed() {
         get("/healthz").filter(|a| a.starts_with("HTTP/1.1 200"))
     });
     let size = 3 * 1024 * 1024;
-    let stalled: Vec<_> = (0..30)
+    // Over HTTP/2 too: a stream whose body stalls after the first window.
+    let mut stalled: Vec<_> = (0..5)
         .map(|_| {
-            let mut s = connect().unwrap();
+            let mut s = connect(b"h2").unwrap();
+            s.write_all(&h2_stalled_post(size)).unwrap();
+            s.flush().unwrap();
+            s
+        })
+        .collect();
+    stalled.extend((0..30).map(|_| {
+            let mut s = connect(b"http/1.1").unwrap();
             write!(
                 s,
                 "POST /mutate HTTP/1.1\r\nhost: {SVC}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
@@ -481,8 +489,7 @@ fn webhook_connections_whose_body_timed_out_are_closed() {
             }
             let _ = s.flush();
             s
-        })
-        .collect();
+        }));
     // Each is closed by the server: its read ends (an answer and EOF, or a reset)
     // instead of blocking until the bound.
     for mut s in stalled {
@@ -505,4 +512,39 @@ fn webhook_connections_whose_body_timed_out_are_closed() {
         "{metrics}"
     );
     assert!(hook.alive());
+}
+
+/// An HTTP/2 connection's first bytes: the preface, empty settings, and a POST /mutate
+/// stream that declares `size` bytes and sends 60 KiB of them (within the first window),
+/// then nothing more. HPACK literals without indexing, so no table is needed.
+fn h2_stalled_post(size: usize) -> Vec<u8> {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    let mut block = Vec::new();
+    let size = size.to_string();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":path", "/mutate"),
+        (":authority", SVC),
+        ("content-type", "application/json"),
+        ("content-length", size.as_str()),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]);
+    frame(&mut out, 1, 0x4, 1, &block);
+    for _ in 0..4 {
+        frame(&mut out, 0, 0, 1, &[b' '; 15 * 1024]);
+    }
+    out
 }
