@@ -548,3 +548,133 @@ fn h2_stalled_post(size: usize) -> Vec<u8> {
     }
     out
 }
+
+/// A leaf for `names` signed with the relay CA's key in `state` (as anyone holding the
+/// key could), written to `dir`: (cert, key).
+fn leaf_from_relay_ca(
+    state: &Path,
+    dir: &Path,
+    label: &str,
+    names: &[rcgen::SanType],
+) -> (PathBuf, PathBuf) {
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(state.join("ca.key")).unwrap()).unwrap();
+    // The CA's subject, as the relay writes it (rcgen here reads no certificates).
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("polars-cloud-auth relay CA ({AUTH_HOST})"),
+    );
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = names.to_vec();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("leaf {label}"));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (c, k) = (
+        dir.join(format!("{label}.pem")),
+        dir.join(format!("{label}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// `openssl verify` of `cert` against the relay's CA alone.
+fn openssl_verifies(state: &Path, cert: &Path) -> (bool, String) {
+    let out = run(scrubbed("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(state.join("ca.pem"))
+        .arg(cert));
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+/// Item 3: the relay CA's name constraint limited DNS names only; a leaf it signed for
+/// `IP:127.0.0.1`, `IP:10.1.2.3` or `email:a@b.c` verified, and curl and Python accepted
+/// it for `https://127.0.0.1`. Every address and e-mail is now outside the constraint.
+#[test]
+fn the_relay_ca_signs_for_no_address_and_no_mailbox() {
+    use rcgen::SanType;
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Exec::start(dir.path(), dir.path(), |c| c);
+    let state = exec.config_dir.parent().unwrap().join("state");
+    let ip = |s: &str| SanType::IpAddress(s.parse().unwrap());
+    let dns = |s: &str| SanType::DnsName(s.try_into().unwrap());
+    let email = |s: &str| SanType::Rfc822Name(s.try_into().unwrap());
+    // The control: the relay's own name verifies.
+    let (ours, ours_key) = leaf_from_relay_ca(&state, dir.path(), "ours", &[dns(AUTH_HOST)]);
+    let (ok, why) = openssl_verifies(&state, &ours);
+    assert!(ok, "{why}");
+    let refused = [
+        ("ip4-loopback", vec![ip("127.0.0.1")]),
+        ("ip4-private", vec![ip("10.1.2.3")]),
+        ("ip6-loopback", vec![ip("::1")]),
+        ("email", vec![email("a@b.c")]),
+        ("dns-other", vec![dns("example.com")]),
+        ("ours-and-ip", vec![dns(AUTH_HOST), ip("127.0.0.1")]),
+    ];
+    for (label, names) in &refused {
+        let (cert, _) = leaf_from_relay_ca(&state, dir.path(), label, names);
+        let (ok, why) = openssl_verifies(&state, &cert);
+        assert!(!ok, "{label} verified: {why}");
+        assert!(why.contains("violation"), "{label}: {why}");
+    }
+
+    // Real TLS clients against a server with such a leaf at https://127.0.0.1.
+    let (cert, key) = leaf_from_relay_ca(&state, dir.path(), "ip-serving", &[ip("127.0.0.1")]);
+    let serve = |cert: &Path, key: &Path| {
+        let port = free_port();
+        let server = Proc::spawn(
+            scrubbed("openssl")
+                .args(["s_server", "-quiet", "-www", "-accept"])
+                .arg(port.to_string())
+                .arg("-cert")
+                .arg(cert)
+                .arg("-key")
+                .arg(key)
+                .stdin(Stdio::piped()),
+        );
+        wait_for(BOUND, || TcpStream::connect(("127.0.0.1", port)).ok());
+        (server, port)
+    };
+    let ca = state.join("ca.pem");
+    let (_server, port) = serve(&cert, &key);
+    let out = run(scrubbed("curl")
+        .args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
+        .arg(&ca)
+        .arg(format!("https://127.0.0.1:{port}/")));
+    assert_eq!(out.status.code(), Some(60), "curl: {}", text(&out.stderr));
+    let python = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+        try:\n\
+        \x20   ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[2])), timeout=20), server_hostname='127.0.0.1')\n\
+        \x20   print('accepted')\n\
+        except ssl.SSLCertVerificationError as e:\n\
+        \x20   print('refused', e.verify_message)\n";
+    let out = run(scrubbed("python3")
+        .args(["-c", python])
+        .arg(&ca)
+        .arg(port.to_string()));
+    let said = text(&out.stdout);
+    assert!(
+        said.starts_with("refused"),
+        "python: {said} {}",
+        text(&out.stderr)
+    );
+    // The control: the same clients accept the relay's own name.
+    let (_server, port) = serve(&ours, &ours_key);
+    let out = run(scrubbed("curl")
+        .args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("{AUTH_HOST}:{port}:127.0.0.1"))
+        .arg(format!("https://{AUTH_HOST}:{port}/")));
+    assert_eq!(out.status.code(), Some(0), "curl: {}", text(&out.stderr));
+}
