@@ -678,3 +678,48 @@ fn the_relay_ca_signs_for_no_address_and_no_mailbox() {
         .arg(format!("https://{AUTH_HOST}:{port}/")));
     assert_eq!(out.status.code(), Some(0), "curl: {}", text(&out.stderr));
 }
+
+/// Items 1 and 2, at the root: exec's CONNECT proxy asked nothing of its callers, so any
+/// local user reached the relay (and could open tunnels that hold our descriptors). It
+/// now serves only connections whose other end runs as exec's own user. Needs root (to
+/// be another user); skipped otherwise.
+#[cfg(target_os = "linux")]
+#[test]
+fn another_user_cannot_use_execs_proxy() {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    });
+    if !root {
+        eprintln!("skipped: needs root, to connect as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exec = Exec::start(dir.path(), dir.path(), |c| c);
+    let curl = |as_nobody: bool| {
+        let mut c = if as_nobody {
+            let mut c = scrubbed("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+            c
+        } else {
+            scrubbed("curl")
+        };
+        c.args(["--silent", "--show-error", "--max-time", "20", "--insecure"])
+            .arg("--proxy")
+            .arg(format!("http://{}", exec.proxy))
+            .arg(format!("https://{AUTH_HOST}/"));
+        run(&mut c)
+    };
+    // Our own user reaches the relay (its answer to a GET is a 404 with an OAuth error).
+    let ours = curl(false);
+    assert_eq!(ours.status.code(), Some(0), "{}", text(&ours.stderr));
+    assert!(text(&ours.stdout).contains("invalid_request"));
+    // Another user gets no tunnel.
+    let theirs = curl(true);
+    assert_ne!(theirs.status.code(), Some(0), "{}", text(&theirs.stdout));
+    assert!(!text(&theirs.stdout).contains("invalid_request"));
+    // And exec still serves its command.
+    assert_eq!(exec.refresh().unwrap(), 200);
+}
