@@ -51,8 +51,24 @@ pub enum Command {
     Status(StatusArgs),
     /// Revoke the stored session and remove what login stored.
     Logout(LogoutArgs),
-    /// Run a command with POLARS_CLOUD_ACCESS_TOKEN set to a fresh token.
+    /// Run a command whose Polars Cloud client renews its token through us (the relay).
+    ///
+    /// The token comes from a stored token file valid for at least --min-valid (a
+    /// sidecar's, read again as it is renewed), or is fetched, and then renewed, with the
+    /// configured credentials. The command gets a private config directory
+    /// (POLARS_CLOUD_CONFIG_DIR) with a config.toml and the legacy token files, whose
+    /// refresh token only this run's relay accepts, and HTTPS_PROXY, SSL_CERT_FILE,
+    /// POLARS_CLOUD_DOMAIN and POLARS_CLOUD_API_ADDR that send its token refreshes to the
+    /// relay (everything else passes the proxy unchanged). POLARS_CLOUD_ACCESS_TOKEN and
+    /// the client secret are removed from its environment. When the token is login's
+    /// (config.toml), the command's client renews with that session instead, and
+    /// --env-token only puts one token into POLARS_CLOUD_ACCESS_TOKEN. Signals are passed
+    /// on, the command's exit status becomes ours, and the command dies with us (Linux).
     Exec(ExecArgs),
+    /// Internal: how `exec` starts its command on Linux. Asks for the kernel to kill this
+    /// process when `exec` dies, then becomes the command.
+    #[command(hide = true)]
+    ExecChild(ExecChildArgs),
     /// Print the JSON Schema of the --config file.
     Schema,
     /// The GitHub Action's main or post step; reads the action's INPUT_* variables.
@@ -243,6 +259,21 @@ pub struct LogoutArgs {
     pub realm: RealmArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// `exec-child PARENT -- COMMAND...`.
+#[derive(Args, Debug)]
+pub struct ExecChildArgs {
+    /// The pid of the `exec` that started us; if our parent is another one by the time
+    /// the parent-death signal is set, that `exec` is already gone.
+    pub parent: u32,
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]

@@ -55,6 +55,7 @@ pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
         Command::Status(args) => modes::status::command(args),
         Command::Logout(args) => modes::logout::command(args, &file),
         Command::Exec(args) => modes::exec::command(args, &file),
+        Command::ExecChild(args) => modes::exec::child(args),
         Command::Token(args) => modes::token::command(args, &file),
         Command::Init(args) => modes::init::command(args, &file),
         Command::Sidecar(args) => modes::sidecar::command(args, &file),

@@ -202,7 +202,6 @@ pub async fn serve(
         .with_cert_resolver(cert);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let limits = config.limits.clone();
     let drain_for = config.drain;
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -223,7 +222,57 @@ pub async fn serve(
         }
     };
     let drainer = tokio::spawn(drain);
+    accept(
+        listener,
+        &config.limits,
+        shared.connections.clone(),
+        stop_accepting,
+        move |conn| {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            async move {
+                if let Err(e) = serve_tls(conn.tcp, &acceptor, app, &conn.ctx).await {
+                    tracing::debug!(peer = %conn.ctx.peer, error = %e, "TLS handshake failed");
+                }
+            }
+        },
+    )
+    .await;
+    drainer.abort();
+    Ok(())
+}
 
+/// One accepted connection, on the limits it was let in on.
+pub struct Accepted {
+    pub tcp: tokio::net::TcpStream,
+    pub ctx: ConnContext,
+}
+
+/// What serving one connection needs besides its stream.
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    /// The connection's limits: [`Limits`] as configured, or [`TIGHT`] ones for a
+    /// connection let in beyond the limit.
+    pub limits: Limits,
+    /// Cancelled when the server stops: open connections finish their requests.
+    pub closing: CancellationToken,
+    pub connections: Arc<Connections>,
+}
+
+/// Accepts on `listener` until `stop`, with the bounds of [`Limits`]: at most
+/// [`Limits::connections`] open, a few more on tight limits, the rest closed at once
+/// before anything is spent on them, so that accepting never runs out of descriptors.
+/// Each connection goes to `serve` on a task of its own. After `stop`, open connections
+/// get [`CLOSE_LIMIT`] to finish.
+pub async fn accept<F, Fut>(
+    listener: TcpListener,
+    limits: &Limits,
+    connections: Arc<Connections>,
+    stop: CancellationToken,
+    serve: F,
+) where
+    F: Fn(Accepted) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(limits.connections));
     let overflow = Arc::new(Semaphore::new(OVERFLOW));
     let tight_limits = Limits {
@@ -236,7 +285,7 @@ pub async fn serve(
     let closing = CancellationToken::new();
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = stop_accepting.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
@@ -255,7 +304,7 @@ pub async fn serve(
             Err(_) => match overflow.clone().try_acquire_owned() {
                 Ok(slot) => (slot, true),
                 Err(_) => {
-                    shared.connections.refused.fetch_add(1, Ordering::Relaxed);
+                    connections.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "connection limit reached, closing a new connection");
                     drop(tcp);
                     continue;
@@ -263,26 +312,26 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, app, closing, connections) = (
-            acceptor.clone(),
-            app.clone(),
-            closing.clone(),
-            shared.connections.clone(),
-        );
-        let limits = if tight {
-            tight_limits.clone()
-        } else {
-            limits.clone()
+        let ctx = ConnContext {
+            peer,
+            limits: if tight {
+                tight_limits.clone()
+            } else {
+                limits.clone()
+            },
+            closing: closing.clone(),
+            connections: connections.clone(),
         };
+        let connections = connections.clone();
+        let served = serve(Accepted { tcp, ctx });
         tokio::spawn(async move {
             connections.open.fetch_add(1, Ordering::Relaxed);
-            serve_one(tcp, peer, acceptor, app, &closing, &connections, &limits).await;
+            served.await;
             connections.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }
     drop(listener);
-    drainer.abort();
     closing.cancel();
     let all = u32::try_from(limits.connections).unwrap_or(u32::MAX);
     tokio::select! {
@@ -294,38 +343,47 @@ pub async fn serve(
             tracing::warn!("connections still open after {}s; closing them", CLOSE_LIMIT.as_secs());
         }
     }
-    Ok(())
 }
 
 /// One client connection: TLS within [`Limits::handshake`], then HTTP/1 or HTTP/2 (by
-/// ALPN) until the client leaves, the connection idles past [`Limits::idle`], or
-/// shutdown; a graceful close that does not finish within [`Limits::grace`] is cut.
-async fn serve_one(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
+/// ALPN, as the acceptor offers them) until the client leaves, the connection idles past
+/// [`Limits::idle`], a response says `connection: close`, or shutdown; a graceful close
+/// that does not finish within [`Limits::grace`] is cut. A failed or timed-out handshake
+/// is the error (the caller decides how much it matters).
+pub async fn serve_tls<IO>(
+    io: IO,
+    acceptor: &TlsAcceptor,
     app: Router,
-    closing: &CancellationToken,
-    connections: &Connections,
-    limits: &Limits,
-) {
+    ctx: &ConnContext,
+) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
-    let tcp = Watched {
-        inner: tcp,
+    let io = Watched {
+        inner: io,
         activity: activity.clone(),
     };
-    let stream = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(ctx.limits.handshake, acceptor.accept(io)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ));
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(stream, h2, app, ctx, &activity).await;
+    Ok(())
+}
+
+async fn serve_http<IO>(io: IO, h2: bool, app: Router, ctx: &ConnContext, activity: &Activity)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (peer, limits) = (ctx.peer, &ctx.limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -345,7 +403,26 @@ async fn serve_one(
     } else {
         builder.http1_only()
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    // A handler answers `connection: close` when the connection holds bytes it will not
+    // read (a body that did not arrive in time, one too large): hyper would otherwise wait
+    // for that body's rest to discard it, and the client keeps the connection for as
+    // long as it sends nothing more. Close it once the answer is out.
+    let close = CancellationToken::new();
+    let app = {
+        let close = close.clone();
+        app.layer(axum::middleware::map_response(
+            move |response: axum::response::Response| {
+                let close = close.clone();
+                async move {
+                    if closes(response.headers()) {
+                        close.cancel();
+                    }
+                    response
+                }
+            },
+        ))
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     let mut conn = std::pin::pin!(conn);
     let mut cut_at: Option<tokio::time::Instant> = None;
     loop {
@@ -357,12 +434,17 @@ async fn serve_one(
                 return;
             }
             _ = activity.idle_for(limits.idle), if cut_at.is_none() => {
-                connections.idle_closed.fetch_add(1, Ordering::Relaxed);
+                ctx.connections.idle_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "connection idle, closing it");
                 conn.as_mut().graceful_shutdown();
                 cut_at = Some(tokio::time::Instant::now() + limits.grace);
             }
-            _ = closing.cancelled(), if cut_at.is_none() => {
+            _ = close.cancelled(), if cut_at.is_none() => {
+                tracing::debug!(%peer, "answered with connection: close, closing it");
+                conn.as_mut().graceful_shutdown();
+                cut_at = Some(tokio::time::Instant::now() + limits.grace);
+            }
+            _ = ctx.closing.cancelled(), if cut_at.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 cut_at = Some(tokio::time::Instant::now() + CLOSE_LIMIT);
             }
@@ -372,6 +454,16 @@ async fn serve_one(
             }
         }
     }
+}
+
+/// Whether a response asks for its connection to be closed.
+fn closes(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

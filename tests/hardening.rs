@@ -4,6 +4,7 @@
 #![cfg(unix)]
 
 mod common;
+mod relay_hostile;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

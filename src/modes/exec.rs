@@ -1,8 +1,10 @@
-//! `exec -- CMD ARGS...`: run a command with `POLARS_CLOUD_ACCESS_TOKEN` set, for clients
-//! that read only the environment. The token comes from a stored file when it stays valid
-//! long enough (the sidecar's file in a pod, login's files on a laptop), otherwise it is
-//! fetched with the configured credentials. Signals are passed on to the command and its
-//! exit status becomes ours.
+//! `exec -- CMD ARGS...`: run a command whose Polars Cloud client renews its token
+//! through a relay of ours ([`crate::relay::local`]): a private config directory, and
+//! `HTTPS_PROXY` to route its refreshes to the relay. The token comes from a stored file
+//! when it stays valid long enough (the sidecar's file in a pod, login's files on a
+//! laptop; login's session is used as it is), otherwise it is fetched with the
+//! configured credentials. `--env-token` sets `POLARS_CLOUD_ACCESS_TOKEN` only. Signals
+//! are passed on to the command, its exit status becomes ours, and it dies with us.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -177,8 +179,8 @@ pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
     let name = program.to_string_lossy().into_owned();
     // Listen before the child exists, so no signal falls between the two.
     let mut signals = forward::Signals::new()?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    let mut cmd = dying_with_us(program, args);
+    cmd
         // The long-lived secret stays with us; the command gets only short-lived tokens.
         .env_remove(vars::CLIENT_SECRET)
         // An access token of ours would win over the renewed config.toml and die.
@@ -203,6 +205,72 @@ pub async fn run(command: &[OsString], env: &ChildEnv) -> anyhow::Result<u8> {
         }
     };
     Ok(exit_code(status))
+}
+
+/// The command, started so that it dies with us. A command outliving a SIGKILLed `exec`
+/// would keep running with `HTTPS_PROXY` at a dead port that anyone may bind next. On
+/// Linux it is started through ourselves ([`child`]), which sets the parent-death signal
+/// and then becomes the command: setting it between fork and exec directly would take
+/// unsafe code, which this crate forbids. `/proc/self/exe` is this very binary, even if
+/// the file was replaced since.
+fn dying_with_us(program: &OsString, args: &[OsString]) -> tokio::process::Command {
+    #[cfg(target_os = "linux")]
+    {
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg("exec-child")
+            .arg(std::process::id().to_string())
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args);
+        cmd
+    }
+}
+
+/// `exec-child PARENT -- COMMAND...`: asks for SIGKILL when the thread that started us
+/// (exec's only one) ends, checks that `exec` did not die before that took effect, and
+/// becomes the command. Set-uid commands lose the signal at exec (the kernel's rule).
+pub fn child(args: crate::cli::ExecChildArgs) -> anyhow::Result<u8> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| anyhow::anyhow!("exec-child needs a command"))?;
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::signal::Signal;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .context("failed to ask for the parent-death signal")?;
+        if nix::unistd::getppid().as_raw() != i32::try_from(args.parent).unwrap_or(-1) {
+            // exec died before the signal was set: the command must not start orphaned.
+            return Ok(u8::try_from(128 + Signal::SIGKILL as i32).unwrap_or(1));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = args.parent;
+    let name = program.to_string_lossy().into_owned();
+    #[cfg(unix)]
+    let source = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(program).args(rest).exec()
+    };
+    #[cfg(not(unix))]
+    let source = match std::process::Command::new(program).args(rest).status() {
+        Ok(status) => return Ok(exit_code(status)),
+        Err(e) => e,
+    };
+    Err(exit::Coded::new(match source.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { program: name },
+        _ => Error::CannotRun {
+            program: name,
+            source,
+        },
+    })
+    .into())
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, State};
+use axum::body::Body;
+use axum::http::header::CONNECTION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use axum::{Json, Router, extract::State};
+use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,25 +26,44 @@ use tokio_util::sync::CancellationToken;
 use super::TOKEN_PATH;
 use super::clients::{Family, Seen, version_from_headers};
 use super::handle::{HandleKey, LIFE};
+use crate::server::{self, ConnContext, Connections, Limits};
 use crate::token::AccessToken;
 
-/// A TLS handshake must finish within this, or the connection is dropped.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// Refreshes are answered one at a time, this far apart. Processes sharing a config
 /// directory all refresh when the same token nears expiry, and the client writes its
 /// config.toml back through one fixed temporary name: two writes at once make one of them
 /// fail ("Failed to move config into place"), which fails that call. Spaced answers keep
-/// the writes apart; a refresh waits at most this long per process ahead of it.
+/// the writes apart; a refresh waits at most this long per process ahead of it. Only
+/// refreshes with a valid handle take their turn: a request is read (within
+/// [`Limits::request`]) and checked before it queues, so junk never waits for the
+/// spacing nor makes a real refresh wait.
 pub const SPACING: Duration = Duration::from_millis(250);
+
+/// The largest token request read: a refresh is a form of a few hundred bytes.
+const MAX_FORM: usize = 16 * 1024;
+
+/// The relay's bounds, those of our other servers ([`crate::server`]) with fewer
+/// connections: an app's client needs a handful, and under `exec` each tunnel through the
+/// proxy holds two descriptors of ours, so the cap stays well below the usual limit of
+/// 1,024 and leaves the rest to the command's own connections.
+pub fn limits() -> Limits {
+    Limits {
+        connections: 128,
+        ..Limits::default()
+    }
+}
 
 /// What the relay serves from, shared by its connections.
 pub struct Relay {
     prepared: Arc<super::Prepared>,
     current: watch::Receiver<Option<AccessToken>>,
     tls: TlsAcceptor,
+    limits: Limits,
+    /// Open connections and what became of the hostile ones.
+    pub connections: Arc<Connections>,
     /// Refreshes answered with a token.
     pub served: AtomicU64,
-    /// Requests refused (wrong grant, wrong handle, no valid token).
+    /// Requests refused (wrong grant, wrong handle, no valid token, unreadable).
     pub refused: AtomicU64,
     /// The app's client versions, from their refreshes and broken-off handshakes.
     pub clients: Seen,
@@ -63,6 +80,8 @@ impl Relay {
             tls: TlsAcceptor::from(prepared.authority.server.clone()),
             prepared,
             current,
+            limits: limits(),
+            connections: Arc::new(Connections::new("relay")),
             served: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             clients: Seen::default(),
@@ -70,45 +89,37 @@ impl Relay {
         })
     }
 
+    /// The relay's bounds (see [`limits`]).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Serves one connection that has reached us (directly, or through the CONNECT
-    /// proxy): TLS, then HTTP/1.1.
-    pub async fn serve_connection<S>(self: Arc<Self>, io: S)
+    /// proxy): TLS, then HTTP/1.1, on the shared server's bounds.
+    pub async fn serve_connection<S>(self: Arc<Self>, io: S, ctx: &ConnContext)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let stream = match tokio::time::timeout(HANDSHAKE_LIMIT, self.tls.accept(io)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                if refused_our_ca(&e) && self.clients.untrusting() {
-                    tracing::warn!(
-                        family = Family::LegacyBuiltinRoots.name(),
-                        "relay: an app's client refused the relay's certificate; polars-cloud 0.10 and older trust only built-in roots and cannot refresh here: they are served by the legacy token files, which every renewal rewrites before they would refresh"
-                    );
-                }
-                tracing::debug!(error = %e, "relay: TLS handshake failed");
-                return;
+        let tls = self.tls.clone();
+        let app = router(self.clone());
+        if let Err(e) = server::serve_tls(io, &tls, app, ctx).await {
+            if refused_our_ca(&e) && self.clients.untrusting() {
+                tracing::warn!(
+                    family = Family::LegacyBuiltinRoots.name(),
+                    "relay: an app's client refused the relay's certificate; polars-cloud 0.10 and older trust only built-in roots and cannot refresh here: they are served by the legacy token files, which every renewal rewrites before they would refresh"
+                );
             }
-            Err(_) => {
-                tracing::debug!("relay: TLS handshake timed out");
-                return;
-            }
-        };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        let app = router(self);
-        if let Err(e) = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-            .await
-        {
-            tracing::debug!(error = %e, "relay: connection ended with an error");
+            tracing::debug!(error = %e, "relay: TLS handshake failed");
         }
     }
 }
 
-/// Accepts on `listener` until `cancel`.
+/// Accepts on `listener` until `cancel`, with the shared server's bounds.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: CancellationToken) {
-    super::accept_loop(listener, "relay", cancel, |tcp| {
-        relay.clone().serve_connection(tcp)
+    let (limits, connections) = (relay.limits.clone(), relay.connections.clone());
+    server::accept(listener, &limits, connections, cancel, move |conn| {
+        let relay = relay.clone();
+        async move { relay.serve_connection(conn.tcp, &conn.ctx).await }
     })
     .await
 }
@@ -162,14 +173,67 @@ fn note_client(relay: &Relay, headers: &HeaderMap) {
     }
 }
 
-async fn token(
-    State(relay): State<Arc<Relay>>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    let form = form.map(|Form(f)| f).unwrap_or_default();
+/// Why a token request's body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum Unread {
+    TimedOut,
+    TooLarge,
+    Broken,
+}
+
+/// Reads a token request's form within `limit`, at most [`MAX_FORM`] bytes.
+async fn read_form(body: Body, limit: Duration) -> Result<HashMap<String, String>, Unread> {
+    let read = async {
+        let mut buf = Vec::new();
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Unread::Broken)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_FORM {
+                    return Err(Unread::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(url::form_urlencoded::parse(&buf).into_owned().collect())
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or(Err(Unread::TimedOut))
+}
+
+async fn token(State(relay): State<Arc<Relay>>, headers: HeaderMap, body: Body) -> Response {
+    // Read and check before taking a turn: an unfinished or refused request never waits
+    // for the spacing, nor holds it.
+    let form = match read_form(body, relay.limits.request).await {
+        Ok(form) => form,
+        Err(why) => {
+            if why == Unread::TimedOut {
+                relay.connections.body_timed_out();
+            }
+            let (status, text) = match why {
+                Unread::TimedOut => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ),
+                Unread::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "the request is too large"),
+                Unread::Broken => (StatusCode::BAD_REQUEST, "the request body is broken"),
+            };
+            note_refused(&relay, status, "invalid_request");
+            let mut response = oauth_error(status, "invalid_request", text);
+            // The connection may hold unread bytes: the server closes it after this.
+            response
+                .headers_mut()
+                .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    if let Some((status, body)) = refusal(&form, &relay.prepared.key) {
+        note_refused(&relay, status, body["error"].as_str().unwrap_or_default());
+        return (status, Json(body)).into_response();
+    }
     note_client(&relay, &headers);
-    // One answer at a time, SPACING apart; the lock is held until this one is sent off.
+    // One answer at a time, SPACING apart; the lock is held until this one is made.
     let mut last = relay.last_answer.lock().await;
     if let Some(at) = *last {
         tokio::time::sleep_until(at + SPACING).await;
@@ -182,18 +246,30 @@ async fn token(
         &relay.prepared.key,
         SystemTime::now(),
     );
+    drop(last);
     if status.is_success() {
         relay.served.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("relay: refresh answered");
     } else {
-        relay.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            status = status.as_u16(),
-            error = body["error"].as_str(),
-            "relay: request refused"
-        );
+        note_refused(&relay, status, body["error"].as_str().unwrap_or_default());
     }
     (status, Json(body)).into_response()
+}
+
+/// Counts a refused request; logs the first and then every hundredth, so that a flood
+/// of junk (any local user can send it under `exec`) does not flood the log.
+fn note_refused(relay: &Relay, status: StatusCode, error: &str) {
+    let n = relay.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::warn!(
+            status = status.as_u16(),
+            error,
+            refused_total = n,
+            "relay: request refused"
+        );
+    } else {
+        tracing::debug!(status = status.as_u16(), error, "relay: request refused");
+    }
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
@@ -204,33 +280,49 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
+type Answer = (StatusCode, Value);
+
+fn error(status: StatusCode, error: &str, description: &str) -> Answer {
+    (
+        status,
+        json!({ "error": error, "error_description": description }),
+    )
+}
+
+/// Why a token request is refused whatever token the relay holds (another grant, a
+/// handle that is not ours), or `None`. Pure.
+pub fn refusal(form: &HashMap<String, String>, key: &HandleKey) -> Option<Answer> {
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "polars-cloud-auth's pod-local token endpoint only refreshes the token it handed out; sign-ins go to the identity provider",
+        ));
+    }
+    if !form.get("refresh_token").is_some_and(|h| key.verify(h)) {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the refresh token was not issued by this pod's polars-cloud-auth",
+        ));
+    }
+    None
+}
+
 /// The answer to one token request. Pure.
 pub fn answer(
     form: &HashMap<String, String>,
     current: Option<&AccessToken>,
     key: &HandleKey,
     now: SystemTime,
-) -> (StatusCode, Value) {
-    let error = |status, error: &str, description: &str| {
-        (
-            status,
-            json!({ "error": error, "error_description": description }),
-        )
-    };
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "polars-cloud-auth's pod-local token endpoint only refreshes the token it handed out; sign-ins go to the identity provider",
-        );
+) -> Answer {
+    if let Some(refused) = refusal(form, key) {
+        return refused;
     }
-    let Some(handle) = form.get("refresh_token").filter(|h| key.verify(h)) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_grant",
-            "the refresh token was not issued by this pod's polars-cloud-auth",
-        );
-    };
+    let handle = form
+        .get("refresh_token")
+        .map(String::as_str)
+        .unwrap_or_default();
     match current.filter(|t| t.expires_at() > now) {
         Some(token) => {
             let handle_left = crate::token::claims(handle)

@@ -125,16 +125,21 @@ pub fn no_proxy_bypasses(no_proxy: Option<&str>) -> bool {
     no_proxy.is_some_and(|v| v.split(',').any(|p| p.trim() == "*"))
 }
 
+/// The private directories' names: this prefix, then the owner's pid and start time.
+const DIR_PREFIX: &str = "polars-cloud-auth-exec-";
+
 fn private_dir() -> std::io::Result<PathBuf> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!(
-        "polars-cloud-auth-exec-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let pid = std::process::id();
+    let me = Owner {
+        pid,
+        start: process_start(pid).unwrap_or(0),
+        ns: pid_namespace().unwrap_or(0),
+    };
+    let dir = base.join(dir_name(&me, rand::random::<u32>()));
     let mut builder = std::fs::DirBuilder::new();
     #[cfg(unix)]
     {
@@ -142,7 +147,109 @@ fn private_dir() -> std::io::Result<PathBuf> {
         builder.mode(0o700);
     }
     builder.create(&dir)?;
+    remove_leftovers(&base, &dir);
     Ok(dir)
+}
+
+/// The process that made a private directory: its pid, when it started (with the pid,
+/// one process even after the pid is reused) and its pid namespace (a pid means nothing
+/// in another one, as when containers share a /tmp).
+#[derive(Debug, PartialEq, Eq)]
+struct Owner {
+    pid: u32,
+    start: u64,
+    ns: u64,
+}
+
+/// The name of `owner`'s private directory. Pure.
+fn dir_name(owner: &Owner, nonce: u32) -> String {
+    format!(
+        "{DIR_PREFIX}{}-{}-{}-{nonce:08x}",
+        owner.pid, owner.start, owner.ns
+    )
+}
+
+/// The owner a private directory's name gives; `None` for other names, and for those of
+/// older releases (a pid and a random number only), which cannot be told apart from a
+/// live run's. Pure.
+fn dir_owner(name: &str) -> Option<Owner> {
+    let parts: Vec<&str> = name.strip_prefix(DIR_PREFIX)?.split('-').collect();
+    match parts[..] {
+        [pid, start, ns, _] => Some(Owner {
+            pid: pid.parse().ok()?,
+            start: start.parse().ok()?,
+            ns: ns.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// Our pid namespace's inode number (`/proc/self/ns/pid` reads `pid:[NUMBER]`).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let text = link.to_str()?;
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22):
+/// with the pid it names one process, even after the pid is reused.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that made a private directory is gone (killed before it could
+/// remove it). Only a process of our own pid namespace can be judged; without `/proc`
+/// nothing is known, and nothing is removed.
+fn owner_gone(owner: &Owner) -> bool {
+    match pid_namespace() {
+        Some(ns) if ns != 0 && ns == owner.ns => {}
+        _ => return false,
+    }
+    process_start(owner.pid) != Some(owner.start)
+}
+
+/// Removes the private directories (keys, the child's config.toml) that runs killed
+/// before they could clean up left in `base`: only real directories (no symlink is
+/// followed), only those owned by the same user as `ours`, only when their owner is gone.
+fn remove_leftovers(base: &std::path::Path, ours: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(me) = std::fs::symlink_metadata(ours).map(|m| m.uid()) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path == ours {
+                continue;
+            }
+            let Some(owner) = entry.file_name().to_str().and_then(dir_owner) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_dir() || meta.uid() != me || !owner_gone(&owner) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "removed the relay directory of an exec that was killed")
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %path.display(), error = %e, "failed to remove a leftover relay directory")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (base, ours);
 }
 
 /// The child's config directory, rewritten at every renewal (the legacy token files that
@@ -238,6 +345,45 @@ async fn run_feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_dirs_name_their_owner() {
+        let owner = Owner {
+            pid: 4242,
+            start: 987654,
+            ns: 4026531836,
+        };
+        let name = dir_name(&owner, 0xabc);
+        assert_eq!(
+            name,
+            "polars-cloud-auth-exec-4242-987654-4026531836-00000abc"
+        );
+        assert_eq!(dir_owner(&name), Some(owner));
+        // An older release's name: its owner cannot be judged, it stays.
+        assert_eq!(dir_owner("polars-cloud-auth-exec-17-0000beef"), None);
+        assert_eq!(dir_owner("polars-cloud-auth-exec-x-1-2-3"), None);
+        assert_eq!(dir_owner("something-else-1-2-3-4"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_a_dead_owner_of_our_pid_namespace_is_gone() {
+        let me = Owner {
+            pid: std::process::id(),
+            start: process_start(std::process::id()).unwrap(),
+            ns: pid_namespace().unwrap(),
+        };
+        assert!(!owner_gone(&me));
+        assert!(owner_gone(&Owner {
+            start: me.start + 1,
+            ..me
+        }));
+        assert!(!owner_gone(&Owner {
+            start: me.start + 1,
+            ns: me.ns + 1,
+            ..me
+        }));
+    }
 
     #[test]
     fn only_a_wildcard_no_proxy_sends_the_token_requests_around_the_proxy() {

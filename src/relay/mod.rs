@@ -53,34 +53,6 @@ pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// a renewed token must be there before that, with room for a slow identity provider.
 pub const CLIENT_LEAD: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Accepts connections on `listener` until `cancel`, handing each to `handle` on a task
-/// of its own; a failed accept (out of descriptors) waits a little instead of spinning.
-pub async fn accept_loop<F, Fut>(
-    listener: tokio::net::TcpListener,
-    what: &'static str,
-    cancel: tokio_util::sync::CancellationToken,
-    handle: F,
-) where
-    F: Fn(tokio::net::TcpStream) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let tcp = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what}: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(handle(tcp));
-    }
-}
-
 /// The host the client sends its token requests to.
 pub fn auth_host(domain: &str) -> String {
     format!("auth.{domain}")

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -59,12 +60,33 @@ fn ca_params(host: &str) -> CertificateParams {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.name_constraints = Some(NameConstraints {
-        permitted_subtrees: vec![GeneralSubtree::DnsName(host.to_string())],
-        excluded_subtrees: vec![],
-    });
+    params.name_constraints = Some(name_constraints(host));
     params
 }
+
+/// The CA may sign for `host` only. A name type without a permitted subtree is not
+/// constrained at all, so each type a TLS client could match a server against is closed
+/// too: every IPv4 and IPv6 address is excluded (a leaf for `IP:127.0.0.1` would
+/// otherwise pass for `https://127.0.0.1`), and e-mail addresses must be in the reserved
+/// `invalid` domain, which no mailbox has. Directory names are left alone: the subject
+/// of every leaf is one, and rustls-based clients refuse all leaves of a CA that
+/// constrains them. URIs, which no HTTPS client matches a server against, cannot be
+/// expressed in rcgen.
+fn name_constraints(host: &str) -> NameConstraints {
+    NameConstraints {
+        permitted_subtrees: vec![
+            GeneralSubtree::DnsName(host.to_string()),
+            GeneralSubtree::Rfc822Name(NO_MAILBOX.to_string()),
+        ],
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+        ],
+    }
+}
+
+/// The only mail domain the CA may sign for: reserved, never a real one (RFC 2606).
+const NO_MAILBOX: &str = "invalid";
 
 /// Loads the CA from `state_dir`, or makes it there (key mode 0600), then issues the
 /// serving certificate for `host`.

@@ -4,6 +4,7 @@
 //! the proxy that our own environment names, so the child reaches everything else as
 //! before. Hosts in the child's `NO_PROXY` never come here.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::endpoint::Relay;
+use crate::server::Accepted;
 
-/// A request head must arrive within this, and be no larger than `MAX_HEAD`.
+/// The upstream proxy's answer must arrive within this; a request head must be no
+/// larger than `MAX_HEAD`.
 const HEAD_LIMIT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 8 * 1024;
 
@@ -64,7 +67,10 @@ pub fn connect_target(head: &str) -> Result<(String, u16), &'static str> {
     }
 }
 
-/// Accepts on `listener` until `cancel`.
+/// Accepts on `listener` until `cancel`, with the relay's bounds ([`crate::server`]): the
+/// same connection cap for tunnels and relay requests, a request head within
+/// [`Limits::handshake`](crate::server::Limits::handshake), and the relay's own limits
+/// once the stream is its.
 pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
@@ -73,10 +79,11 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let relay_host = Arc::<str>::from(relay_host);
-    super::accept_loop(listener, "proxy", cancel, |tcp| {
+    let (limits, connections) = (relay.limits().clone(), relay.connections.clone());
+    crate::server::accept(listener, &limits, connections, cancel, move |conn| {
         let (relay, relay_host, upstream) = (relay.clone(), relay_host.clone(), upstream.clone());
         async move {
-            if let Err(e) = one(tcp, relay, &relay_host, &upstream).await {
+            if let Err(e) = one(conn, relay, &relay_host, &upstream).await {
                 tracing::debug!(error = %e, "proxy: connection ended");
             }
         }
@@ -99,12 +106,21 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
 }
 
 async fn one(
-    mut tcp: TcpStream,
+    conn: Accepted,
     relay: Arc<Relay>,
     relay_host: &str,
     upstream: &Upstream,
 ) -> std::io::Result<()> {
-    let head = tokio::time::timeout(HEAD_LIMIT, read_head(&mut tcp))
+    let Accepted { mut tcp, ctx } = conn;
+    if let Some(Peer::Other { uid, ours }) = peer_user(&tcp).await {
+        // Any local user can connect to loopback; only the command (our own user) may use
+        // the relay and the tunnels, or another user could queue ahead of its refreshes
+        // and hold our descriptors.
+        tracing::debug!(uid, ours, "proxy: refused a connection of another user");
+        return Ok(());
+    }
+    let limit = ctx.limits.handshake;
+    let head = tokio::time::timeout(limit, read_head(&mut tcp))
         .await
         .map_err(|_| std::io::Error::other("request head timed out"))??;
     let (host, port) = match connect_target(&head) {
@@ -121,13 +137,17 @@ async fn one(
     if host == relay_host {
         tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             .await?;
-        relay.serve_connection(tcp).await;
+        relay.serve_connection(tcp, &ctx).await;
         return Ok(());
     }
-    let outbound = match upstream {
-        Upstream::Direct => TcpStream::connect((host.as_str(), port)).await,
-        Upstream::Proxy(addr) => via_proxy(addr, &host, port).await,
-    };
+    let outbound = tokio::time::timeout(limit, async {
+        match upstream {
+            Upstream::Direct => TcpStream::connect((host.as_str(), port)).await,
+            Upstream::Proxy(addr) => via_proxy(addr, &host, port).await,
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::Error::other("connecting timed out")));
     let mut outbound = match outbound {
         Ok(s) => s,
         Err(e) => {
@@ -138,8 +158,74 @@ async fn one(
     };
     tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         .await?;
-    tokio::io::copy_bidirectional(&mut tcp, &mut outbound).await?;
-    Ok(())
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut tcp, &mut outbound) => copied.map(|_| ()),
+        _ = ctx.closing.cancelled() => Ok(()),
+    }
+}
+
+/// Whose a loopback connection is, from the kernel's socket table.
+#[derive(Debug, PartialEq, Eq)]
+enum Peer {
+    Ours,
+    Other { uid: u32, ours: u32 },
+}
+
+/// Whether the process at the other end of `tcp` runs as our user: both ends of a
+/// loopback connection are in the kernel's table (`/proc/net/tcp`), each with the user
+/// that opened it. `None` where that cannot be told (no `/proc`, the peer already gone):
+/// then the connection is served as before.
+async fn peer_user(tcp: &TcpStream) -> Option<Peer> {
+    let (ours, theirs) = (tcp.local_addr().ok()?, tcp.peer_addr().ok()?);
+    if !theirs.ip().is_loopback() {
+        return None;
+    }
+    let table = if ours.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let text = tokio::fs::read_to_string(table).await.ok()?;
+    let ours_uid = socket_uid(&text, ours, theirs)?;
+    let uid = socket_uid(&text, theirs, ours)?;
+    Some(if uid == ours_uid {
+        Peer::Ours
+    } else {
+        Peer::Other {
+            uid,
+            ours: ours_uid,
+        }
+    })
+}
+
+/// The user of the socket `local`→`remote` in a `/proc/net/tcp` table. Pure.
+fn socket_uid(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u32> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (l, r, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        (parse_addr(l)? == local && parse_addr(r)? == remote)
+            .then(|| uid.parse().ok())
+            .flatten()
+    })
+}
+
+/// `0100007F:1F90` (the address as the kernel holds it, in hex; the port in hex). Pure.
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: std::net::IpAddr = match addr.len() {
+        8 => std::net::Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes()).into(),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+                let word = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+            std::net::Ipv6Addr::from(bytes).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 async fn via_proxy(addr: &str, host: &str, port: u16) -> std::io::Result<TcpStream> {
@@ -183,6 +269,37 @@ mod tests {
         assert!(connect_target("CONNECT x HTTP/1.1\r\n\r\n").is_err());
         assert!(connect_target("CONNECT x:https HTTP/1.1\r\n\r\n").is_err());
         assert!(connect_target("garbage").is_err());
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn the_socket_table_names_each_ends_user() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:A001 0100007F:B002 01 00000000:00000000 00:00000000 00000000  1000        0 1 1\n\
+            1: 0100007F:B002 0100007F:A001 01 00000000:00000000 00:00000000 00000000  2000        0 2 1\n";
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:40961".parse().unwrap(),
+            "127.0.0.1:45058".parse().unwrap(),
+        );
+        assert_eq!(socket_uid(table, a, b), Some(1000));
+        assert_eq!(socket_uid(table, b, a), Some(2000));
+        assert_eq!(socket_uid(table, a, a), None);
+        assert_eq!(
+            parse_addr("00000000000000000000000001000000:0050"),
+            Some("[::1]:80".parse().unwrap())
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn our_own_connections_are_ours() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(peer_user(&server).await, Some(Peer::Ours));
+        drop(client);
     }
 
     #[test]
