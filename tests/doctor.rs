@@ -420,9 +420,11 @@ impl Drop for Pod {
     }
 }
 
-/// One refresh at the relay with this client version header (a refused one counts too):
-/// what an old client does, so `/metrics` shows it.
+/// One refresh at the relay with this client version header and the app's handle (from
+/// its legacy refresh file): what an old client does, so `/metrics` shows it. (A refused
+/// request is not counted: nobody may forge the versions the relay reports.)
 fn refresh_at_relay(pod: &Pod, version: &str) {
+    let handle = std::fs::read_to_string(pod.path("client/app/cloud_refresh_token")).unwrap();
     let bundle = std::fs::read(pod.path("token/ca-bundle.pem")).unwrap();
     let certs = reqwest::Certificate::from_pem_bundle(&bundle).unwrap();
     let host = "auth.polars-cloud-auth.internal";
@@ -445,14 +447,18 @@ fn refresh_at_relay(pod: &Pod, version: &str) {
                 pod.relay_port
             ))
             .header("x-client-version", version)
-            .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", "PolarsCloud"),
+                ("refresh_token", handle.as_str()),
+            ])
             .send()
             .await
             .unwrap()
             .status()
             .as_u16()
     });
-    assert_eq!(status, 400, "a wrong handle is refused, but counted");
+    assert_eq!(status, 200, "the app's own handle is served");
 }
 
 #[cfg(unix)]
@@ -506,6 +512,14 @@ fn our_container_in_a_pod_relay_faults_and_an_unserved_client_are_named() {
     // that refused its CA (which /metrics would show as version "<=0.10").
     let (_, metrics) = http_get(pod.listen, "/metrics").unwrap();
     assert!(!metrics.contains("version=\"<=0.10\""), "{metrics}");
+    // The relay's connection limits show on the sidecar's /metrics (docs/operations.md).
+    for name in [
+        "polars_cloud_auth_relay_connections ",
+        "polars_cloud_auth_relay_connections_refused_total ",
+        "polars_cloud_auth_relay_request_body_timeouts_total ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
 
     // The token file made 0600 under a pod without an fsGroup: the app's uid cannot read
     // it (the sidecar re-applies its mode at the next renewal, minutes away).

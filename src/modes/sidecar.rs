@@ -144,6 +144,8 @@ impl Health {
                 "1 for each polars-cloud client version the relay has seen, with its behaviour family (docs/polars-cloud-client.md) and whether this mode serves it; version \"<=0.10\": a client refused the relay's CA. Clients older than 0.12 are served by the token files and show here only once they try to refresh.",
                 &samples,
             );
+            // Its connections: open, refused at the cap, closed idle, bodies timed out.
+            relay.connections.render(&mut out);
         }
         let ready = u8::from(self.ready(now, margin)).to_string();
         metric(
