@@ -148,8 +148,7 @@ pub struct Config {
 
 /// Loads the certificate named by `config` (checked now, re-read when it changes).
 pub fn load_cert(config: &Config) -> Result<Arc<ReloadingCert>, crate::tls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ReloadingCert::load(&config.cert, &config.key, provider).map(Arc::new)
+    ReloadingCert::load(&config.cert, &config.key, crate::tls::provider()).map(Arc::new)
 }
 
 /// Connections still open this long after the drain are dropped.
@@ -194,8 +193,7 @@ pub async fn serve(
     shared: &Shared,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .context("failed to set up TLS")?
         .with_no_client_auth()

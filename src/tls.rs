@@ -16,6 +16,20 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// The process's one rustls crypto provider (ring): installed as the process default by
+/// `main` before anything else, and by the first caller in tests. Every TLS client and
+/// server takes it from here, so no place chooses its own.
+pub fn provider() -> Arc<CryptoProvider> {
+    if let Some(p) = CryptoProvider::get_default() {
+        return p.clone();
+    }
+    // Two threads may race here: the first install wins, and both read it back.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    CryptoProvider::get_default()
+        .expect("a crypto provider was just installed")
+        .clone()
+}
+
 /// Why the certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -583,24 +583,22 @@ async fn relay_answers(s: &crate::relay::Settings, host: &str, addr: SocketAddr)
         }
     };
     // The app's view: only the bundle (its SSL_CERT_FILE), the relay's name, no proxy.
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())
-    .and_then(|b| {
-        let tls = b
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .resolve(host, addr)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())
-    });
+    let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            let tls = b
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone())
+                .with_no_client_auth();
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .no_proxy()
+                .resolve(host, addr)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| e.to_string())
+        });
     let client = match client {
         Ok(c) => c,
         Err(e) => {
@@ -660,7 +658,7 @@ impl Recording {
         }
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            Arc::new(rustls::crypto::ring::default_provider()),
+            crate::tls::provider(),
         )
         .build()
         .ok()?;

@@ -28,8 +28,8 @@ impl Default for HttpSettings {
 /// environment (`HTTPS_PROXY`, `NO_PROXY`), no redirects (a token endpoint that redirects
 /// is a wrong URL, and a redirected POST would lose its body).
 pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
-    // Installing twice is harmless; the first provider wins.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest's rustls takes the process default.
+    crate::tls::provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("polars-cloud-auth/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
