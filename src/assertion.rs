@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair};
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaKeyPair, RsaPublicKeyComponents};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use secrecy::{ExposeSecret, SecretString};
 
 /// The `client_assertion_type` of a JWT client assertion.
@@ -178,37 +180,38 @@ impl SigningKey {
             path: path.to_path_buf(),
             reason: reason.to_string(),
         };
-        let text = std::str::from_utf8(pem).map_err(|_| Error::KeyPem {
+        let not_pem = || Error::KeyPem {
             path: path.to_path_buf(),
-        })?;
-        let (label, der) = pem_block(text).ok_or_else(|| Error::KeyPem {
-            path: path.to_path_buf(),
-        })?;
+        };
+        let text = std::str::from_utf8(pem).map_err(|_| not_pem())?;
+        // PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy PEM with RFC 1421 headers.
+        if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || text.contains("Proc-Type:") {
+            return Err(unusable(
+                "the key is encrypted; store it unencrypted in a file only the workload can read",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| not_pem())?;
         let rng = SystemRandom::new();
         let ec = |pkcs8: &[u8]| {
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
         };
-        match label.as_str() {
-            "PRIVATE KEY" => {
-                if let Ok(rsa) = RsaKeyPair::from_pkcs8(&der) {
+        match key {
+            PrivateKeyDer::Pkcs8(der) => {
+                let der = der.secret_pkcs8_der();
+                if let Ok(rsa) = RsaKeyPair::from_pkcs8(der) {
                     return Ok(Self::Rsa(rsa));
                 }
-                ec(&der).map(Self::Ec).map_err(|_| {
+                ec(der).map(Self::Ec).map_err(|_| {
                     unusable("not an RSA key of 2048 bits or more, nor an EC P-256 key")
                 })
             }
-            "RSA PRIVATE KEY" => RsaKeyPair::from_der(&der)
+            PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der())
                 .map(Self::Rsa)
                 .map_err(|_| unusable("not an RSA key of 2048 bits or more")),
-            "EC PRIVATE KEY" => ec(&sec1_to_pkcs8(&der))
+            PrivateKeyDer::Sec1(der) => ec(&sec1_to_pkcs8(der.secret_sec1_der()))
                 .map(Self::Ec)
                 .map_err(|_| unusable("not an EC P-256 key (ES256 needs the curve prime256v1)")),
-            "ENCRYPTED PRIVATE KEY" => Err(unusable(
-                "the key is encrypted; store it unencrypted in a file only the workload can read",
-            )),
-            _ => Err(Error::KeyPem {
-                path: path.to_path_buf(),
-            }),
+            _ => Err(not_pem()),
         }
     }
 
@@ -225,8 +228,8 @@ impl SigningKey {
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
         let mut jwk = match self {
             Self::Rsa(k) => {
-                let (n, e) = der_rsa_public(k.public().as_ref()).unwrap_or_default();
-                serde_json::json!({"kty": "RSA", "n": b64(n), "e": b64(e)})
+                let c: RsaPublicKeyComponents<Vec<u8>> = k.public().into();
+                serde_json::json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
             }
             Self::Ec(k) => {
                 // An uncompressed point: 0x04, then x and y of 32 bytes each.
@@ -278,43 +281,6 @@ impl SigningKey {
     }
 }
 
-/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`, the integers
-/// without their leading zero byte.
-fn der_rsa_public(der: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (tag, body, _) = der_item(der)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (t1, n, rest) = der_item(body)?;
-    let (t2, e, _) = der_item(rest)?;
-    if t1 != 0x02 || t2 != 0x02 {
-        return None;
-    }
-    let strip = |v: &'_ [u8]| -> usize { v.iter().take_while(|b| **b == 0).count() };
-    Some((&n[strip(n)..], &e[strip(e)..]))
-}
-
-/// One DER item: (tag, contents, what follows).
-fn der_item(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *der.first()?;
-    let first = *der.get(1)? as usize;
-    let (len, head) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = der
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, 2 + n)
-    };
-    let body = der.get(head..head + len)?;
-    Some((tag, body, &der[head + len..]))
-}
-
 /// Wraps a SEC1 `ECPrivateKey` of a P-256 key into PKCS#8, which ring reads.
 fn sec1_to_pkcs8(sec1: &[u8]) -> Vec<u8> {
     // AlgorithmIdentifier { id-ecPublicKey, prime256v1 }
@@ -341,39 +307,6 @@ fn push_len(out: &mut Vec<u8>, len: usize) {
     } else {
         out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
     }
-}
-
-/// The first PEM block whose label names a private key: (label, DER).
-fn pem_block(text: &str) -> Option<(String, Vec<u8>)> {
-    let mut lines = text.lines().map(str::trim);
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            continue;
-        };
-        if !label.ends_with("PRIVATE KEY") {
-            continue;
-        }
-        let end = format!("-----END {label}-----");
-        let mut b64 = String::new();
-        for line in lines.by_ref() {
-            if line == end {
-                let der = base64::engine::general_purpose::STANDARD
-                    .decode(&b64)
-                    .ok()?;
-                return Some((label.to_string(), der));
-            }
-            // RFC 1421 headers (Proc-Type, DEK-Info) mark an encrypted legacy key.
-            if line.contains(':') {
-                return Some(("ENCRYPTED PRIVATE KEY".into(), Vec::new()));
-            }
-            b64.push_str(line);
-        }
-        return None;
-    }
-    None
 }
 
 /// The variables the runner sets when the job may ask for its OIDC token
