@@ -176,13 +176,16 @@ impl Broker {
                     credential: name.clone(),
                     source,
                 })?;
-            let mut renew = self.settings.renew.clone();
-            renew.lead = renew
-                .lead
-                .max(keeper::HANDOUT_MIN + Duration::from_secs(10));
+            // The keeper adds its own lead for the token's life (keeper::lead); a fixed
+            // one here would override it for short lives (issue 18, item 7).
             keepers.insert(
                 name.clone(),
-                Arc::new(Keeper::start(name, source, renew, &self.cancel)),
+                Arc::new(Keeper::start(
+                    name,
+                    source,
+                    self.settings.renew.clone(),
+                    &self.cancel,
+                )),
             );
         }
         Ok(keepers)
