@@ -707,3 +707,51 @@ def test_the_real_client_keeps_working_on_broker_tokens_across_lives_and_session
     finally:
         broker.stop()
         idp.stop()
+
+
+SHORT_WINDOW = 48
+GRANTED = 'polars_cloud_auth_broker_requests_total{result="granted"}'
+
+
+def test_short_tokens_are_renewed_at_80_percent_and_a_broker_backed_exec_asks_once_per_life(world, tmp_path):
+    """Regression (issue 18, item 7): with 20 s tokens the broker's keeper renewed every
+    second (a forced 30 s lead) and a broker-backed `exec` asked the broker 37 times in
+    48 s. Over the same window now: the IdP sees about one request per credential per
+    token life (renewal between half and 80% of the life), exec about one ask per life."""
+    kube = world["kube"]
+    idp = idp_peer.Idp(SECRETS, ttl=20)
+    creds = credential_dirs(tmp_path, {"prod": "prod-sa", "batch": "batch-sa"})
+    policy = tmp_path / "policy.yaml"
+    write_policy(policy, creds, POLICY)
+    broker = Broker(tmp_path / "b", world["kubeconfig"], idp.issuer, policy)
+    try:
+        stored_pod(kube, "team-a", "short-1")
+        assertion = tmp_path / "sa-token"
+        assertion.write_text(sa_token(kube, "team-a", "default", "short-1"))
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("POLARS_CLOUD") and k.lower() not in
+               ("https_proxy", "http_proxy", "all_proxy")}
+        env.update(HOME=str(tmp_path), NO_PROXY="127.0.0.1,localhost",
+                   POLARS_CLOUD_ISSUER=idp.issuer, POLARS_CLOUD_GRANT="client-credentials",
+                   POLARS_CLOUD_TOKEN_URL=broker.base + "/token",
+                   POLARS_CLOUD_CLIENT_ASSERTION_FILE=str(assertion),
+                   POLARS_CLOUD_CA_PEM=broker.tls["ca"].read_text())
+        before = len(token_requests(idp))
+        granted = broker.metrics().get(GRANTED, 0)
+        run = subprocess.run([str(cluster.binary()), "exec", "--", "sleep", str(SHORT_WINDOW)],
+                             env=env, capture_output=True, timeout=SHORT_WINDOW + 60)
+        assert run.returncode == 0, run.stderr.decode(errors="replace")[-4000:]
+        asks = broker.metrics()[GRANTED] - granted
+        idp_requests = len(token_requests(idp)) - before
+        print(f"\n20 s tokens over {SHORT_WINDOW} s: {idp_requests} IdP requests for 2 "
+              f"credentials, {asks:.0f} exec asks of the broker")
+        lives = SHORT_WINDOW / 20
+        # At most one renewal per half life per credential (2 credentials), plus slack
+        # for the edges of the window; before the fix: about one a second each.
+        assert idp_requests <= 2 * (2 * lives + 1), idp_requests
+        # exec asks once per token it is handed, and again while the broker has not yet
+        # renewed; before the fix: 37.
+        assert asks <= 3 * lives + 2, asks
+    finally:
+        broker.stop()
+        idp.stop()
