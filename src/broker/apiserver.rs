@@ -232,8 +232,55 @@ impl ApiServer {
         })
     }
 
-    /// Sends a TokenReview and returns the API server's answer.
-    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
+    /// The keys that sign the cluster's service-account tokens: the discovery document's
+    /// `jwks_uri`, fetched from the API server (which serves both to service accounts by
+    /// default: the `system:service-account-issuer-discovery` ClusterRole).
+    pub async fn jwks(&self) -> Result<super::jwks::KeySet, String> {
+        use super::jwks;
+        let path = match self.get(jwks::DISCOVERY_PATH).await {
+            Ok(body) => jwks::jwks_path(&body).map_err(|e| e.to_string())?,
+            Err(e) => {
+                tracing::debug!(error = %e, "no OIDC discovery document; trying the default key set path");
+                jwks::JWKS_PATH.to_string()
+            }
+        };
+        let body = self.get(&path).await?;
+        jwks::parse(&body).map_err(|e| e.to_string())
+    }
+
+    /// A GET on the API server with the broker's credential, the body at most 1 MiB.
+    async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
+        const MAX: usize = 1 << 20;
+        let url = self
+            .reviews
+            .join(path)
+            .map_err(|e| format!("path '{path}': {e}"))?;
+        let mut response = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::AUTHORIZATION, self.authorization()?)
+            .send()
+            .await
+            .map_err(|e| format!("the API server at {url} did not answer: {e}"))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("the API server's answer broke off: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX {
+                return Err(format!("the API server's answer at {url} is over 1 MiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(format!("the API server answered {status} at {url}"));
+        }
+        Ok(body)
+    }
+
+    fn authorization(&self) -> Result<reqwest::header::HeaderValue, String> {
         let bearer = match &self.credential {
             Credential::Token(t) => t.clone(),
             Credential::File(path) => std::fs::read_to_string(path)
@@ -249,10 +296,15 @@ impl ApiServer {
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
                 .map_err(|_| "the broker's own token is not a valid header value".to_string())?;
         auth.set_sensitive(true);
+        Ok(auth)
+    }
+
+    /// Sends a TokenReview and returns the API server's answer.
+    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
         let response = self
             .http
             .post(self.reviews.clone())
-            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::AUTHORIZATION, self.authorization()?)
             .json(review)
             .send()
             .await

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod jwks;
 pub mod keeper;
 pub mod policy;
 pub mod review;

@@ -292,7 +292,7 @@ def test_refusals_say_what_to_change(world):
                                403, "access_denied", "team-c/default"),
         "a forged signature": (forged({"aud": [AUD], "exp": int(time.time()) + 300,
                                        "sub": "system:serviceaccount:team-a:default"}),
-                               401, "invalid_client", "API server did not accept"),
+                               401, "invalid_client", "not signed by this cluster"),
         "not a JWT": ("hello", 401, "invalid_client", "not a JWT"),
     }
     for what, (assertion, status, error, text) in cases.items():
@@ -755,3 +755,64 @@ def test_short_tokens_are_renewed_at_80_percent_and_a_broker_backed_exec_asks_on
     finally:
         broker.stop()
         idp.stop()
+
+
+FORGED = int(os.environ.get("POLARS_CLOUD_AUTH_FORGED", "500"))
+
+
+def apiserver_tokenreviews(kube) -> float:
+    """TokenReviews the API server answered, from its own /metrics."""
+    text = kube.run("get", "--raw", "/metrics").stdout
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'resource="tokenreviews"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_forged_tokens_cost_the_api_server_nothing(world):
+    """Regression (issue 18, item 6): each unique forged token (right audience, any
+    signature) cost one TokenReview, and the cache grew by one entry each. Now FORGED
+    forged tokens, unique and sent at once, with the cluster key's kid, with an unknown
+    kid and with none, make no review (the broker's counters and the API server's own
+    request counter agree), and a genuine token is still granted afterwards."""
+    kube, broker = world["kube"], world["broker"]
+    stored_pod(kube, "team-a", "forge-1")
+    real = sa_token(kube, "team-a", "default", "forge-1")
+    header = json.loads(base64.urlsafe_b64decode(real.split(".")[0] + "=="))
+    body = claims(real)
+    b64 = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+
+    def forge(i: int) -> str:
+        head = dict(header)
+        if i % 3 == 1:
+            head["kid"] = f"rotated-{i}"
+        elif i % 3 == 2:
+            head.pop("kid", None)
+        payload = dict(body, jti=f"forged-{i}")
+        return f"{b64(head)}.{b64(payload)}.{real.split('.')[2]}"
+
+    before = broker.metrics()
+    api_before = apiserver_tokenreviews(kube)
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(broker.request, (forge(i) for i in range(FORGED))))
+    elapsed = time.monotonic() - t0
+    assert all(s == 401 for s, _ in results), {s for s, _ in results}
+    assert all("not signed by this cluster" in b["error_description"] for _, b in results)
+    after = broker.metrics()
+    delta = lambda k: after.get(k, 0) - before.get(k, 0)  # noqa: E731
+    reviews = sum(delta(f'polars_cloud_auth_broker_token_reviews_total{{result="{r}"}}')
+                  for r in ("authenticated", "refused", "failed"))
+    api_reviews = apiserver_tokenreviews(kube) - api_before
+    cached = delta("polars_cloud_auth_broker_token_reviews_cached")
+    forged_count = delta('polars_cloud_auth_broker_token_signatures_total{result="forged"}')
+    print(f"\n{FORGED} forged tokens in {elapsed:.1f} s: {reviews:.0f} broker reviews, "
+          f"{api_reviews:.0f} API server tokenreviews, cache grew by {cached:.0f}")
+    assert reviews == 0 and api_reviews == 0, (reviews, api_reviews)
+    assert cached <= 0, cached
+    assert forged_count == FORGED, forged_count
+    # The real token is still reviewed once and granted.
+    status, granted = broker.request(real)
+    assert status == 200, granted
+    assert apiserver_tokenreviews(kube) - api_before == 1
