@@ -816,3 +816,36 @@ def test_forged_tokens_cost_the_api_server_nothing(world):
     status, granted = broker.request(real)
     assert status == 200, granted
     assert apiserver_tokenreviews(kube) - api_before == 1
+
+
+def test_an_unauthenticated_scrape_sees_counts_and_credential_names_only(world):
+    """Issue 18, item 8 (decision in docs/security-broker.md): /metrics is open to any pod
+    that reaches the broker, as Prometheus scrapes it. After grants and refusals it holds
+    counters by result and the credentials' names from the policy (configuration the admin
+    chose), and never a token, a secret, a client id, or a caller's namespace, service
+    account or pod."""
+    kube, broker = world["kube"], world["broker"]
+    stored_pod(kube, "team-a", "scrape-granted", sa="etl")
+    stored_pod(kube, "team-c", "scrape-refused")
+    granted_sa = sa_token(kube, "team-a", "etl", "scrape-granted")
+    refused_sa = sa_token(kube, "team-c", "default", "scrape-refused")
+    status, body = broker.request(granted_sa)
+    assert status == 200, body
+    assert broker.request(refused_sa)[0] == 403
+    fake = forged({"aud": [AUD], "exp": int(time.time()) + 300,
+                   "sub": "system:serviceaccount:team-b:reporter"})
+    assert broker.request(fake)[0] == 401
+    # Plain GET without any credential, as any pod could.
+    _, text = cluster.https_get(broker.base + "/metrics", broker.tls["ca"])
+    secrets = [body["access_token"], granted_sa, refused_sa, fake, *SECRETS.values(),
+               *SECRETS.keys()]
+    for s in secrets:
+        for part in s.split("."):
+            if len(part) > 8:
+                assert part not in text, "a token or secret in /metrics"
+    callers = ["team-a", "team-b", "team-c", "etl", "reporter", "scrape-granted",
+               "scrape-refused", "serviceaccount"]
+    for c in callers:
+        assert c not in text, f"caller identity {c!r} in /metrics"
+    # What it does say: each credential by its policy name.
+    assert 'credential="prod"' in text and 'credential="batch"' in text
