@@ -250,6 +250,13 @@ impl Broker {
         let who = match self.reviewer.verify(assertion).await {
             Ok(Ok(who)) => who,
             Ok(Err(refusal)) => return self.refused_token(refusal),
+            Err(throttled @ review::Unavailable::Throttled(_)) => {
+                self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %throttled, "token review not sent");
+                return Outcome::Unavailable {
+                    description: throttled.to_string(),
+                };
+            }
             Err(unavailable) => {
                 self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %unavailable, "token review failed");

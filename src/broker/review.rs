@@ -78,12 +78,20 @@ pub enum Refusal {
     NotBoundToPod(String),
 }
 
-/// The review could not be had: the API server is unreachable or refuses the broker.
+/// The review could not be had now.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the token review failed: {0} (the broker needs `create` on tokenreviews.authentication.k8s.io, which the chart's ClusterRole grants)"
-)]
-pub struct Unavailable(pub String);
+pub enum Unavailable {
+    /// The API server is unreachable or refuses the broker.
+    #[error(
+        "the token review failed: {0} (the broker needs `create` on tokenreviews.authentication.k8s.io, which the chart's ClusterRole grants)"
+    )]
+    Review(String),
+    /// One service account's new tokens are over its review budget.
+    #[error(
+        "too many new tokens of {0} to review at once (more than {REVIEW_BURST}, then {REVIEW_RATE} a second); retry shortly"
+    )]
+    Throttled(String),
+}
 
 /// Checks what the token says of itself; returns until when a good review may be cached.
 pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<SystemTime, Refusal> {
@@ -426,9 +434,7 @@ impl Reviewer {
             .unwrap_or(true);
         if !allowed {
             self.throttled.fetch_add(1, Ordering::Relaxed);
-            return Err(Unavailable(format!(
-                "too many new tokens of {caller} to review at once (more than {REVIEW_BURST}, then {REVIEW_RATE} a second)"
-            )));
+            return Err(Unavailable::Throttled(caller));
         }
         let reviewed = self
             .api
@@ -436,7 +442,7 @@ impl Reviewer {
             .await
             .map_err(|e| {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                Unavailable(e)
+                Unavailable::Review(e)
             })?;
         let verdict = identity(&reviewed.status.unwrap_or_default(), &self.audience);
         let counter = if verdict.is_ok() {
