@@ -41,20 +41,38 @@ impl Default for Policy {
     }
 }
 
-/// How long to wait from `now` before renewing `token`.
+/// The earliest point of a token's life at which a lead may bring its renewal: a token is
+/// never renewed before half of its life has passed, so each token is renewed once and
+/// the provider sees at most one request per half life, whatever the lead or the life.
+pub const EARLIEST: f64 = 0.5;
+
+/// How long to wait from `now` before renewing `token`: the one renewal rule, used by every
+/// renewer (the sidecar, the broker's keepers, exec's feed).
 ///
-/// The target is `renew_at` of the life minus a random share of `jitter`; the result is
-/// never below `min_interval`, and never past the instant the token expires unless the
-/// floor itself pushes it there (a token living less than the floor).
+/// The point is `renew_at` of the life (0.8), up to `jitter` of it earlier at random. A
+/// `lead` brings it earlier, to `lead` before expiry, but never before [`EARLIEST`] of the
+/// life: with tokens shorter than about twice the lead, the lead cannot be had, and
+/// renewing every second would not give it either. A token already past its point (the
+/// provider handed back the one we hold, or we are late) is asked for again after half of
+/// what it has left, so repeated asks thin out instead of spinning. The
+/// wait is never below `min_interval`, and never past the token's expiry unless that floor
+/// pushes it there.
 pub fn next_renewal(token: &AccessToken, now: SystemTime, policy: &Policy, draw: f64) -> Duration {
-    let life = token.lifetime().as_secs_f64();
+    let life = token.lifetime();
     let fraction = (policy.renew_at - policy.jitter * draw.clamp(0.0, 1.0)).clamp(0.05, 0.99);
-    let target = token.issued_at() + Duration::from_secs_f64(life * fraction);
-    let wait = target.duration_since(now).unwrap_or_default();
+    let planned = token.issued_at() + life.mul_f64(fraction);
+    let earliest = token.issued_at() + life.mul_f64(EARLIEST.min(fraction));
+    let led = token
+        .expires_at()
+        .checked_sub(policy.lead)
+        .unwrap_or(earliest);
+    let point = planned.min(led.max(earliest));
     let remaining = token.remaining(now);
-    wait.min(remaining)
-        .min(remaining.saturating_sub(policy.lead))
-        .max(policy.min_interval)
+    let wait = match point.duration_since(now) {
+        Ok(wait) if !wait.is_zero() => wait.min(remaining),
+        _ => remaining / 2,
+    };
+    wait.max(policy.min_interval)
 }
 
 /// The wait before retry number `attempt` (0 for the first) after a transient failure:
@@ -174,10 +192,81 @@ mod tests {
             next_renewal(&token(0, 40), secs(0), &p, 0.0),
             Duration::from_secs(25)
         );
-        // Shorter than the lead: the floor keeps the provider from being hammered.
+        // Shorter than the lead: half the life, not a renewal every second.
         assert_eq!(
             next_renewal(&token(0, 10), secs(0), &p, 0.0),
-            p.min_interval
+            Duration::from_secs(5)
+        );
+    }
+
+    /// Regression (issue 18, item 7): a lead longer than the life made every renewer ask
+    /// once a second (the broker's forced 30 s lead with 20 s tokens).
+    #[test]
+    fn renewal_is_at_eighty_percent_and_once_per_life_for_every_life() {
+        for life in [5u64, 20, 60, 300, 3600] {
+            let l = Duration::from_secs(life);
+            // No lead: exactly 80%.
+            let plain = next_renewal(&token(0, life), secs(0), &Policy::default(), 0.0);
+            assert_eq!(plain, l.mul_f64(0.8), "{life}s");
+            // Any lead (the relay's 15 s, the broker's 30 s, one longer than the life)
+            // and any jitter: between half and 80% of the life.
+            for lead in [0u64, 15, 30, 100_000] {
+                for draw in [0.0, 0.5, 1.0] {
+                    let p = Policy {
+                        lead: Duration::from_secs(lead),
+                        ..Policy::default()
+                    };
+                    let wait = next_renewal(&token(0, life), secs(0), &p, draw);
+                    assert!(
+                        wait >= l / 2 && wait <= l.mul_f64(0.8),
+                        "{life}s lead {lead}s draw {draw}: {wait:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_renewer_asks_at_most_twice_per_life_over_an_hour() {
+        // Each renewal gets a fresh token of the same life; count the asks in an hour,
+        // with the worst lead and jitter.
+        for life in [5u64, 20, 60, 300, 3600] {
+            let p = Policy {
+                lead: Duration::from_secs(100_000),
+                ..Policy::default()
+            };
+            let mut now = Duration::ZERO;
+            let mut asks = 0u64;
+            while now < Duration::from_secs(3600) {
+                let issued = UNIX_EPOCH + now;
+                let t = AccessToken::new(
+                    "t".to_string().into(),
+                    issued,
+                    issued + Duration::from_secs(life),
+                );
+                now += next_renewal(&t, issued, &p, 1.0);
+                asks += 1;
+            }
+            assert!(asks <= 3600 * 2 / life + 1, "{life}s: {asks} asks");
+        }
+    }
+
+    #[test]
+    fn the_same_token_handed_back_is_asked_for_again_less_and_less_often() {
+        // exec's feed got back the token it holds (the broker had not renewed yet): the
+        // next ask waits half of what is left, not the one-second floor.
+        let p = Policy {
+            lead: Duration::from_secs(15),
+            ..Policy::default()
+        };
+        let held = token(0, 20);
+        assert_eq!(
+            next_renewal(&held, secs(10), &p, 0.0),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            next_renewal(&held, secs(19), &p, 0.0),
+            Duration::from_secs(1)
         );
     }
 
@@ -205,7 +294,7 @@ mod tests {
             min_interval: Duration::from_secs(5),
             ..Policy::default()
         };
-        // Already past the renewal point: wait the floor, not zero.
+        // Already past the renewal point: half of what is left, at least the floor.
         assert_eq!(
             next_renewal(&token(0, 300), secs(290), &p, 0.0),
             Duration::from_secs(5)

@@ -200,6 +200,24 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     );
     family(
         &mut out,
+        "broker_token_signatures_total",
+        "counter",
+        "Signature checks of tokens not in the cache, by result: forged tokens are refused without a review; unchecked ones went to review while the cluster's keys could not be fetched.",
+        &[
+            ("{result=\"valid\"}", n(&r.signed)),
+            ("{result=\"forged\"}", n(&r.forged)),
+            ("{result=\"unchecked\"}", n(&r.unchecked)),
+        ],
+    );
+    family(
+        &mut out,
+        "broker_token_reviews_throttled_total",
+        "counter",
+        "Reviews not sent because one service account asked for too many at once.",
+        &[("", n(&r.throttled))],
+    );
+    family(
+        &mut out,
         "broker_token_reviews_cached",
         "gauge",
         "Reviews held in the cache (about one per pod).",

@@ -23,9 +23,55 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the broker authenticates to the API server.
 enum Credential {
-    /// Re-read at every call: the kubelet rotates a projected token.
-    File(PathBuf),
+    /// Re-read at every call: the kubelet rotates a projected token. A failed read keeps
+    /// the last good token, as kube's token file does (the kubelet swaps the file).
+    File {
+        path: PathBuf,
+        last: std::sync::Mutex<Option<SecretString>>,
+    },
     Token(SecretString),
+}
+
+impl Credential {
+    fn file(path: PathBuf) -> Self {
+        Self::File {
+            path,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn bearer(&self) -> Result<SecretString, String> {
+        match self {
+            Self::Token(t) => Ok(t.clone()),
+            Self::File { path, last } => {
+                let read = std::fs::read_to_string(path)
+                    .map_err(|e| e.to_string())
+                    .map(|t| t.trim().to_string())
+                    .and_then(|t| {
+                        if t.is_empty() {
+                            Err("the file is empty".to_string())
+                        } else {
+                            Ok(SecretString::from(t))
+                        }
+                    });
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                match (read, last.as_ref()) {
+                    (Ok(token), _) => {
+                        *last = Some(token.clone());
+                        Ok(token)
+                    }
+                    (Err(e), Some(good)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "failed to read the broker's own token; using the last one read");
+                        Ok(good.clone())
+                    }
+                    (Err(e), None) => Err(format!(
+                        "failed to read the broker's own token '{}': {e}",
+                        path.display()
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// The API server, found once at start.
@@ -94,14 +140,17 @@ struct ClusterEntry {
 #[serde(rename_all = "kebab-case")]
 struct UserEntry {
     token: Option<String>,
+    /// kubectl writes `tokenFile`.
+    #[serde(alias = "tokenFile")]
     token_file: Option<PathBuf>,
 }
 
 impl ApiServer {
-    /// `KUBECONFIG` when set, else the pod's service account.
+    /// `KUBECONFIG` when set (a list of files, as kubectl and kube read it), else the
+    /// pod's service account.
     pub fn infer() -> Result<Self, Error> {
         match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-            Some(path) => Self::from_kubeconfig(Path::new(&path)),
+            Some(list) => Self::from_kubeconfigs(&kubeconfig_paths(&list)),
             None => Self::in_cluster(),
         }
     }
@@ -125,7 +174,7 @@ impl ApiServer {
         Self::new(
             &format!("https://{host}:{port}"),
             &ca,
-            Credential::File(token),
+            Credential::file(token),
         )
         .map_err(|e| match e {
             Error::Kubeconfig { message, .. } => Error::Ca(message),
@@ -135,12 +184,61 @@ impl ApiServer {
 
     /// The current context of a kubeconfig, authenticated by a token.
     pub fn from_kubeconfig(path: &Path) -> Result<Self, Error> {
+        Self::from_kubeconfigs(&[path.to_path_buf()])
+    }
+
+    /// The current context of the kubeconfigs `paths`, merged as kubectl merges the
+    /// `KUBECONFIG` list: files that do not exist are skipped, the first file to set
+    /// `current-context` (or to name a context, cluster or user) wins, and relative
+    /// `certificate-authority` and `tokenFile` paths are relative to the folder of the
+    /// file that holds them.
+    pub fn from_kubeconfigs(paths: &[PathBuf]) -> Result<Self, Error> {
+        let Some(first) = paths.first() else {
+            return Err(Error::NotFound);
+        };
+        let mut existing: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
+        if existing.is_empty() {
+            // None there: reading the first says which and why.
+            existing.push(first);
+        }
+        let shown = if paths.len() == 1 {
+            first.to_path_buf()
+        } else {
+            PathBuf::from(std::env::join_paths(paths).unwrap_or_default())
+        };
         let bad = |message: String| Error::Kubeconfig {
-            path: path.to_path_buf(),
+            path: shown.clone(),
             message,
         };
-        let text = read(path)?;
-        let config: Kubeconfig = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config = Kubeconfig {
+            current_context: None,
+            contexts: Vec::new(),
+            clusters: Vec::new(),
+            users: Vec::new(),
+        };
+        for path in existing {
+            let text = read(path)?;
+            let mut one: Kubeconfig =
+                serde_saphyr::from_str(&text).map_err(|e| Error::Kubeconfig {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            for c in &mut one.clusters {
+                if let Some(ca) = &mut c.value.certificate_authority {
+                    *ca = dir.join(&*ca);
+                }
+            }
+            for u in &mut one.users {
+                if let Some(file) = &mut u.value.token_file {
+                    *file = dir.join(&*file);
+                }
+            }
+            config.current_context = config.current_context.or(one.current_context);
+            config.contexts.extend(one.contexts);
+            config.clusters.extend(one.clusters);
+            config.users.extend(one.users);
+        }
         let current = config
             .current_context
             .ok_or_else(|| bad("no current-context".into()))?;
@@ -179,7 +277,7 @@ impl ApiServer {
         };
         let credential = match (user.token, user.token_file) {
             (Some(t), _) => Credential::Token(t.into()),
-            (None, Some(file)) => Credential::File(file),
+            (None, Some(file)) => Credential::file(file),
             (None, None) => {
                 return Err(bad(format!(
                     "user '{}' has no token or tokenFile: the broker authenticates with a bearer token",
@@ -232,27 +330,69 @@ impl ApiServer {
         })
     }
 
-    /// Sends a TokenReview and returns the API server's answer.
-    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
-        let bearer = match &self.credential {
-            Credential::Token(t) => t.clone(),
-            Credential::File(path) => std::fs::read_to_string(path)
-                .map(|t| SecretString::from(t.trim().to_string()))
-                .map_err(|e| {
-                    format!(
-                        "failed to read the broker's own token '{}': {e}",
-                        path.display()
-                    )
-                })?,
+    /// The keys that sign the cluster's service-account tokens: the discovery document's
+    /// `jwks_uri`, fetched from the API server (which serves both to service accounts by
+    /// default: the `system:service-account-issuer-discovery` ClusterRole).
+    pub async fn jwks(&self) -> Result<super::jwks::KeySet, String> {
+        use super::jwks;
+        let path = match self.get(jwks::DISCOVERY_PATH).await {
+            Ok(body) => jwks::jwks_path(&body).map_err(|e| e.to_string())?,
+            Err(e) => {
+                tracing::debug!(error = %e, "no OIDC discovery document; trying the default key set path");
+                jwks::JWKS_PATH.to_string()
+            }
         };
+        let body = self.get(&path).await?;
+        jwks::parse(&body).map_err(|e| e.to_string())
+    }
+
+    /// A GET on the API server with the broker's credential, the body at most 1 MiB.
+    async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
+        const MAX: usize = 1 << 20;
+        let url = self
+            .reviews
+            .join(path)
+            .map_err(|e| format!("path '{path}': {e}"))?;
+        let mut response = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::AUTHORIZATION, self.authorization()?)
+            .send()
+            .await
+            .map_err(|e| format!("the API server at {url} did not answer: {e}"))?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("the API server's answer broke off: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX {
+                return Err(format!("the API server's answer at {url} is over 1 MiB"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(format!("the API server answered {status} at {url}"));
+        }
+        Ok(body)
+    }
+
+    fn authorization(&self) -> Result<reqwest::header::HeaderValue, String> {
+        let bearer = self.credential.bearer()?;
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
                 .map_err(|_| "the broker's own token is not a valid header value".to_string())?;
         auth.set_sensitive(true);
+        Ok(auth)
+    }
+
+    /// Sends a TokenReview and returns the API server's answer.
+    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
         let response = self
             .http
             .post(self.reviews.clone())
-            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::AUTHORIZATION, self.authorization()?)
             .json(review)
             .send()
             .await
@@ -276,6 +416,13 @@ impl ApiServer {
         serde_json::from_slice(&body)
             .map_err(|e| format!("the API server's answer is not a TokenReview: {e}"))
     }
+}
+
+/// The files of a `KUBECONFIG` list (`:`-separated, `;` on Windows), empty entries left out.
+pub fn kubeconfig_paths(list: &std::ffi::OsStr) -> Vec<PathBuf> {
+    std::env::split_paths(list)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect()
 }
 
 fn read(path: &Path) -> Result<String, Error> {
@@ -326,5 +473,61 @@ mod tests {
                 .to_string();
             assert!(e.contains(want) && e.contains("kubeconfig"), "{e}");
         }
+    }
+
+    /// Regression (issue 18, item 12): KUBECONFIG was taken as one path.
+    #[test]
+    fn a_kubeconfig_list_is_merged_as_kubectl_merges_it() {
+        let d = tempfile::tempdir().unwrap();
+        let users = d.path().join("users.yaml");
+        std::fs::write(&users, "users:\n- name: u\n  user: {token: first}\n").unwrap();
+        let main = d.path().join("main.yaml");
+        std::fs::write(
+            &main,
+            "current-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nclusters:\n- name: k\n  cluster: {server: 'https://127.0.0.1:6443'}\nusers:\n- name: u\n  user: {token: second}\n",
+        )
+        .unwrap();
+        let list = std::env::join_paths([&users, &d.path().join("missing.yaml"), &main]).unwrap();
+        let paths = kubeconfig_paths(&list);
+        assert_eq!(paths.len(), 3);
+        let api = ApiServer::from_kubeconfigs(&paths).unwrap();
+        assert_eq!(api.reviews.host_str(), Some("127.0.0.1"));
+        // The first file to name user 'u' wins.
+        use secrecy::ExposeSecret as _;
+        assert_eq!(api.credential.bearer().unwrap().expose_secret(), "first");
+        // Nothing there: the error names the file.
+        let none = [d.path().join("nope.yaml")];
+        let e = ApiServer::from_kubeconfigs(&none)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("nope.yaml"), "{e}");
+    }
+
+    /// Regression (issue 18, item 12): relative `certificate-authority` and `tokenFile`
+    /// were read from the working directory, and a failed token read failed the review.
+    #[test]
+    fn relative_paths_are_the_kubeconfigs_and_a_failed_token_read_keeps_the_last() {
+        use secrecy::ExposeSecret as _;
+        let d = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["kube".into()]).unwrap();
+        std::fs::write(d.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(d.path().join("token"), "tok-1\n").unwrap();
+        let text = "current-context: c\ncontexts:\n- name: c\n  context: {cluster: k, user: u}\nclusters:\n- name: k\n  cluster: {server: 'https://127.0.0.1:6443', certificate-authority: ca.pem}\nusers:\n- name: u\n  user: {tokenFile: token}\n";
+        let api = ApiServer::from_kubeconfig(&write(d.path(), text)).unwrap();
+        assert_eq!(api.credential.bearer().unwrap().expose_secret(), "tok-1");
+        // The kubelet-style swap: for a moment the file is gone, then a new token.
+        std::fs::remove_file(d.path().join("token")).unwrap();
+        assert_eq!(api.credential.bearer().unwrap().expose_secret(), "tok-1");
+        std::fs::write(d.path().join("token"), "tok-2").unwrap();
+        assert_eq!(api.credential.bearer().unwrap().expose_secret(), "tok-2");
+        // Never read at all: the error names the file, and holds no token.
+        std::fs::remove_file(d.path().join("token")).unwrap();
+        let fresh = ApiServer::from_kubeconfig(&write(d.path(), text)).unwrap();
+        let e = fresh.credential.bearer().unwrap_err();
+        assert!(
+            e.contains(&*d.path().join("token").to_string_lossy()),
+            "{e}"
+        );
     }
 }

@@ -234,4 +234,65 @@ mod tests {
         assert_eq!(lead(Duration::from_secs(300)), LEAD);
         assert_eq!(handout_min(Duration::from_secs(300)), HANDOUT_MIN);
     }
+
+    /// Regression (issue 18, item 7): a broker-backed exec asked 37 times in 48 s with
+    /// 20 s tokens. Plays the keeper (renewing at its rule, handing out by
+    /// [`handout_min`]) against exec's feed (the relay's lead), worst jitter on both.
+    #[test]
+    fn a_client_of_the_broker_asks_about_once_per_token_life() {
+        use crate::relay::CLIENT_LEAD;
+        for secs in [20u64, 60, 300, 3600] {
+            let life = Duration::from_secs(secs);
+            let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+            let keeper = |issued: SystemTime| {
+                let token = AccessToken::new("k".to_string().into(), issued, issued + life);
+                let policy = Policy {
+                    lead: lead(life),
+                    ..Policy::default()
+                };
+                let next = issued + renew::next_renewal(&token, issued, &policy, 1.0);
+                (token, next)
+            };
+            let client_policy = Policy {
+                lead: CLIENT_LEAD,
+                ..Policy::default()
+            };
+            let (mut held, mut renews_at) = keeper(t0);
+            let mut idp = 1u64;
+            let mut now = t0;
+            let mut client: Option<AccessToken> = None;
+            let mut asks = 0u64;
+            let window = life * 20;
+            while now < t0 + window {
+                // The keeper's renewals up to now.
+                while renews_at <= now {
+                    (held, renews_at) = keeper(renews_at);
+                    idp += 1;
+                }
+                // The broker waits for the renewal rather than hand out a spent token.
+                if held.remaining(now) < handout_min(life) {
+                    now = renews_at;
+                    continue;
+                }
+                asks += 1;
+                let got = AccessToken::new("k".to_string().into(), now, held.expires_at());
+                if client
+                    .as_ref()
+                    .is_none_or(|c| got.expires_at() > c.expires_at())
+                {
+                    client = Some(got);
+                }
+                let c = client.as_ref().unwrap();
+                now += renew::next_renewal(c, now, &client_policy, 0.0);
+            }
+            assert!(
+                asks <= idp * 2,
+                "{secs}s tokens: {asks} asks of the broker for {idp} provider tokens"
+            );
+            assert!(
+                idp <= 20 * 2 + 1,
+                "{secs}s: {idp} provider requests in 20 lives"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod apiserver;
+pub mod jwks;
 pub mod keeper;
 pub mod policy;
 pub mod review;
@@ -176,13 +177,16 @@ impl Broker {
                     credential: name.clone(),
                     source,
                 })?;
-            let mut renew = self.settings.renew.clone();
-            renew.lead = renew
-                .lead
-                .max(keeper::HANDOUT_MIN + Duration::from_secs(10));
+            // The keeper adds its own lead for the token's life (keeper::lead); a fixed
+            // one here would override it for short lives (issue 18, item 7).
             keepers.insert(
                 name.clone(),
-                Arc::new(Keeper::start(name, source, renew, &self.cancel)),
+                Arc::new(Keeper::start(
+                    name,
+                    source,
+                    self.settings.renew.clone(),
+                    &self.cancel,
+                )),
             );
         }
         Ok(keepers)
@@ -246,6 +250,13 @@ impl Broker {
         let who = match self.reviewer.verify(assertion).await {
             Ok(Ok(who)) => who,
             Ok(Err(refusal)) => return self.refused_token(refusal),
+            Err(throttled @ review::Unavailable::Throttled(_)) => {
+                self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %throttled, "token review not sent");
+                return Outcome::Unavailable {
+                    description: throttled.to_string(),
+                };
+            }
             Err(unavailable) => {
                 self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %unavailable, "token review failed");

@@ -1,29 +1,43 @@
 //! Who a sidecar is: its pod's projected service-account token, checked by the API
 //! server (TokenReview), which also checks that the pod it is bound to still exists.
 //!
-//! A review is cached until the token's `exp` (at most [`MAX_CACHED`]), so the API server
-//! sees one review per pod per token life, not one per request; a refusal is cached the
-//! same way, so a refused token repeated cannot become a stream of reviews. Cheap checks on the
-//! token's own claims (audience, expiry) come first and refuse without asking.
+//! Cheap checks come first and refuse without asking the API server: the token's own
+//! claims (audience, expiry), then its signature against the cluster's service-account
+//! keys ([`super::jwks`], refreshed on an unknown `kid` at most every [`KEYS_REFRESH`]).
+//! A forged token costs the API server nothing; only genuinely signed tokens are
+//! reviewed, at most [`REVIEW_BURST`] at once and [`REVIEW_RATE`] a second per service
+//! account. A review is cached until the token's `exp` (at most [`MAX_CACHED`]), so the
+//! API server sees one review per pod per token life, not one per request; a refusal of
+//! a genuinely signed token (its pod deleted) is cached the same way. When the cache is
+//! full, refusals and the soonest-expiring entries go first ([`evict`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 
+use super::jwks::{Check, KeySet};
 use super::policy::Identity;
 
 /// A reviewed token is trusted this long at most, whatever its `exp`: the bound on how
 /// long a deleted pod's token keeps working once reviewed.
 pub const MAX_CACHED: Duration = Duration::from_secs(600);
-/// Reviews kept at most; beyond, new ones are not cached (still answered).
+/// Reviews kept at most; beyond, [`evict`] makes room.
 const MAX_ENTRIES: usize = 200_000;
 /// Expired entries are swept after this many insertions.
 const SWEEP_EVERY: u64 = 1024;
 /// Longer assertions are refused unread.
 pub const MAX_TOKEN: usize = 16 * 1024;
+/// The key set is fetched again (for a `kid` it does not hold) at most this often.
+pub const KEYS_REFRESH: Duration = Duration::from_secs(10);
+/// TokenReviews one service account may cause at once...
+pub const REVIEW_BURST: u32 = 200;
+/// ...and then per second.
+pub const REVIEW_RATE: u32 = 20;
+/// Service accounts whose review budget is tracked at most (idle ones are forgotten first).
+const MAX_CALLERS: usize = 50_000;
 
 const SA_PREFIX: &str = "system:serviceaccount:";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
@@ -40,6 +54,11 @@ pub enum Refusal {
         "the service-account token is for audience [{found}], not '{wanted}': use a projected token with audience '{wanted}' (the injector adds one)"
     )]
     Audience { found: String, wanted: String },
+    /// Not signed by the cluster's service-account issuer: forged, or from another cluster.
+    #[error(
+        "the service-account token is not signed by this cluster's service-account issuer: send the pod's projected service-account token, unchanged"
+    )]
+    Signature,
     /// Its `exp` has passed.
     #[error(
         "the service-account token expired {ago}s ago: read the projected token file again at every use (the kubelet renews it)"
@@ -59,12 +78,20 @@ pub enum Refusal {
     NotBoundToPod(String),
 }
 
-/// The review could not be had: the API server is unreachable or refuses the broker.
+/// The review could not be had now.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the token review failed: {0} (the broker needs `create` on tokenreviews.authentication.k8s.io, which the chart's ClusterRole grants)"
-)]
-pub struct Unavailable(pub String);
+pub enum Unavailable {
+    /// The API server is unreachable or refuses the broker.
+    #[error(
+        "the token review failed: {0} (the broker needs `create` on tokenreviews.authentication.k8s.io, which the chart's ClusterRole grants)"
+    )]
+    Review(String),
+    /// One service account's new tokens are over its review budget.
+    #[error(
+        "too many new tokens of {0} to review at once (more than {REVIEW_BURST}, then {REVIEW_RATE} a second); retry shortly"
+    )]
+    Throttled(String),
+}
 
 /// Checks what the token says of itself; returns until when a good review may be cached.
 pub fn precheck(token: &str, audience: &str, now: SystemTime) -> Result<SystemTime, Refusal> {
@@ -141,11 +168,105 @@ pub fn request(token: &str, audience: &str) -> TokenReview {
 }
 
 /// A review's verdict, kept until the token's `exp` (at most [`MAX_CACHED`]). Refusals
-/// are kept too: a token the API server refused (its pod deleted, its signature wrong)
-/// stays refused, and a client repeating it must not become a stream of reviews.
-struct Cached {
-    verdict: Result<Identity, Refusal>,
-    until: SystemTime,
+/// are kept too: a genuinely signed token the API server refused (its pod deleted) stays
+/// refused, and a client repeating it must not become a stream of reviews.
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub verdict: Result<Identity, Refusal>,
+    pub until: SystemTime,
+}
+
+/// Makes room in a full cache (`max` entries): expired entries go, then refusals, then
+/// the accepted entries that expire soonest. Accepted entries are what keep the API
+/// server quiet (one review per pod per token life), so they are the last to go.
+pub fn evict<K: Clone + Eq + std::hash::Hash>(
+    cache: &mut HashMap<K, Cached>,
+    now: SystemTime,
+    max: usize,
+) {
+    cache.retain(|_, c| c.until > now);
+    if cache.len() < max {
+        return;
+    }
+    cache.retain(|_, c| c.verdict.is_ok());
+    if cache.len() < max {
+        return;
+    }
+    // Keep the 90% that live longest, so the next evictions are rare.
+    let keep = max - max / 10 - 1;
+    let mut untils: Vec<SystemTime> = cache.values().map(|c| c.until).collect();
+    let cut = untils.len() - keep;
+    untils.select_nth_unstable(cut.saturating_sub(1));
+    let threshold = untils[cut.saturating_sub(1)];
+    let mut dropped = 0;
+    cache.retain(|_, c| {
+        if dropped < cut && c.until <= threshold {
+            dropped += 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+/// A token bucket per caller: at most `burst` at once, refilled at `rate` a second.
+pub struct Budgets {
+    burst: f64,
+    rate: f64,
+    max_callers: usize,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl Budgets {
+    pub fn new(burst: u32, rate: u32, max_callers: usize) -> Self {
+        Self {
+            burst: burst.into(),
+            rate: rate.into(),
+            max_callers,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one from `caller`'s bucket; false when it is empty.
+    pub fn take(&mut self, caller: &str, now: Instant) -> bool {
+        if !self.buckets.contains_key(caller) && self.buckets.len() >= self.max_callers {
+            // Forget the callers whose bucket has refilled: they are owed nothing.
+            let (burst, rate) = (self.burst, self.rate);
+            self.buckets.retain(|_, (left, at)| {
+                *left + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= self.max_callers {
+                return false;
+            }
+        }
+        let (left, at) = self
+            .buckets
+            .entry(caller.to_string())
+            .or_insert((self.burst, now));
+        *left = (*left + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the signature check decided for one token.
+enum Signed {
+    Valid,
+    Forged,
+    /// No key set could be had: the API server's review decides alone.
+    Unchecked,
+}
+
+/// The key set and when it was last asked for.
+#[derive(Default)]
+struct Keys {
+    set: Option<Arc<KeySet>>,
+    fetched: Option<Instant>,
 }
 
 /// Reviews tokens through the API server, remembering the good ones.
@@ -155,6 +276,10 @@ pub struct Reviewer {
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     /// One review in flight per token: concurrent first requests wait for it.
     inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    keys: Mutex<Keys>,
+    /// One key-set fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    budgets: Mutex<Budgets>,
     inserts: AtomicU64,
     /// Reviews sent to the API server, by outcome.
     pub accepted: AtomicU64,
@@ -162,6 +287,12 @@ pub struct Reviewer {
     pub failed: AtomicU64,
     /// Answers from the cache.
     pub hits: AtomicU64,
+    /// Signature checks, by outcome.
+    pub signed: AtomicU64,
+    pub forged: AtomicU64,
+    pub unchecked: AtomicU64,
+    /// Reviews not sent because the caller's budget was spent.
+    pub throttled: AtomicU64,
 }
 
 impl Reviewer {
@@ -171,11 +302,18 @@ impl Reviewer {
             audience,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            keys: Mutex::new(Keys::default()),
+            fetching: tokio::sync::Mutex::new(()),
+            budgets: Mutex::new(Budgets::new(REVIEW_BURST, REVIEW_RATE, MAX_CALLERS)),
             inserts: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            signed: AtomicU64::new(0),
+            forged: AtomicU64::new(0),
+            unchecked: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +341,14 @@ impl Reviewer {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(verdict);
         }
+        match self.signature(token).await {
+            Signed::Valid => self.signed.fetch_add(1, Ordering::Relaxed),
+            Signed::Unchecked => self.unchecked.fetch_add(1, Ordering::Relaxed),
+            Signed::Forged => {
+                self.forged.fetch_add(1, Ordering::Relaxed);
+                return Ok(Err(Refusal::Signature));
+            }
+        };
         let gate = match self.inflight.lock() {
             Ok(mut m) => m.entry(key).or_default().clone(),
             Err(_) => Arc::default(),
@@ -219,6 +365,57 @@ impl Reviewer {
         verdict
     }
 
+    /// Checks the signature, fetching the key set first when there is none yet, or again
+    /// (at most every [`KEYS_REFRESH`]) when the token names a key it does not hold.
+    async fn signature(&self, token: &str) -> Signed {
+        let held = self.keys.lock().ok().and_then(|k| k.set.clone());
+        let first = held.as_ref().map(|set| set.check(token));
+        match first {
+            Some(Check::Valid) => return Signed::Valid,
+            // A key of the set is named and did not make the signature.
+            Some(Check::Invalid) if has_kid(token) => return Signed::Forged,
+            _ => {}
+        }
+        // No set yet, or a key it does not hold: wait for the fetch under way or make one.
+        // No kid and no key of the set verifies: refresh only when no fetch is under way.
+        let _turn = if matches!(first, None | Some(Check::UnknownKey)) {
+            self.fetching.lock().await
+        } else {
+            match self.fetching.try_lock() {
+                Ok(turn) => turn,
+                Err(_) => return Signed::Forged,
+            }
+        };
+        let due = self
+            .keys
+            .lock()
+            .ok()
+            .is_some_and(|k| k.fetched.is_none_or(|at| at.elapsed() >= KEYS_REFRESH));
+        if due {
+            if let Ok(mut k) = self.keys.lock() {
+                k.fetched = Some(Instant::now());
+            }
+            match self.api.jwks().await {
+                Ok(set) => {
+                    tracing::info!(keys = set.len(), "service-account signing keys fetched");
+                    if let Ok(mut k) = self.keys.lock() {
+                        k.set = Some(Arc::new(set));
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the cluster's service-account signing keys could not be fetched; tokens go to TokenReview unchecked until they can (the broker's service account needs get on the non-resource URLs /.well-known/openid-configuration and /openid/v1/jwks, which the default ClusterRole system:service-account-issuer-discovery grants)"
+                ),
+            }
+        }
+        let set = self.keys.lock().ok().and_then(|k| k.set.clone());
+        match set.map(|set| set.check(token)) {
+            Some(Check::Valid) => Signed::Valid,
+            Some(_) => Signed::Forged,
+            None => Signed::Unchecked,
+        }
+    }
+
     async fn review(
         &self,
         token: &str,
@@ -226,13 +423,26 @@ impl Reviewer {
         until: SystemTime,
         now: SystemTime,
     ) -> Result<Result<Identity, Refusal>, Unavailable> {
+        let caller = crate::token::claims(token)
+            .ok()
+            .and_then(|c| c.sub)
+            .unwrap_or_default();
+        let allowed = self
+            .budgets
+            .lock()
+            .map(|mut b| b.take(&caller, Instant::now()))
+            .unwrap_or(true);
+        if !allowed {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            return Err(Unavailable::Throttled(caller));
+        }
         let reviewed = self
             .api
             .review(&request(token, &self.audience))
             .await
             .map_err(|e| {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                Unavailable(e)
+                Unavailable::Review(e)
             })?;
         let verdict = identity(&reviewed.status.unwrap_or_default(), &self.audience);
         let counter = if verdict.is_ok() {
@@ -261,15 +471,33 @@ impl Reviewer {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
-        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1
-            || cache.len() >= MAX_ENTRIES
-        {
+        if self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             cache.retain(|_, c| c.until > now);
         }
-        if cache.len() < MAX_ENTRIES {
-            cache.insert(key, Cached { verdict, until });
+        if cache.len() >= MAX_ENTRIES {
+            evict(&mut cache, now, MAX_ENTRIES);
         }
+        cache.insert(key, Cached { verdict, until });
     }
+}
+
+/// Whether the token's header names its key.
+fn has_kid(token: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        kid: Option<String>,
+    }
+    use base64::Engine as _;
+    token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|h| serde_json::from_slice::<Header>(&h).ok())
+        .is_some_and(|h| h.kid.is_some())
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -372,5 +600,67 @@ mod tests {
         let e = identity(&denied, AUD).unwrap_err().to_string();
         assert!(e.contains("pod \"p\" not found"), "{e}");
         assert!(identity(&TokenReviewStatus::default(), AUD).is_err());
+    }
+
+    fn entry(ok: bool, until: u64) -> Cached {
+        let who = Identity {
+            namespace: "n".into(),
+            service_account: "s".into(),
+            pod: "p".into(),
+        };
+        Cached {
+            verdict: if ok { Ok(who) } else { Err(Refusal::Malformed) },
+            until: UNIX_EPOCH + Duration::from_secs(until),
+        }
+    }
+
+    /// Regression (issue 18, item 6): 3,000 unique forged tokens filled the cache with
+    /// refusals; a full cache then stopped caching, good reviews included.
+    #[test]
+    fn a_full_cache_drops_expired_then_refusals_then_the_soonest_to_expire() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut cache: HashMap<u32, Cached> = HashMap::new();
+        for i in 0..10 {
+            cache.insert(i, entry(true, 2_000 + u64::from(i)));
+        }
+        for i in 10..15 {
+            cache.insert(i, entry(false, 5_000));
+        }
+        for i in 15..20 {
+            cache.insert(i, entry(true, 900));
+        }
+        // Expired entries and refusals make room; every live good review stays.
+        evict(&mut cache, now, 15);
+        let mut left: Vec<u32> = cache.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, (0..10).collect::<Vec<_>>());
+        // Only good reviews left: the soonest to expire go, down to 90% of the bound.
+        evict(&mut cache, now, 10);
+        let mut left: Vec<u32> = cache.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, (2..10).collect::<Vec<_>>());
+        // Room already: nothing goes.
+        evict(&mut cache, now, 100);
+        assert_eq!(cache.len(), 8);
+    }
+
+    #[test]
+    fn each_caller_has_its_own_review_budget() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(3, 2, 2);
+        assert!((0..3).all(|_| b.take("a", t0)));
+        assert!(!b.take("a", t0));
+        // Another caller is not held back by the first.
+        assert!(b.take("b", t0));
+        // Half a second refills one at 2 a second.
+        assert!(b.take("a", t0 + Duration::from_millis(500)));
+        assert!(!b.take("a", t0 + Duration::from_millis(500)));
+        // A third caller while two are tracked: "b" has refilled by then and is forgotten.
+        let later = t0 + Duration::from_secs(1);
+        assert!(b.take("c", later));
+        // Two callers with spent budgets: a new one waits rather than grow the map.
+        let now = later + Duration::from_millis(10);
+        assert!((0..2).all(|_| b.take("c", now)));
+        assert!(!b.take("d", now));
     }
 }

@@ -1,5 +1,6 @@
-//! Kubernetes resource quantities (`5m`, `16Mi`, `0.5`, `1e3`), checked the way the API
-//! server parses them, so a bad value is refused by us with a useful message instead of by
+//! Kubernetes resource quantities (`5m`, `16Mi`, `0.5`, `1e3`, `500n`), checked the way the
+//! API server parses them (resource.Quantity: a number, then one of the suffixes `n`, `u`,
+//! `m`, none, `k`, `M`, `G`, `T`, `P`, `E`, `Ki` to `Ei`, or a decimal exponent `e`/`E`), so a bad value is refused by us with a useful message instead of by
 //! the API server after injection.
 
 /// The value of a quantity, for comparisons (a request above its limit).
@@ -24,6 +25,8 @@ pub fn parse(s: &str) -> Result<f64, String> {
     let value: f64 = number.parse().map_err(|_| bad())?;
     let factor = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -71,6 +74,45 @@ mod tests {
         assert_eq!(parse("1E-3").unwrap(), 0.001);
         assert_eq!(parse("+2k").unwrap(), 2000.0);
         assert_eq!(parse("0").unwrap(), 0.0);
+    }
+
+    /// Regression (issue 18, item 11): `500n` and `1u` were refused.
+    #[test]
+    fn every_suffix_of_the_grammar_is_accepted_and_nothing_else() {
+        let close = |a: f64, b: f64| (a - b).abs() <= b.abs() * 1e-12;
+        let accepted = [
+            ("500n", 500e-9),
+            ("1u", 1e-6),
+            ("250m", 0.25),
+            ("2", 2.0),
+            ("1k", 1e3),
+            ("1M", 1e6),
+            ("1G", 1e9),
+            ("1T", 1e12),
+            ("1P", 1e15),
+            ("1E", 1e18),
+            ("1Ki", 1024.0),
+            ("1Mi", 1024f64.powi(2)),
+            ("1Gi", 1024f64.powi(3)),
+            ("1Ti", 1024f64.powi(4)),
+            ("1Pi", 1024f64.powi(5)),
+            ("1Ei", 1024f64.powi(6)),
+            ("1e3", 1e3),
+            ("1E3", 1e3),
+            ("1e+3", 1e3),
+            ("5e-3", 5e-3),
+            ("1.5e2", 150.0),
+        ];
+        for (q, want) in accepted {
+            let got = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            assert!(close(got, want), "{q}: {got} != {want}");
+        }
+        let refused = [
+            "1N", "1U", "1mi", "1K", "1ki", "1KiB", "1 k", "1e", "1e1.5", "1n5", "u", "1mm",
+        ];
+        for q in refused {
+            assert!(parse(q).is_err(), "{q} was accepted");
+        }
     }
 
     #[test]

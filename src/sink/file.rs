@@ -105,6 +105,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     ));
     let result = (|| {
         let mut file = create_new(&tmp, mode)?;
+        // Before any byte of the token: the temporary file's owner is who we are.
+        check_dir(&dir, &file)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         set_mode(&tmp, mode)?;
@@ -117,6 +119,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether a directory owned by `dir_uid` with `dir_mode` is one another user planted for
+/// a writer running as `our_uid`: it belongs to someone other than us and root, and others
+/// may write in it. That user could replace the token, and a setgid bit makes the file
+/// belong to their group, which a group-readable mode then lets them read. Kubernetes'
+/// emptyDir volumes (root's, setgid to the pod's `fsGroup`) and directories of our own
+/// are fine.
+pub fn planted(dir_uid: u32, dir_mode: u32, our_uid: u32) -> bool {
+    dir_uid != our_uid && dir_uid != 0 && dir_mode & 0o022 != 0
+}
+
+#[cfg(unix)]
+fn check_dir(dir: &Path, ours: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = ours.metadata()?.uid();
+    let meta = fs::metadata(dir)?;
+    if planted(meta.uid(), meta.mode(), me) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the directory '{}' belongs to uid {} and others may write in it (mode {:04o}): that user could read or replace the token; use a directory that you (uid {me}) or root own and only you may write in (for example `mkdir -m 0700`, or the pod's emptyDir volume)",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_dir(_dir: &Path, _ours: &File) -> io::Result<()> {
+    Ok(())
 }
 
 /// A temporary file of ours older than this was left by a writer that died (SIGKILL, a
@@ -345,6 +381,51 @@ mod tests {
                 "token"
             ]
         );
+    }
+
+    #[test]
+    fn a_directory_planted_by_another_user_is_refused() {
+        // Another user's world-writable setgid directory (issue 18, item 5).
+        assert!(planted(1001, 0o2777, 65532));
+        assert!(planted(1001, 0o777, 65532));
+        assert!(planted(1001, 0o2775, 65532));
+        // A Kubernetes emptyDir with an fsGroup: root's, setgid, world-writable.
+        assert!(!planted(0, 0o2777, 65532));
+        // /tmp, and directories of our own.
+        assert!(!planted(0, 0o1777, 1000));
+        assert!(!planted(1000, 0o2777, 1000));
+        // Another user's directory that nobody else may write in.
+        assert!(!planted(1001, 0o755, 1000));
+    }
+
+    /// Regression (issue 18, item 5): the token ended up group-readable by the user who
+    /// planted the directory. Needs root to make a directory of another user.
+    #[cfg(unix)]
+    #[test]
+    fn init_refuses_a_planted_setgid_directory_and_writes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let planted_dir = dir.path().join("shared");
+        fs::create_dir(&planted_dir).unwrap();
+        if std::os::unix::fs::chown(&planted_dir, Some(4242), Some(4242)).is_err() {
+            eprintln!("skipped: only root can make a directory of another user here");
+            return;
+        }
+        fs::set_permissions(&planted_dir, fs::Permissions::from_mode(0o2777)).unwrap();
+        let file = TokenFile::new(planted_dir.join("token"), 0o640);
+        let err = file
+            .write(&token(2_000_000_000), SystemTime::now())
+            .unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            text.contains(&*planted_dir.to_string_lossy())
+                && text.contains("uid 4242")
+                && text.contains("mode 2777")
+                && text.contains("mkdir -m 0700"),
+            "{text}"
+        );
+        // Not even an empty temporary file is left.
+        assert_eq!(fs::read_dir(&planted_dir).unwrap().count(), 0);
     }
 
     #[test]
