@@ -305,7 +305,7 @@ impl ApiServer {
         let reviews = base
             .join(REVIEW_PATH)
             .map_err(|e| bad(format!("server '{server}': {e}")))?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::tls::provider(); // reqwest's rustls takes the process default
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!(
                 "polars-cloud-auth-broker/",
