@@ -22,7 +22,7 @@ tests/py/test_broker.py does (its helpers are imported from there). Prints, as J
    `exec` running `sleep --window`: the IdP's token requests per minute (both
    credentials together) and the broker's grants to exec per minute over the window.
 
-Asserts nothing. Results: docs/security-broker.md.
+Asserts nothing. Results: docs/security.md.
 """
 
 from __future__ import annotations

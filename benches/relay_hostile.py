@@ -18,7 +18,7 @@ JSON lines:
      refresh's time meanwhile, and the held ones still open after the body deadline.
 
 Only loopback is ever targeted. Python standard library only. Never asserts: figures go
-into docs/security-relay.md.
+into docs/security.md.
 """
 import base64
 import json

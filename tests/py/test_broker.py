@@ -819,7 +819,7 @@ def test_forged_tokens_cost_the_api_server_nothing(world):
 
 
 def test_an_unauthenticated_scrape_sees_counts_and_credential_names_only(world):
-    """Issue 18, item 8 (decision in docs/security-broker.md): /metrics is open to any pod
+    """Issue 18, item 8 (decision in docs/security.md): /metrics is open to any pod
     that reaches the broker, as Prometheus scrapes it. After grants and refusals it holds
     counters by result and the credentials' names from the policy (configuration the admin
     chose), and never a token, a secret, a client id, or a caller's namespace, service
