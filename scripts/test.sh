@@ -53,9 +53,9 @@ node --test tests/idp/selftest.mjs
 echo "== Python suites (real polars-cloud client, Helm, Kubernetes schemas, linters)"
 py_args=()
 if [ "$slow" = 1 ]; then
-  # These run in the slow blocks below, once act, the cluster, promtool and the node are there.
-  py_args=(--ignore=tests/py/test_cluster.py --ignore=tests/py/test_broker.py --deselect tests/py/test_helm.py::test_helm_cli
-    --ignore=tests/py/test_node.py --ignore=tests/py/test_monitoring.py --ignore=tests/py/test_act.py)
+  # The suites that need a slow peer run in that peer's block below (markers:
+  # tests/py/conftest.py).
+  py_args=(-m "not act and not keycloak and not cluster and not prometheus and not node")
 fi
 .venv/bin/pytest -q tests/py "${py_args[@]}"
 
@@ -65,7 +65,7 @@ if [ "$slow" = 1 ]; then
 
   echo "== the GitHub Action under nektos/act (scripts/act.sh, tests/py/test_act.py; docs/github-action.md)"
   wait_for_peer_build   # started above; cached; the first run builds from source (see the README)
-  .venv/bin/pytest -q -s tests/py/test_act.py
+  .venv/bin/pytest -q -s tests/py -m act
 
   echo "== real kube-apiserver and Keycloak (scripts/cluster.sh, scripts/keycloak.sh; tests/cluster/README.md, tests/keycloak/README.md)"
   # A subshell of its own: one cluster and one Keycloak for the block, both stopped by the
@@ -84,11 +84,11 @@ if [ "$slow" = 1 ]; then
     cargo test --locked --test keycloak -- --ignored --test-threads=1
     echo "== GitHub Action with client-assertion: github-oidc (tests/github_action.rs: the action wrapper, a stand-in of GitHub's ID-token service, real Keycloak)"
     cargo test --locked --test github_action -- --ignored --test-threads=1
-    .venv/bin/pytest -q tests/py/test_keycloak_long_running.py
+    .venv/bin/pytest -q tests/py -m keycloak
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).
     echo "== real kube-apiserver, kubectl and Helm CLI"
-    .venv/bin/pytest -q tests/py/test_cluster.py tests/py/test_broker.py tests/py/test_helm.py::test_helm_cli
+    .venv/bin/pytest -q tests/py -m cluster
   )
 
   echo "== Prometheus: promtool rule tests, the Operator's CRDs on a real kube-apiserver, a real Prometheus scraping webhook, broker and sidecar (scripts/prometheus.sh, tests/py/test_monitoring.py, docs/operations.md)"
@@ -98,7 +98,7 @@ if [ "$slow" = 1 ]; then
     trap 'bash scripts/cluster.sh stop || true' EXIT
     bash scripts/cluster.sh start
     eval "$(bash scripts/cluster.sh env)"
-    .venv/bin/pytest -q tests/py/test_monitoring.py
+    .venv/bin/pytest -q tests/py -m prometheus
   )
 
   echo "== a real node: kubelet, containerd 2 and runc running our image (scripts/node.sh, tests/py/test_node.py)"
@@ -108,7 +108,7 @@ if [ "$slow" = 1 ]; then
     trap 'bash scripts/node.sh stop || true' EXIT
     bash scripts/node.sh start
     eval "$(bash scripts/node.sh env)"
-    .venv/bin/pytest -q tests/py/test_node.py
+    .venv/bin/pytest -q tests/py -m node
     echo "== pod start and per-pod memory on the real node, quick form (benches/pod_start.py; full form in docs/benchmarks.md)"
     .venv/bin/python benches/pod_start.py --rounds 3 --memory-pods 5
   )
