@@ -81,9 +81,9 @@ if [ "$slow" = 1 ]; then
     kc_env=$(POLARS_CLOUD_AUTH_KEYCLOAK_TRUSTSTORE=$POLARS_CLOUD_AUTH_CLUSTER_CA bash scripts/keycloak.sh start)
     eval "$kc_env"
     echo "== Keycloak conformance (tests/keycloak.rs, real Keycloak, and the cluster for client assertions)"
-    cargo test --locked --test keycloak -- --ignored --test-threads=1
+    cargo test --locked --test integration keycloak:: -- --ignored --test-threads=1
     echo "== GitHub Action with client-assertion: github-oidc (tests/github_action.rs: the action wrapper, a stand-in of GitHub's ID-token service, real Keycloak)"
-    cargo test --locked --test github_action -- --ignored --test-threads=1
+    cargo test --locked --test integration github_action:: -- --ignored --test-threads=1
     .venv/bin/pytest -q tests/py -m keycloak
     # Suites that need Keycloak too run here; they find it through the same variables
     # (tests/py/keycloak_peer.py).

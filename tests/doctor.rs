@@ -2,15 +2,13 @@
 //! checks that doctor names it (its link fails, with the cause in the detail), exits 1,
 //! and never prints the secret, a token or a refresh handle.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use common::*;
+use crate::common::*;
 use polars_cloud_auth::relay::handle::HandleKey;
 use polars_cloud_auth::sink::client_config::ClientConfig;
 use serde_json::Value;

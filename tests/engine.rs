@@ -1,14 +1,12 @@
 //! The token engine end to end: the real binary against the real test IdP
 //! (oidc-provider at Keycloak's paths), and the real polars-cloud client as consumer.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn token_stdout(out: &std::process::Output) -> String {

@@ -1,5 +1,5 @@
 //! Generated files are committed so they can be read without building; these tests fail
-//! when a committed copy is stale. Regenerate with `UPDATE_GENERATED=1 cargo test --test generated`.
+//! when a committed copy is stale. Regenerate with `UPDATE_GENERATED=1 cargo test --test integration generated::`.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,7 @@ fn check(rel: &str, fresh: &str) {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == fresh,
-        "{rel} is stale: run `UPDATE_GENERATED=1 cargo test --test generated` and commit it"
+        "{rel} is stale: run `UPDATE_GENERATED=1 cargo test --test integration generated::` and commit it"
     );
 }
 

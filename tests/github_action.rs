@@ -4,14 +4,12 @@
 //! from GITHUB_STATE), against the real test IdP; then the real polars-cloud client with
 //! the environment GITHUB_ENV produced.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
+use crate::common::*;
 use polars_cloud_auth::modes::github_action::INPUTS;
 use serde_json::{Value, json};
 
@@ -861,7 +859,7 @@ fn github_oidc_without_the_id_token_permission_fails_with_the_documented_error()
     assert_eq!(runner.post(&step, &refs(&with)).code, Some(0));
 }
 
-use common::keycloak::KeycloakAdmin;
+use crate::common::keycloak::KeycloakAdmin;
 
 /// The realm's latest client-login event: (type, clientId, error).
 fn last_client_event(kc: &KeycloakAdmin) -> (String, String, String) {

@@ -3,15 +3,14 @@
 //! IdP, each named after what it reproduces.
 #![cfg(unix)]
 
-mod common;
 mod relay_hostile;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 
 /// An unsigned JWT with these claims (our tool reads `exp` only; the IdP's answers are

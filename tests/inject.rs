@@ -3,8 +3,7 @@
 //! bundled version) and the token contract; injecting twice equals injecting once; other
 //! documents pass through unchanged; a refused object stops the whole run.
 
-mod common;
-mod kube;
+use crate::kube;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +11,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use common::{bin_cmd, have_python, repo};
+use crate::common::{bin_cmd, have_python, repo};
 
 fn data(name: &str) -> PathBuf {
     repo().join("tests/data/inject").join(name)

@@ -7,17 +7,15 @@
 //!
 //! ```sh
 //! eval "$(scripts/keycloak.sh start)"
-//! cargo test --test keycloak -- --ignored --test-threads=1
+//! cargo test --test integration keycloak:: -- --ignored --test-threads=1
 //! scripts/keycloak.sh stop
 //! ```
-
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const SA_USER: &str = "test-sa@sa.cloud.pola.rs";
@@ -47,10 +45,10 @@ fn baseline() -> Value {
 }
 
 /// The running Keycloak, from the environment `scripts/keycloak.sh start` prints.
-struct Keycloak(common::keycloak::KeycloakAdmin);
+struct Keycloak(crate::common::keycloak::KeycloakAdmin);
 
 impl std::ops::Deref for Keycloak {
-    type Target = common::keycloak::KeycloakAdmin;
+    type Target = crate::common::keycloak::KeycloakAdmin;
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -59,7 +57,7 @@ impl std::ops::Deref for Keycloak {
 impl Keycloak {
     /// Connects and resets the realm to its baseline.
     fn get() -> Self {
-        let kc = Self(common::keycloak::KeycloakAdmin::from_env());
+        let kc = Self(crate::common::keycloak::KeycloakAdmin::from_env());
         kc.reset();
         kc
     }

@@ -2,13 +2,11 @@
 //! by submitting that server's own HTML forms (tests/idp/approve.mjs); `status`, `logout`
 //! and `exec`; the real polars-cloud client as consumer; the terminal under a pty.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";

@@ -6,11 +6,9 @@
 //! ES256); ec-sec1.pem is a P-256 key it does not know. The same keys against real Keycloak:
 //! tests/keycloak.rs.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const CLIENT: &str = "cc-pkjwt";

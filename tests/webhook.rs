@@ -8,8 +8,7 @@
 //! with real payloads and Kubernetes' own schemas instead.
 #![cfg(unix)]
 
-mod common;
-mod kube;
+use crate::kube;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,7 +22,7 @@ use polars_cloud_auth::webhook::{AppState, MAX_BODY, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use common::{Proc, TestCa, bin_cmd, free_port, have_python, repo, scrubbed};
+use crate::common::{Proc, TestCa, bin_cmd, free_port, have_python, repo, scrubbed};
 
 /// The Service DNS name the API server calls (release `pca`, namespace
 /// `polars-cloud-system`), as in the chart's certificate.
@@ -685,7 +684,7 @@ values = {"injection": {
 (c,) = k8s.pod_spec(k8s.one(k8s.render(values), "Deployment"))["containers"]
 print(json.dumps({"args": c["args"], "env": c["env"], "command": c.get("command")}))
 "#;
-    let out = scrubbed(common::python())
+    let out = scrubbed(crate::common::python())
         .current_dir(repo().join("tests/py"))
         .args(["-c", script])
         .output()
