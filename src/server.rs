@@ -77,7 +77,7 @@ const TIGHT: Duration = Duration::from_secs(1);
 /// Open connections and what became of the ones over the limit, for `/metrics`.
 pub struct Connections {
     /// The metric names' middle part: `webhook`, `broker`.
-    prefix: &'static str,
+    pub prefix: &'static str,
     open: AtomicU64,
     refused: AtomicU64,
     idle_closed: AtomicU64,
@@ -154,13 +154,15 @@ pub fn load_cert(config: &Config) -> Result<Arc<ReloadingCert>, crate::tls::Erro
 /// Connections still open this long after the drain are dropped.
 const CLOSE_LIMIT: Duration = Duration::from_secs(10);
 
-/// What one server shares with its handlers: the connection counters and the drain
-/// signal that `/readyz` follows.
+/// What one server shares with its handlers: the connection counters, the drain signal
+/// that `/readyz` follows, and the certificate it serves (for `/metrics`).
 #[derive(Clone)]
 pub struct Shared {
     pub connections: Arc<Connections>,
     /// Cancelled when shutdown starts.
     pub draining: CancellationToken,
+    /// Set by [`serve`].
+    cert: Arc<std::sync::OnceLock<Arc<ReloadingCert>>>,
 }
 
 impl Shared {
@@ -180,6 +182,25 @@ impl Shared {
         Self {
             connections: Arc::new(Connections::new(prefix)),
             draining: CancellationToken::new(),
+            cert: Arc::default(),
+        }
+    }
+
+    /// The server's part of `/metrics`: its connections, and when its certificate expires
+    /// (the leaf in use now, re-read first if its files changed).
+    pub fn render(&self, out: &mut String) {
+        self.connections.render(out);
+        if let Some(not_after) = self.cert.get().and_then(|c| c.not_after()) {
+            crate::prom::family(
+                out,
+                &format!(
+                    "{}_certificate_expiry_timestamp_seconds",
+                    self.connections.prefix
+                ),
+                "gauge",
+                "When the serving certificate in use expires (its notAfter), in Unix seconds.",
+                &[("", not_after.to_string())],
+            );
         }
     }
 }
@@ -193,6 +214,7 @@ pub async fn serve(
     shared: &Shared,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    let _ = shared.cert.set(cert.clone());
     let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .context("failed to set up TLS")?

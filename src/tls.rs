@@ -132,6 +132,14 @@ impl ReloadingCert {
         })
     }
 
+    /// When the leaf certificate in use expires (its notAfter, Unix seconds).
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self.current();
+        let leaf = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// The certificate to present now, re-read first when the files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
         let mut state = match self.state.lock() {

@@ -609,7 +609,7 @@ async fn certificate_rotates_while_serving() {
     assert_eq!(served_cert(&ca.pem(), &hook).await, der2);
 
     // Replaced by rename, as cert-manager's and the kubelet's atomic writers do.
-    let (cert3, key3, der3) = ca.leaf(&[SVC]);
+    let (cert3, key3, der3) = ca.leaf_until(&[SVC], Some((2031, 5, 17)));
     for (file, text) in [("tls.key", &key3), ("tls.crt", &cert3)] {
         let tmp = dir.path().join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).unwrap();
@@ -628,6 +628,13 @@ async fn certificate_rotates_while_serving() {
     );
     assert!(
         metrics.contains("certificate_reloads_total{result=\"failed\"} 2\n"),
+        "{metrics}"
+    );
+    // When the certificate in use now expires: 2031-05-17T00:00:00Z.
+    assert!(
+        metrics.contains(
+            "polars_cloud_auth_webhook_certificate_expiry_timestamp_seconds 1936742400\n"
+        ),
         "{metrics}"
     );
     let log = hook.log();

@@ -281,7 +281,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "Seconds until each credential's current token expires.",
         &expiry,
     );
-    state.shared.connections.render(&mut out);
+    state.shared.render(&mut out);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

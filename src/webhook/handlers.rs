@@ -244,7 +244,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(2048);
     state.metrics.render(&mut out);
-    state.shared.connections.render(&mut out);
+    state.shared.render(&mut out);
     if let Some(cert) = &state.cert {
         metrics::render_reloads(&mut out, cert.counts());
     }

@@ -548,9 +548,21 @@ impl TestCa {
     /// A serving certificate for `names` (DNS names or IP addresses) and its key (PEM),
     /// and the certificate's DER.
     pub fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        self.leaf_until(names, None)
+    }
+
+    /// [`TestCa::leaf`], valid until midnight UTC of `(year, month, day)` when given.
+    pub fn leaf_until(
+        &self,
+        names: &[&str],
+        until: Option<(i32, u8, u8)>,
+    ) -> (String, String, Vec<u8>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let params = rcgen::CertificateParams::new(names).unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if let Some((y, m, d)) = until {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
