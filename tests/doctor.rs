@@ -93,9 +93,7 @@ fn jwt(exp: u64, iat: u64) -> String {
 
 #[test]
 fn a_healthy_service_account_passes_and_nothing_secret_is_printed() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let tmp = tempfile::tempdir().unwrap();
     let token = tmp.path().join("token");
@@ -128,9 +126,7 @@ fn a_healthy_service_account_passes_and_nothing_secret_is_printed() {
 
 #[test]
 fn a_wrong_secret_is_named_at_the_grant() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let wrong = "wr0ng-Secret-also-never-printed";
     let r = doctor(|c| {
@@ -163,9 +159,7 @@ fn an_unreachable_identity_provider_is_named_and_the_grant_not_tried() {
 
 #[test]
 fn a_ca_that_does_not_verify_the_identity_provider_is_named() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let tmp = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(tmp.path());
     let idp = Idp::start_with(IdpOptions {
@@ -462,9 +456,7 @@ fn refresh_at_relay(pod: &Pod, version: &str) {
 #[cfg(unix)]
 #[test]
 fn our_container_in_a_pod_relay_faults_and_an_unserved_client_are_named() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let pod = Pod::start(Idp::start());
     let secrets = pod.secrets();
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
@@ -578,9 +570,7 @@ fn our_container_in_a_pod_relay_faults_and_an_unserved_client_are_named() {
 
 #[test]
 fn a_pod_without_the_relay_does_not_serve_the_apps_real_client() {
-    if !have_python() {
-        return;
-    }
+    require!(have_python());
     let tmp = tempfile::tempdir().unwrap();
     let port = skewed_server(Duration::ZERO);
     let creds = tmp.path().join("creds");
@@ -612,9 +602,7 @@ fn a_pod_without_the_relay_does_not_serve_the_apps_real_client() {
 /// before any token review) refusing a broker-backed container's token.
 #[test]
 fn a_broker_refusing_this_pods_token_is_named() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let tmp = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(tmp.path());
@@ -703,9 +691,7 @@ fn a_broker_refusing_this_pods_token_is_named() {
 
 #[test]
 fn a_workstation_after_login_reports_the_session_and_the_installed_client() {
-    if !have_python() {
-        return;
-    }
+    require!(have_python());
     let tmp = tempfile::tempdir().unwrap();
     let port = skewed_server(Duration::ZERO);
     let config_home = tmp.path().join("config");
@@ -747,9 +733,7 @@ fn a_workstation_after_login_reports_the_session_and_the_installed_client() {
 
 #[test]
 fn a_dead_proxy_is_named_as_the_route_without_its_password() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let tmp = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(tmp.path());
     let idp = Idp::start_with(IdpOptions {

@@ -26,9 +26,7 @@ fn token_stdout(out: &std::process::Output) -> String {
 
 #[test]
 fn token_sends_the_service_account_password_grant_exactly_as_the_client_does() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let out = run(cmd(&idp).arg("token"));
     let token = token_stdout(&out);
@@ -56,9 +54,7 @@ fn token_sends_the_service_account_password_grant_exactly_as_the_client_does() {
 
 #[test]
 fn a_wrong_secret_fails_at_once_with_exit_3_and_names_the_cause() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let wrong = "wrong-secret-Kp2";
     let out = run(cmd(&idp)
@@ -77,9 +73,7 @@ fn a_wrong_secret_fails_at_once_with_exit_3_and_names_the_cause() {
 
 #[test]
 fn client_credentials_by_basic_and_by_post() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     for (auth, id, secret, basic) in [
         ("basic", "cc-basic", "cc-basic-secret", true),
@@ -116,9 +110,7 @@ fn client_credentials_by_basic_and_by_post() {
 
 #[test]
 fn transient_failures_are_retried_until_a_token_comes() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([
         {"kind": "status", "status": 503, "retry_after": "1"},
@@ -145,9 +137,7 @@ fn transient_failures_are_retried_until_a_token_comes() {
 
 #[test]
 fn a_hanging_idp_times_out_and_is_retried() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([{"kind": "hang", "ms": 5000}]));
     let out = run(cmd(&idp).args(["token", "--http-timeout", "500ms", "--max-backoff", "100ms"]));
@@ -182,9 +172,7 @@ fn an_unreachable_idp_exits_4_after_the_deadline() {
 
 #[test]
 fn configuration_mistakes_exit_2_and_say_what_to_set() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let out = run(cmd(&idp).arg("token").env_remove("POLARS_CLOUD_CLIENT_ID"));
     assert_eq!(out.status.code(), Some(2));
@@ -229,9 +217,7 @@ fn configuration_mistakes_exit_2_and_say_what_to_set() {
 
 #[test]
 fn the_config_file_supplies_settings_and_flags_win() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
@@ -257,9 +243,7 @@ fn the_config_file_supplies_settings_and_flags_win() {
 
 #[test]
 fn credentials_from_a_mounted_secret_directory() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("client_id"), format!("{SA_ID}\n")).unwrap();
@@ -276,9 +260,7 @@ fn credentials_from_a_mounted_secret_directory() {
 #[cfg(unix)]
 #[test]
 fn init_writes_the_bare_token_with_mode_0640_creating_the_directory() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     use std::os::unix::fs::PermissionsExt;
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
@@ -316,9 +298,7 @@ fn init_writes_the_bare_token_with_mode_0640_creating_the_directory() {
 
 #[test]
 fn init_fails_at_once_on_rejected_credentials_and_writes_nothing() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -335,9 +315,7 @@ fn init_fails_at_once_on_rejected_credentials_and_writes_nothing() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_failed_write_exits_5_and_keeps_the_previous_token() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -373,9 +351,7 @@ fn a_failed_write_exits_5_and_keeps_the_previous_token() {
 /// sidecar's /readyz answers 200; a wait that runs out quotes what /readyz said.
 #[test]
 fn probe_wait_returns_once_the_token_is_written_and_the_sidecar_is_ready() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -458,9 +434,7 @@ fn probe_wait_returns_once_the_token_is_written_and_the_sidecar_is_ready() {
 
 #[test]
 fn probe_checks_the_time_left() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -539,9 +513,7 @@ impl Sidecar {
 
 #[test]
 fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(3);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -583,9 +555,7 @@ fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
 
 #[test]
 fn sidecar_is_ready_when_the_token_outlives_the_margin() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -600,9 +570,7 @@ fn sidecar_is_ready_when_the_token_outlives_the_margin() {
 
 #[test]
 fn a_refused_refresh_token_falls_back_to_the_full_grant() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(3);
     idp.faults(json!([{"kind": "oauth_error", "status": 400, "error": "invalid_grant", "grant_type": "refresh_token"}]));
     let dir = tempfile::tempdir().unwrap();
@@ -637,9 +605,7 @@ fn a_refused_refresh_token_falls_back_to_the_full_grant() {
 
 #[test]
 fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotates() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(4);
     let secrets = tempfile::tempdir().unwrap();
     std::fs::write(secrets.path().join("client_id"), SA_ID).unwrap();
@@ -699,9 +665,7 @@ fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotate
 /// Readers polling the file during many renewals never see it empty, partial or expired.
 #[test]
 fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(2);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -744,9 +708,7 @@ fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
 
 #[test]
 fn nothing_secret_in_debug_logs_or_json_logs() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -779,9 +741,7 @@ fn the_real_polars_cloud_client_authenticates_with_our_token() {
 
 #[test]
 fn https_to_a_private_ca_needs_ca_file_or_ssl_cert_file() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(pki.path());
     let idp = Idp::start_with(IdpOptions {
@@ -851,9 +811,7 @@ fn connect_proxy() -> (u16, Arc<AtomicUsize>) {
 
 #[test]
 fn https_proxy_is_used_and_no_proxy_is_honoured() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(pki.path());
     let idp = Idp::start_with(IdpOptions {

@@ -443,9 +443,7 @@ fn main_hands_the_token_on_and_post_revokes_and_deletes() {
 /// The control for the test above: without post, the refresh token main kept still works.
 #[test]
 fn without_post_the_refresh_token_stays_usable() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let main = runner.run("main.js", &refs(&with_sa(&idp)), &[]);
@@ -456,9 +454,7 @@ fn without_post_the_refresh_token_stays_usable() {
 
 #[test]
 fn with_export_env_false_only_the_outputs_carry_the_token() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = with_sa(&idp);
@@ -489,9 +485,7 @@ fn with_export_env_false_only_the_outputs_carry_the_token() {
 
 #[test]
 fn transient_failures_are_retried_and_give_up_after_the_retries() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = with_sa(&idp);
@@ -521,9 +515,7 @@ fn transient_failures_are_retried_and_give_up_after_the_retries() {
 
 #[test]
 fn a_wrong_secret_fails_at_once_and_post_has_nothing_to_do() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = with_sa(&idp);
@@ -551,9 +543,7 @@ fn a_wrong_secret_fails_at_once_and_post_has_nothing_to_do() {
 
 #[test]
 fn bad_input_is_a_clear_error_annotation_and_leaks_nothing() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = with_sa(&idp);
@@ -614,9 +604,7 @@ fn bad_input_is_a_clear_error_annotation_and_leaks_nothing() {
 
 #[test]
 fn the_credentials_fall_back_to_the_environment() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = [
@@ -640,9 +628,7 @@ fn the_credentials_fall_back_to_the_environment() {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[test]
 fn the_wrapper_installs_a_verified_release_binary_and_refuses_a_bad_checksum() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let releases = tempfile::tempdir().unwrap();
@@ -700,9 +686,7 @@ fn the_wrapper_installs_a_verified_release_binary_and_refuses_a_bad_checksum() {
 
 #[test]
 fn the_wrappers_own_tests_pass() {
-    if !have_node() {
-        return;
-    }
+    require!(have_node());
     let out = scrubbed("node")
         .args(["--test", "action/"])
         .current_dir(repo())
@@ -845,9 +829,7 @@ const NO_ID_TOKEN: &str = "the job's OIDC token is not available (ACTIONS_ID_TOK
 /// the documented error and exit code 2, nothing handed on, nothing sent.
 #[test]
 fn github_oidc_without_the_id_token_permission_fails_with_the_documented_error() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let runner = Runner::new();
     let with = with_github_oidc(&idp.issuer, None);

@@ -107,9 +107,7 @@ fn renewals(port: u16) -> Option<f64> {
 /// abort every mode with SIGABRT (exit 134).
 #[test]
 fn extreme_expiry_values_abort_no_mode() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let bodies = [
@@ -176,9 +174,7 @@ fn extreme_expiry_values_abort_no_mode() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_crash_cannot_dump_core() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     // Started with core dumps allowed, as a node or a shell may be configured.
@@ -198,9 +194,7 @@ fn a_crash_cannot_dump_core() {
 /// Item 4: `token` printed an already expired token and exited 0 (`init` refused it).
 #[test]
 fn token_prints_no_already_expired_token() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let expired = jwt(&json!({"exp": now_secs() - 100.0, "iat": now_secs() - 400.0}));
     idp.faults(replies(
@@ -222,9 +216,7 @@ fn token_prints_no_already_expired_token() {
 /// expired in seconds.
 #[test]
 fn a_huge_retry_after_does_not_outlast_the_sidecars_token() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(4);
     let dir = tempfile::tempdir().unwrap();
     let mut sidecar = Sidecar::start(&mut cmd(&idp), &dir.path().join("t"));
@@ -244,9 +236,7 @@ fn a_huge_retry_after_does_not_outlast_the_sidecars_token() {
 /// Item 6: a 302 from the token endpoint was reported as a wrong client id or secret.
 #[test]
 fn a_redirecting_token_endpoint_is_named_as_a_wrong_url_not_a_wrong_secret() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([{"kind": "status", "status": 302,
         "headers": {"location": "https://login.example.invalid/"}}]));
@@ -262,9 +252,7 @@ fn a_redirecting_token_endpoint_is_named_as_a_wrong_url_not_a_wrong_secret() {
 /// space) and Basic's base64 of `id:secret`.
 #[test]
 fn an_idp_echoing_the_request_leaks_no_encoding_of_the_secret() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let secret = "Zq9+UNIQUE/SECRET=77&x y";
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -311,9 +299,7 @@ fn an_idp_echoing_the_request_leaks_no_encoding_of_the_secret() {
 /// 5 s late was taken with `--timeout 2s`.
 #[test]
 fn timeout_cuts_off_an_attempt_at_the_deadline() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([{"kind": "hang", "ms": 5000, "then": "answer"}]));
     let out = run(cmd(&idp).args(["token", "--timeout", "2s", "--http-timeout", "10s"]));
@@ -327,9 +313,7 @@ fn timeout_cuts_off_an_attempt_at_the_deadline() {
 /// left ended the run at once although the IdP would answer a moment later.
 #[test]
 fn timeout_retries_until_the_deadline_not_short_of_it() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([{"kind": "status", "status": 503, "retry_after": "10"}]));
     let out = run(cmd(&idp).args(["token", "--timeout", "3s"]));
@@ -342,9 +326,7 @@ fn timeout_retries_until_the_deadline_not_short_of_it() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_file_size_limit_is_a_reported_write_error_not_a_silent_death() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     use std::os::unix::process::ExitStatusExt;
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
@@ -365,9 +347,7 @@ fn a_file_size_limit_is_a_reported_write_error_not_a_silent_death() {
 /// removed them.
 #[test]
 fn init_removes_temporary_files_that_killed_writers_left() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
@@ -391,9 +371,7 @@ fn init_removes_temporary_files_that_killed_writers_left() {
 /// error.
 #[test]
 fn sidecar_failure_logs_name_the_os_error() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let mut c = cmd(&idp);
@@ -426,9 +404,7 @@ fn sidecar_failure_logs_name_the_os_error() {
 /// the credentials again and renew now.
 #[test]
 fn sighup_makes_the_sidecar_renew_now_instead_of_killing_it() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let mut sidecar = Sidecar::start(&mut cmd(&idp), &dir.path().join("t"));

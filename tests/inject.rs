@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{bin_cmd, have_python, repo};
+use crate::common::{bin_cmd, have_python, repo, require};
 
 fn data(name: &str) -> PathBuf {
     repo().join("tests/data/inject").join(name)
@@ -70,9 +70,7 @@ fn names(list: &Value) -> Vec<&str> {
 
 #[test]
 fn every_supported_kind_is_injected_into_valid_manifests() {
-    if !have_python() {
-        return;
-    }
+    require!(have_python());
     let files = inputs();
     let args: Vec<&str> = files.iter().map(|p| p.to_str().unwrap()).collect();
     let out = inject(&args, b"");

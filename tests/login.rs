@@ -244,9 +244,7 @@ fn login_stores_tokens_where_both_clients_look_and_the_real_client_uses_them() {
 
 #[test]
 fn login_print_prints_the_token_and_stores_nothing() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     let run = Running::start(person(&idp, &home).args(["login", "--no-browser", "--print"]));
@@ -266,9 +264,7 @@ fn login_print_prints_the_token_and_stores_nothing() {
 
 #[test]
 fn login_moves_the_files_with_the_environment_and_flags() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     let dir = tempfile::tempdir().unwrap();
@@ -293,9 +289,7 @@ fn login_moves_the_files_with_the_environment_and_flags() {
 
 #[test]
 fn slow_down_widens_the_polling_interval_by_five_seconds() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     idp.faults(json!([{
         "kind": "oauth_error", "status": 400, "error": "slow_down",
@@ -320,9 +314,7 @@ fn slow_down_widens_the_polling_interval_by_five_seconds() {
 
 #[test]
 fn a_denied_code_exits_3_and_stores_nothing() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     let run = Running::start(person(&idp, &home).args(["login", "--no-browser"]));
@@ -337,9 +329,7 @@ fn a_denied_code_exits_3_and_stores_nothing() {
 
 #[test]
 fn an_expired_code_exits_3_and_says_to_run_login_again() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start_with(IdpOptions {
         device_ttl: 2,
         ..IdpOptions::default()
@@ -359,9 +349,7 @@ fn an_expired_code_exits_3_and_says_to_run_login_again() {
 #[cfg(unix)]
 #[test]
 fn login_opens_the_browser_named_by_browser_and_the_person_approves_there() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     use std::os::unix::fs::PermissionsExt;
     let idp = Idp::start();
     let home = Home::new();
@@ -388,9 +376,7 @@ fn login_opens_the_browser_named_by_browser_and_the_person_approves_there() {
 
 #[test]
 fn status_shows_subject_and_expiry_without_secrets() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     let out = run(person(&idp, &home).arg("status"));
@@ -423,9 +409,7 @@ fn status_shows_subject_and_expiry_without_secrets() {
 
 #[test]
 fn logout_revokes_the_session_and_removes_what_login_stored() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     std::fs::create_dir_all(home.config_dir()).unwrap();
@@ -467,9 +451,7 @@ fn logout_revokes_the_session_and_removes_what_login_stored() {
 
 #[test]
 fn logout_removes_the_files_even_when_the_realm_is_down_and_says_so() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     login(&idp, &home);
@@ -483,9 +465,7 @@ fn logout_removes_the_files_even_when_the_realm_is_down_and_says_so() {
 
 #[test]
 fn logout_with_a_broken_config_toml_still_revokes_and_removes_the_other_files() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
     login(&idp, &home);
@@ -543,9 +523,7 @@ fn exec_env_token_gives_the_real_client_the_sidecar_files_token_through_the_envi
 
 #[test]
 fn exec_fetches_a_token_when_the_stored_one_is_too_close_to_expiry() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::with_ttl(20);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
@@ -573,9 +551,7 @@ fn exec_fetches_a_token_when_the_stored_one_is_too_close_to_expiry() {
 
 #[test]
 fn exec_without_a_stored_token_or_credentials_says_what_to_set() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let out = run(cmd(&idp)
@@ -593,9 +569,7 @@ fn exec_without_a_stored_token_or_credentials_says_what_to_set() {
 
 #[test]
 fn exec_exits_with_the_commands_status() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let home = tempfile::tempdir().unwrap();
     let cases: [(&[&str], i32); 4] = [
@@ -623,9 +597,7 @@ fn exec_exits_with_the_commands_status() {
 #[cfg(unix)]
 #[test]
 fn exec_passes_sigterm_on_and_exits_with_the_commands_answer() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");
@@ -693,9 +665,7 @@ mod terminal {
 
     #[test]
     fn login_shows_url_code_and_qr_and_ctrl_c_stops_it_with_130() {
-        if !have_idp() {
-            return;
-        }
+        require!(have_idp());
         let idp = Idp::start();
         let home = Home::new();
         let mut c = person(&idp, &home);
@@ -722,9 +692,7 @@ mod terminal {
 
     #[test]
     fn exec_delivers_ctrl_c_to_the_command_once() {
-        if !have_idp() {
-            return;
-        }
+        require!(have_idp());
         let idp = Idp::start();
         let home = Home::new();
         let mut c = person(&idp, &home);

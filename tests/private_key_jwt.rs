@@ -43,9 +43,7 @@ fn header(jwt: &str) -> Value {
 
 #[test]
 fn rs256_and_es256_keys_get_a_token_from_an_idp_that_verifies_the_assertion() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let mut jtis = Vec::new();
     for (file, kid, alg) in [
@@ -95,9 +93,7 @@ fn rs256_and_es256_keys_get_a_token_from_an_idp_that_verifies_the_assertion() {
 /// the JWT's algorithm.
 #[test]
 fn without_a_key_id_the_idp_finds_the_key_by_its_algorithm() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     let out = run(&mut token_with_key(&idp, "ec.pem", None));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -109,9 +105,7 @@ fn without_a_key_id_the_idp_finds_the_key_by_its_algorithm() {
 
 #[test]
 fn a_key_the_client_does_not_know_exits_3_naming_what_to_register() {
-    if !have_idp() {
-        return;
-    }
+    require!(have_idp());
     let idp = Idp::start();
     // Another P-256 key, under the kid of the registered one: the signature does not verify.
     let mut logs = Vec::new();

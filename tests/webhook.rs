@@ -22,7 +22,7 @@ use polars_cloud_auth::webhook::{AppState, MAX_BODY, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::common::{Proc, TestCa, bin_cmd, free_port, have_python, repo, scrubbed};
+use crate::common::{Proc, TestCa, bin_cmd, free_port, have_python, repo, require, scrubbed};
 
 /// The Service DNS name the API server calls (release `pca`, namespace
 /// `polars-cloud-system`), as in the chart's certificate.
@@ -381,9 +381,7 @@ fn again(review: &Value, pod: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_over_https_patches_pods_that_kubernetes_accepts() {
-    if !have_python() {
-        return;
-    }
+    require!(have_python());
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let (cert, key, _) = ca.leaf(&[SVC]);
@@ -678,9 +676,7 @@ fn the_webhook_refuses_to_start_without_a_usable_certificate() {
 /// and the injected pod carries the chart's injection values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_helm_charts_webhook_settings_are_what_the_binary_reads() {
-    if !have_python() {
-        return;
-    }
+    require!(have_python());
     let script = r#"
 import json, k8s
 values = {"injection": {

@@ -409,6 +409,18 @@ fn peers_required() -> bool {
         .any(|v| std::env::var(v).is_ok_and(|v| v == "1"))
 }
 
+/// Returns from the test unless every peer named is there: `require!(have_idp())`
+/// skips it (one line on the terminal), or fails it when the peers are required
+/// (`scripts/test.sh` sets that: CI never skips).
+macro_rules! require {
+    ($($have:expr),+ $(,)?) => {
+        $(if !$have {
+            return;
+        })+
+    };
+}
+pub(crate) use require;
+
 /// True when `missing` is None; otherwise the test is skipped with one line on the
 /// terminal (written past libtest's capture), or fails when the peers are required.
 pub fn have(missing: Option<String>) -> bool {
