@@ -40,7 +40,7 @@ impl Credential {
         }
     }
 
-    fn bearer(&self) -> Result<SecretString, String> {
+    fn bearer(&self) -> Result<SecretString, CallError> {
         match self {
             Self::Token(t) => Ok(t.clone()),
             Self::File { path, last } => {
@@ -64,13 +64,58 @@ impl Credential {
                         tracing::warn!(path = %path.display(), error = %e, "failed to read the broker's own token; using the last one read");
                         Ok(good.clone())
                     }
-                    (Err(e), None) => Err(format!(
-                        "failed to read the broker's own token '{}': {e}",
-                        path.display()
-                    )),
+                    (Err(reason), None) => Err(CallError::OwnToken {
+                        path: path.clone(),
+                        reason,
+                    }),
                 }
             }
         }
+    }
+}
+
+/// Why a call to the API server (a TokenReview, or the service-account signing keys)
+/// failed. Each message carries its cause once, in its text: callers log it with `%`.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The broker's own token file could not be read, and no earlier token is kept.
+    #[error("failed to read the broker's own token '{}': {reason}", path.display())]
+    OwnToken { path: PathBuf, reason: String },
+    /// The broker's own token cannot be sent as a header (a control character in it).
+    #[error("the broker's own token is not a valid header value")]
+    OwnTokenHeader,
+    /// A path the broker asked for does not make a URL with the API server's.
+    #[error("path '{path}': {reason}")]
+    Path { path: String, reason: String },
+    /// No answer: the connection, TLS or the timeout failed.
+    #[error("the API server at {url} did not answer: {reason}")]
+    Unreachable { url: url::Url, reason: String },
+    /// The answer broke off while its body was read.
+    #[error("the API server's answer broke off: {0}")]
+    BrokenOff(String),
+    /// The answer is over the size the broker reads.
+    #[error("the API server's answer at {0} is over 1 MiB")]
+    TooLarge(url::Url),
+    /// An HTTP error status, with the `message` of the API server's `Status` when it sent one.
+    #[error("the API server answered {status} at {url}{}", message_suffix(message))]
+    Status {
+        status: reqwest::StatusCode,
+        url: url::Url,
+        message: String,
+    },
+    /// A success status whose body is not a TokenReview.
+    #[error("the API server's answer is not a TokenReview: {0}")]
+    NotATokenReview(String),
+    /// The discovery document or the key set is unusable.
+    #[error(transparent)]
+    KeySet(#[from] super::jwks::Error),
+}
+
+fn message_suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
     }
 }
 
@@ -84,20 +129,25 @@ pub struct ApiServer {
 /// Why the API server cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Neither a pod's service-account files nor a kubeconfig.
     #[error(
         "no Kubernetes API server: not in a pod (no {SERVICE_ACCOUNT_DIR}/token or KUBERNETES_SERVICE_HOST) and KUBECONFIG is not set"
     )]
     NotFound,
-    #[error("failed to read '{}': {source}", path.display())]
+    /// A file named by the kubeconfig or the pod (its cause follows in the chain).
+    #[error("failed to read '{}'", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// The kubeconfig is not YAML, has no current context, or names no server.
     #[error("the kubeconfig '{}' is unusable: {message}", path.display())]
     Kubeconfig { path: PathBuf, message: String },
+    /// The API server's CA (file or inline data) is not PEM.
     #[error("the API server's CA is not PEM: {0}")]
     Ca(String),
+    /// reqwest could not build the client (its cause follows in the chain).
     #[error("failed to set up the HTTP client for the API server")]
     Http(#[source] reqwest::Error),
 }
@@ -333,62 +383,69 @@ impl ApiServer {
     /// The keys that sign the cluster's service-account tokens: the discovery document's
     /// `jwks_uri`, fetched from the API server (which serves both to service accounts by
     /// default: the `system:service-account-issuer-discovery` ClusterRole).
-    pub async fn jwks(&self) -> Result<super::jwks::KeySet, String> {
+    pub async fn jwks(&self) -> Result<super::jwks::KeySet, CallError> {
         use super::jwks;
         let path = match self.get(jwks::DISCOVERY_PATH).await {
-            Ok(body) => jwks::jwks_path(&body).map_err(|e| e.to_string())?,
+            Ok(body) => jwks::jwks_path(&body)?,
             Err(e) => {
                 tracing::debug!(error = %e, "no OIDC discovery document; trying the default key set path");
                 jwks::JWKS_PATH.to_string()
             }
         };
         let body = self.get(&path).await?;
-        jwks::parse(&body).map_err(|e| e.to_string())
+        Ok(jwks::parse(&body)?)
     }
 
     /// A GET on the API server with the broker's credential, the body at most 1 MiB.
-    async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, path: &str) -> Result<Vec<u8>, CallError> {
         const MAX: usize = 1 << 20;
-        let url = self
-            .reviews
-            .join(path)
-            .map_err(|e| format!("path '{path}': {e}"))?;
+        let url = self.reviews.join(path).map_err(|e| CallError::Path {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
         let mut response = self
             .http
             .get(url.clone())
             .header(reqwest::header::AUTHORIZATION, self.authorization()?)
             .send()
             .await
-            .map_err(|e| format!("the API server at {url} did not answer: {e}"))?;
+            .map_err(|e| CallError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("the API server's answer broke off: {e}"))?
+            .map_err(|e| CallError::BrokenOff(e.to_string()))?
         {
             if body.len() + chunk.len() > MAX {
-                return Err(format!("the API server's answer at {url} is over 1 MiB"));
+                return Err(CallError::TooLarge(url));
             }
             body.extend_from_slice(&chunk);
         }
         if !status.is_success() {
-            return Err(format!("the API server answered {status} at {url}"));
+            return Err(CallError::Status {
+                status,
+                url,
+                message: String::new(),
+            });
         }
         Ok(body)
     }
 
-    fn authorization(&self) -> Result<reqwest::header::HeaderValue, String> {
+    fn authorization(&self) -> Result<reqwest::header::HeaderValue, CallError> {
         let bearer = self.credential.bearer()?;
         let mut auth =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
-                .map_err(|_| "the broker's own token is not a valid header value".to_string())?;
+                .map_err(|_| CallError::OwnTokenHeader)?;
         auth.set_sensitive(true);
         Ok(auth)
     }
 
     /// Sends a TokenReview and returns the API server's answer.
-    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, String> {
+    pub async fn review(&self, review: &TokenReview) -> Result<TokenReview, CallError> {
         let response = self
             .http
             .post(self.reviews.clone())
@@ -396,12 +453,15 @@ impl ApiServer {
             .json(review)
             .send()
             .await
-            .map_err(|e| format!("the API server at {} did not answer: {e}", self.reviews))?;
+            .map_err(|e| CallError::Unreachable {
+                url: self.reviews.clone(),
+                reason: e.to_string(),
+            })?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| format!("the API server's answer broke off: {e}"))?;
+            .map_err(|e| CallError::BrokenOff(e.to_string()))?;
         if !status.is_success() {
             #[derive(Deserialize)]
             struct Status {
@@ -411,10 +471,13 @@ impl ApiServer {
                 .ok()
                 .and_then(|s| s.message)
                 .unwrap_or_default();
-            return Err(format!("the API server answered {status}: {message}"));
+            return Err(CallError::Status {
+                status,
+                url: self.reviews.clone(),
+                message,
+            });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| format!("the API server's answer is not a TokenReview: {e}"))
+        serde_json::from_slice(&body).map_err(|e| CallError::NotATokenReview(e.to_string()))
     }
 }
 
@@ -524,7 +587,7 @@ mod tests {
         // Never read at all: the error names the file, and holds no token.
         std::fs::remove_file(d.path().join("token")).unwrap();
         let fresh = ApiServer::from_kubeconfig(&write(d.path(), text)).unwrap();
-        let e = fresh.credential.bearer().unwrap_err();
+        let e = fresh.credential.bearer().unwrap_err().to_string();
         assert!(
             e.contains(&*d.path().join("token").to_string_lossy()),
             "{e}"

@@ -70,6 +70,8 @@ impl Drop for Keeper {
 /// Why no token can be handed out now.
 #[derive(Debug, thiserror::Error)]
 pub enum NoToken {
+    /// The keeper has not fetched a token yet, or its last one ended: the reason is
+    /// the source's last error.
     #[error(
         "the broker has no valid token for credential '{credential}' yet: {reason}; retry shortly"
     )]

@@ -48,6 +48,7 @@ pub struct Settings {
 
 /// The answer to one token request.
 pub enum Outcome {
+    /// The caller's service account may have this credential's token.
     Granted {
         who: Identity,
         credential: String,
@@ -110,9 +111,11 @@ pub struct Broker {
 /// Why the broker cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The policy file is unreadable or invalid.
     #[error(transparent)]
     Policy(#[from] policy::Error),
-    #[error("failed to set up the token source of credential '{credential}': {source}")]
+    /// A credential's settings do not make a token source (its cause follows in the chain).
+    #[error("failed to set up the token source of credential '{credential}'")]
     Source {
         credential: String,
         #[source]

@@ -85,7 +85,7 @@ pub enum Unavailable {
     #[error(
         "the token review failed: {0} (the broker needs `create` on tokenreviews.authentication.k8s.io, which the chart's ClusterRole grants)"
     )]
-    Review(String),
+    Review(super::apiserver::CallError),
     /// One service account's new tokens are over its review budget.
     #[error(
         "too many new tokens of {0} to review at once (more than {REVIEW_BURST}, then {REVIEW_RATE} a second); retry shortly"
