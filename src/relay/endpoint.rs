@@ -135,6 +135,19 @@ fn router(relay: Arc<Relay>) -> Router {
             )
         })
         .with_state(relay)
+        .layer(axum::middleware::map_response(one_request_per_connection))
+}
+
+/// Every answer closes its connection. A client refreshes once per token life, so a
+/// kept-alive connection would only wait idle until our server's deadline closes it, and
+/// a client that reuses it just then (its refresh cadence near that deadline: 20 s
+/// tokens refresh every 10 s) gets a reset instead of its token. A new connection per
+/// refresh costs a loopback handshake.
+async fn one_request_per_connection(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+    response
 }
 
 /// Whether a failed handshake is the client refusing our certificate (its alert).
