@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import clients  # noqa: E402
 import idp_peer  # noqa: E402
+import person  # noqa: E402
 from actions_runner import post_env, read_file_commands  # noqa: E402
 
 SLOW = os.environ.get("POLARS_CLOUD_AUTH_SLOW") == "1"
@@ -393,23 +394,9 @@ def test_what_login_stores_serves_every_family(tmp_path):
     idp = idp_peer.Idp({"test-sa": SECRET}, TOKEN_TTL, SESSION_MAX)
     try:
         env = clean_env(POLARS_CLOUD_ISSUER=idp.issuer, HOME=str(tmp_path))
-        env.pop("XDG_CONFIG_HOME", None)
-        for k in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        for k in person.NOT_A_DESKTOP:
             env.pop(k, None)
-        login = subprocess.Popen([str(BINARY), "login", "--no-browser"], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        assert login.stderr is not None
-        url = None
-        for line in login.stderr:
-            if line.startswith("    http"):
-                url = line.strip()
-                break
-        assert url, "login printed no URL"
-        approve = subprocess.run(["node", str(ROOT / "tests" / "idp" / "approve.mjs"), url],
-                                 capture_output=True, text=True, timeout=60)
-        assert approve.returncode == 0, approve.stderr
-        assert login.wait(60) == 0, login.stderr.read()
+        person.login(BINARY, env, ROOT / "tests" / "idp" / "approve.mjs")
         stored = tmp_path / ".config" / "polars_cloud"
         assert {"config.toml", "cloud_access_token", "cloud_refresh_token"} <= set(os.listdir(stored))
 

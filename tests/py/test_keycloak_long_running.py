@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 
 import clients  # noqa: E402
 import keycloak_peer  # noqa: E402
+import person  # noqa: E402
 import test_long_running as lr  # noqa: E402
 
 TOKEN_LIFE = 20
@@ -197,23 +198,11 @@ def test_after_login_each_family_refreshes_by_itself_for_five_token_lives(kc, tm
     try:
         env = lr.clean_env(HOME=str(tmp_path), POLARS_CLOUD_DOMAIN=LOGIN_DOMAIN,
                            POLARS_CLOUD_CA_FILE=str(front.ca))
-        for k in ("XDG_CONFIG_HOME", "DISPLAY", "WAYLAND_DISPLAY", "BROWSER", "SSL_CERT_FILE"):
+        for k in (*person.NOT_A_DESKTOP, "SSL_CERT_FILE"):
             env.pop(k, None)
-        login = subprocess.Popen(front.in_namespace([str(lr.BINARY), "login", "--no-browser"]),
-                                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        assert login.stderr is not None
-        url = None
-        for line in login.stderr:
-            if line.startswith("    http"):
-                url = line.strip()
-                break
-        assert url and f"auth.{LOGIN_DOMAIN}" in url, f"login printed no URL on the front: {url}"
-        approve = subprocess.run(
-            front.in_namespace(["node", str(lr.ROOT / "tests" / "keycloak" / "approve.mjs"), url]),
-            env=env, capture_output=True, text=True, timeout=60)
-        assert approve.returncode == 0, approve.stderr
-        assert login.wait(60) == 0, login.stderr.read()
+        url = person.login(lr.BINARY, env, lr.ROOT / "tests" / "keycloak" / "approve.mjs",
+                           wrap=front.in_namespace)
+        assert f"auth.{LOGIN_DOMAIN}" in url, f"login's URL is not on the front: {url}"
         stored = tmp_path / ".config" / "polars_cloud"
         assert {"config.toml", "cloud_access_token", "cloud_refresh_token"} <= set(os.listdir(stored))
         before = len(refreshes(kc))
