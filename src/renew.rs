@@ -25,6 +25,10 @@ pub struct Policy {
     /// Renew at least this long before expiry, whatever `renew_at` says: the relay's
     /// clients ask for a new token when about 10 s are left, and must get a fresh one.
     pub lead: Duration,
+    /// The earliest fraction of the life a lead may bring the renewal to ([`EARLIEST`]
+    /// for every renewer of its own token; the broker's keepers go earlier, to stay
+    /// ahead of the renewers they serve: `crate::broker::keeper::EARLIEST`).
+    pub earliest: f64,
 }
 
 impl Default for Policy {
@@ -37,6 +41,7 @@ impl Default for Policy {
             backoff_cap: Duration::from_secs(30),
             rejected_retry: Duration::from_secs(60),
             lead: Duration::ZERO,
+            earliest: EARLIEST,
         }
     }
 }
@@ -61,7 +66,7 @@ pub fn next_renewal(token: &AccessToken, now: SystemTime, policy: &Policy, draw:
     let life = token.lifetime();
     let fraction = (policy.renew_at - policy.jitter * draw.clamp(0.0, 1.0)).clamp(0.05, 0.99);
     let planned = token.issued_at() + life.mul_f64(fraction);
-    let earliest = token.issued_at() + life.mul_f64(EARLIEST.min(fraction));
+    let earliest = token.issued_at() + life.mul_f64(policy.earliest.min(fraction));
     let led = token
         .expires_at()
         .checked_sub(policy.lead)

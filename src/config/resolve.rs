@@ -178,6 +178,7 @@ impl RenewArgs {
             backoff_cap: self.max_backoff.map(|x| x.0).unwrap_or(d.backoff_cap),
             rejected_retry: self.rejected_retry.map(|x| x.0).unwrap_or(d.rejected_retry),
             lead: d.lead,
+            earliest: d.earliest,
         }
     }
 
