@@ -72,7 +72,8 @@ pub struct Settings {
     pub ca_bundle: PathBuf,
     /// The system roots to copy into the bundle.
     pub system_roots: PathBuf,
-    /// Mode of the files the app reads (`config.toml`, the bundle).
+    /// Mode of the files the app reads (`config.toml`, the bundle); the legacy token files
+    /// get [`legacy_mode`] of it.
     pub file_mode: u32,
 }
 
@@ -194,6 +195,17 @@ pub fn dir_mode(file_mode: u32) -> u32 {
     mode
 }
 
+/// The mode of the legacy token files: whoever may read them may also write them. 0.7 to
+/// 0.11 write both files back after a refresh through the relay by opening them for
+/// writing in place (`O_TRUNC`), not through a temporary file, and a write-back they are
+/// refused fails the call with "Authentication token was not found". In a pod our
+/// container writes them as another user than the app's, so the mode must give the app
+/// write access; the directory already lets the same readers replace them ([`dir_mode`]),
+/// so this grants nothing new. Pure.
+pub fn legacy_mode(file_mode: u32) -> u32 {
+    file_mode | ((file_mode & 0o444) >> 1)
+}
+
 fn seed(
     dir: &Path,
     file_mode: u32,
@@ -240,7 +252,7 @@ fn seed(
         .flatten()
         .and_then(|s| ours(&s.refresh_token))
         .unwrap_or(handle);
-    config.store_legacy(token.secret(), &legacy, file_mode)?;
+    config.store_legacy(token.secret(), &legacy, legacy_mode(file_mode))?;
     Ok(())
 }
 
@@ -253,6 +265,16 @@ mod tests {
         assert_eq!(dir_mode(0o600), 0o700);
         assert_eq!(dir_mode(0o640), 0o770);
         assert_eq!(dir_mode(0o644), 0o777);
+    }
+
+    #[test]
+    fn legacy_files_are_writable_by_their_readers() {
+        assert_eq!(legacy_mode(0o600), 0o600);
+        assert_eq!(legacy_mode(0o400), 0o600);
+        assert_eq!(legacy_mode(0o640), 0o660);
+        assert_eq!(legacy_mode(0o440), 0o660);
+        assert_eq!(legacy_mode(0o644), 0o666);
+        assert_eq!(legacy_mode(0o444), 0o666);
     }
 
     #[cfg(unix)]
@@ -301,8 +323,9 @@ mod tests {
             client_config::LEGACY_ACCESS_FILE,
             client_config::LEGACY_REFRESH_FILE,
         ] {
+            // The client writes them back in place after a refresh through the relay.
             let mode = std::fs::metadata(app.join(n)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o640, "{n}");
+            assert_eq!(mode & 0o777, 0o660, "{n}");
         }
         // A foreign refresh token in the legacy file is replaced by one of our handles.
         std::fs::write(app.join(client_config::LEGACY_REFRESH_FILE), "foreign").unwrap();

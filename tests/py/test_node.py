@@ -446,3 +446,66 @@ def finished_at(status: dict) -> float:
 
     done = status["state"]["terminated"]["finishedAt"]
     return datetime.fromisoformat(done.replace("Z", "+00:00")).timestamp()
+
+
+def token_exp(path: str) -> float | None:
+    """The `exp` of the bare JWT in `path`, or None while it cannot be read."""
+    import base64
+
+    try:
+        part = open(path).read().strip().split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))["exp"])
+    except (OSError, IndexError, ValueError, KeyError):
+        return None
+
+
+def test_while_the_idp_is_unreachable_0_11_refreshes_through_the_relay_until_its_token_ends(world):
+    """An identity provider outage for one pod: just after our container renewed, its
+    connections to the IdP are refused (an iptables rule in the pod's network namespace,
+    nothing else changes), so the token ages into the 0.11 client's own refresh window
+    (its last 5 to 9 s). The client then refreshes through the relay and writes both
+    legacy files back in place, as the app's user, over files our container (another
+    user) wrote. Every call until the token's end must succeed: a write-back it is refused
+    fails the call with "Authentication token was not found" (what this test found, and
+    `relay::legacy_mode` fixed). After the end, calls may fail: nothing can renew."""
+    kube, node = world["kube"], world["node"]
+    legacy = clients.FAMILIES["legacy-files"]
+    name = "outage-0-11"
+    # No fsGroup: the app reads our files as "other", the hardest case.
+    template = pod_template(world, name, {"polars.cloud/mode": "native"},
+                            app_container(world, 45, hold=False, client=legacy), 1000, None,
+                            restart="Never")
+    kube.apply(job(name, template))
+    pod = node.wait(f"{name}'s app running", lambda: (
+        (ps := node.pods(NS, f"app={name}")) and (node.status(ps[0], "app") or {}).get(
+            "state", {}).get("running") and ps[0]), timeout=180)
+    pid = node.task_pid(node.container_id(pod, SIDECAR))
+    seen = f"/proc/{pid}/root/var/run/polars-cloud-client/app/cloud_access_token"
+    # Just after a renewal: the legacy file holds a token with most of its life left.
+    exp = node.wait("a freshly renewed token in the app's files", lambda: (
+        (e := token_exp(seen)) and e - time.time() >= TOKEN_TTL - 3 and e), timeout=TOKEN_TTL + 10)
+    port = str(world["idp"].port)
+    rule = ["OUTPUT", "-d", node.ip, "-p", "tcp", "--dport", port, "-j", "REJECT",
+            "--reject-with", "tcp-reset"]
+    netns = ["nsenter", "-t", str(pid), "-n", "--"]
+    subprocess.run([*netns, "iptables", "-I", *rule], check=True)
+    try:
+        time.sleep(max(0.0, exp - time.time()) + 3)
+    finally:
+        subprocess.run([*netns, "iptables", "-D", *rule], check=False)
+    pod = node.wait(f"{name}'s result", lambda: (
+        (ps := node.pods(NS, f"app={name}")) and "PCA-CLIENT-DONE" in node.logs(ps[0], "app")
+        and ps[0]), timeout=120, every=1)
+    r = results(node.logs(pod, "app"))[-1]
+    ours = node.logs(pod, SIDECAR)
+    print(f"\noutage: token end {exp - r['started_at']:.1f}s into the run: {r}")
+    assert r["client_version"] == legacy, r
+    # The outage reached our container: its renewals failed while the token aged.
+    assert "renewal failed" in ours, ours[-3000:]
+    # The client refreshed through the relay (the relay names it at its first refresh).
+    assert f"client_version={legacy}" in ours, ours[-3000:]
+    # Every call before the token's end succeeded.
+    before = int(exp - r["started_at"]) - 1
+    assert r["ok"] >= before, (before, r)
+    if r["first_error_at_s"] is not None:
+        assert r["started_at"] + r["first_error_at_s"] >= exp - 1, r
