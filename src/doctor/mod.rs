@@ -310,8 +310,8 @@ pub struct App {
     pub gids: Vec<u32>,
 }
 
-/// Whether `uid` with `gids` has `bits` (4 read, 1 search) on `m`, as the kernel decides
-/// (root passes).
+/// Whether `uid` with `gids` has `bits` (4 read, 2 write, 1 search) on `m`, as the kernel
+/// decides (root passes).
 fn allows(uid: u32, gids: &[u32], m: &Meta, bits: u32) -> bool {
     if uid == 0 {
         return true;
@@ -326,6 +326,38 @@ fn allows(uid: u32, gids: &[u32], m: &Meta, bits: u32) -> bool {
     granted & bits == bits
 }
 
+/// What the app does with a file we give it, and so the access it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads it (the token file, the CA bundle): read on the file, search on its directory.
+    Read,
+    /// Reads it and, after a refresh through the relay, writes it back through a
+    /// temporary file beside it (0.12's `config.toml`): write on the directory too.
+    Replace,
+    /// Reads it and writes it back in place (0.7 to 0.11's token files, opened with
+    /// `O_TRUNC`): write on the file too.
+    WriteInPlace,
+}
+
+impl Access {
+    /// The bits needed on the file and on its directory.
+    fn bits(self) -> (u32, u32) {
+        match self {
+            Access::Read => (4, 1),
+            Access::Replace => (4, 3),
+            Access::WriteInPlace => (6, 1),
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Replace => "replace (write its directory)",
+            Access::WriteInPlace => "write back",
+        }
+    }
+}
+
 fn groups(gids: &[u32]) -> String {
     if gids.is_empty() {
         return String::new();
@@ -334,10 +366,14 @@ fn groups(gids: &[u32]) -> String {
     format!(" (groups {})", list.join(","))
 }
 
-/// Who may read a file: decided for the app's uid when known, else from the bits that
-/// every container of the pod has (others; or the group of an fsGroup volume, whose
-/// directory carries the set-group-id bit). `files`: each file and its directory.
-pub fn readable(app: &App, files: &[(&Path, Meta, Meta)]) -> Finding {
+/// One file the app uses: its path, its and its directory's owner and mode, and what the
+/// app does with it.
+pub type Used<'a> = (&'a Path, Meta, Meta, Access);
+
+/// Whether the app may use each file as it does: decided for the app's uid when known,
+/// else from the bits that every container of the pod has (others; or the group of an
+/// fsGroup volume, whose directory carries the set-group-id bit).
+pub fn readable(app: &App, files: &[Used]) -> Finding {
     if files.is_empty() {
         return Finding::skip(link::APP_ACCESS, "no file to check");
     }
@@ -346,20 +382,23 @@ pub fn readable(app: &App, files: &[(&Path, Meta, Meta)]) -> Finding {
         .map(|(p, ..)| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
+    let hint = "give the pod an fsGroup (the injector then writes files 0640 for that group), or let the injector write 0644 (no fsGroup); POLARS_CLOUD_TOKEN_FILE_MODE of our container sets the mode, and our container gives the files the app writes back write access for their readers";
     match app.uid {
         Some(uid) => {
-            for (path, file, dir) in files {
+            for (path, file, dir, access) in files {
                 let mut gids = app.gids.clone();
                 // A pod's fsGroup: the volume's group, which every container has.
                 if dir.mode & 0o2000 != 0 {
                     gids.push(dir.gid);
                 }
-                if !allows(uid, &gids, dir, 1) || !allows(uid, &gids, file, 4) {
+                let (on_file, on_dir) = access.bits();
+                if !allows(uid, &gids, dir, on_dir) || !allows(uid, &gids, file, on_file) {
                     return Finding::fail(
                         link::APP_ACCESS,
                         format!(
-                            "uid {uid}{} cannot read {} (owner {}:{}, mode {:04o}; directory {}:{}, mode {:04o})",
+                            "uid {uid}{} cannot {} {} (owner {}:{}, mode {:04o}; directory {}:{}, mode {:04o})",
                             groups(&app.gids),
+                            access.verb(),
                             path.display(),
                             file.uid,
                             file.gid,
@@ -368,32 +407,39 @@ pub fn readable(app: &App, files: &[(&Path, Meta, Meta)]) -> Finding {
                             dir.gid,
                             dir.mode & 0o7777
                         ),
-                        "give the pod an fsGroup (the injector then writes files 0640 for that group), or let the injector write 0644 (no fsGroup); POLARS_CLOUD_TOKEN_FILE_MODE of our container sets the mode",
+                        hint,
                     );
                 }
             }
-            Finding::ok(link::APP_ACCESS, format!("uid {uid} can read {names}"))
+            Finding::ok(link::APP_ACCESS, format!("uid {uid} can use {names}"))
         }
         None => {
-            let every = files
-                .iter()
-                .all(|(_, f, d)| f.mode & 0o004 != 0 && d.mode & 0o001 != 0);
+            let every = files.iter().all(|(_, f, d, a)| {
+                let (on_file, on_dir) = a.bits();
+                f.mode & on_file == on_file && d.mode & on_dir == on_dir
+            });
             if every {
-                return Finding::ok(link::APP_ACCESS, format!("any uid can read {names}"));
+                return Finding::ok(link::APP_ACCESS, format!("any uid can use {names}"));
             }
-            let group = files.iter().all(|(_, f, d)| {
-                d.mode & 0o2000 != 0 && f.gid == d.gid && f.mode & 0o040 != 0 && d.mode & 0o010 != 0
+            let group = files.iter().all(|(_, f, d, a)| {
+                let (on_file, on_dir) = a.bits();
+                d.mode & 0o2000 != 0
+                    && f.gid == d.gid
+                    && (f.mode >> 3) & on_file == on_file
+                    && (d.mode >> 3) & on_dir == on_dir
             });
             if group {
                 let gid = files[0].2.gid;
                 return Finding::ok(
                     link::APP_ACCESS,
-                    format!("every container of the pod (fsGroup {gid}) can read {names}"),
+                    format!("every container of the pod (fsGroup {gid}) can use {names}"),
                 );
             }
             Finding::warn(
                 link::APP_ACCESS,
-                format!("{names}: not readable by every uid, and no fsGroup volume"),
+                format!(
+                    "{names}: not usable by every uid as the app uses them, and no fsGroup volume"
+                ),
                 "pass --app-uid (and --app-gid) to check the app's user",
             )
         }

@@ -105,7 +105,7 @@ fn who_may_read_follows_the_kernels_rules_and_the_pods_fs_group() {
     let p = Path::new("/v/token");
     let dir = |uid, gid, mode| Meta { uid, gid, mode };
     let uid = |u: u32, gids: Vec<u32>| App { uid: Some(u), gids };
-    let check = |app: &App, f: Meta, d: Meta| readable(app, &[(p, f, d)]).status;
+    let check = |app: &App, f: Meta, d: Meta| readable(app, &[(p, f, d, Access::Read)]).status;
     let open_dir = dir(65532, 65532, 0o40755);
     // No fsGroup, 0640: owner only (and root).
     let f640 = dir(65532, 65532, 0o100640);
@@ -122,7 +122,7 @@ fn who_may_read_follows_the_kernels_rules_and_the_pods_fs_group() {
     let fs_dir = dir(0, 2000, 0o42770);
     let f_fs = dir(65532, 2000, 0o100640);
     assert_eq!(check(&uid(1000, vec![]), f_fs, fs_dir), Status::Ok);
-    let every = readable(&App::default(), &[(p, f_fs, fs_dir)]);
+    let every = readable(&App::default(), &[(p, f_fs, fs_dir, Access::Read)]);
     assert_eq!(every.status, Status::Ok);
     assert!(every.detail.contains("fsGroup 2000"), "{}", every.detail);
     // A directory others cannot search hides a readable file.
@@ -132,6 +132,56 @@ fn who_may_read_follows_the_kernels_rules_and_the_pods_fs_group() {
     );
     // Unknown uid, owner-only file: cannot tell.
     assert_eq!(check(&App::default(), f640, open_dir), Status::Warn);
+}
+
+#[test]
+fn the_files_the_app_writes_back_need_write_access_for_it() {
+    let p = Path::new("/var/run/polars-cloud-client/app/cloud_access_token");
+    let m = |uid, gid, mode| Meta { uid, gid, mode };
+    let app = App {
+        uid: Some(1000),
+        gids: vec![],
+    };
+    let use_ = |app: &App, f: Meta, d: Meta, a: Access| readable(app, &[(p, f, d, a)]);
+    // No fsGroup: our container (65532) wrote them; the app is "other".
+    let dir = m(0, 0, 0o40777);
+    // The old legacy files' mode: readable, but 0.11's write-back is refused.
+    let read_only = use_(&app, m(65532, 65532, 0o100644), dir, Access::WriteInPlace);
+    assert_eq!(read_only.status, Status::Fail);
+    assert!(
+        read_only.detail.contains("cannot write back"),
+        "{}",
+        read_only.detail
+    );
+    assert_eq!(
+        use_(&app, m(65532, 65532, 0o100644), dir, Access::Read).status,
+        Status::Ok
+    );
+    assert_eq!(
+        use_(&app, m(65532, 65532, 0o100666), dir, Access::WriteInPlace).status,
+        Status::Ok
+    );
+    // config.toml is replaced through a temporary file: the directory must be writable.
+    let closed = m(0, 0, 0o40755);
+    assert_eq!(
+        use_(&app, m(65532, 65532, 0o100644), closed, Access::Replace).status,
+        Status::Fail
+    );
+    assert_eq!(
+        use_(&app, m(65532, 65532, 0o100644), dir, Access::Replace).status,
+        Status::Ok
+    );
+    // fsGroup 2000, unknown uid: the group's bits decide.
+    let fs_dir = m(0, 2000, 0o42770);
+    let any = App::default();
+    assert_eq!(
+        use_(&any, m(65532, 2000, 0o100660), fs_dir, Access::WriteInPlace).status,
+        Status::Ok
+    );
+    assert_eq!(
+        use_(&any, m(65532, 2000, 0o100640), fs_dir, Access::WriteInPlace).status,
+        Status::Warn
+    );
 }
 
 #[test]

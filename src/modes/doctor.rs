@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use crate::cli::DoctorArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::doctor::{
-    self, App, Delivery, Failure, Finding, Meta, Place, Report, Seen, TokenFacts, link,
+    self, Access, App, Delivery, Failure, Finding, Meta, Place, Report, Seen, TokenFacts, link,
 };
 use crate::relay::clients::Version;
 use crate::relay::handle::HandleKey;
@@ -449,26 +449,30 @@ fn token_files(plan: &Plan) -> Vec<Finding> {
         Err(_) => TokenFacts::NotAToken,
     };
     let file = doctor::token_file(path, facts, now, plan.ready_margin, writer);
-    let mut paths = vec![path.to_path_buf()];
+    let mut paths = vec![(path.to_path_buf(), Access::Read)];
     if let Some((s, _)) = &plan.relay {
-        paths.push(s.ca_bundle.clone());
+        paths.push((s.ca_bundle.clone(), Access::Read));
         for dir in &s.client_configs {
             let c = ClientConfig::in_dir(dir);
-            paths.push(c.path().to_path_buf());
-            paths.extend(c.legacy_paths().iter().map(|p| p.to_path_buf()));
+            paths.push((c.path().to_path_buf(), Access::Replace));
+            paths.extend(
+                c.legacy_paths()
+                    .iter()
+                    .map(|p| (p.to_path_buf(), Access::WriteInPlace)),
+            );
         }
     }
-    let metas: Vec<(PathBuf, Meta, Meta)> = paths
+    let metas: Vec<(PathBuf, Meta, Meta, Access)> = paths
         .into_iter()
-        .filter_map(|p| {
+        .filter_map(|(p, access)| {
             let f = meta(&p)?;
             let d = meta(p.parent()?)?;
-            Some((p, f, d))
+            Some((p, f, d, access))
         })
         .collect();
-    let refs: Vec<(&Path, Meta, Meta)> = metas
+    let refs: Vec<doctor::Used> = metas
         .iter()
-        .map(|(p, f, d)| (p.as_path(), *f, *d))
+        .map(|(p, f, d, a)| (p.as_path(), *f, *d, *a))
         .collect();
     let access = if refs.is_empty() {
         Finding::skip(link::APP_ACCESS, "no file to check")
