@@ -59,10 +59,12 @@ log() { echo "node: $*" >&2; }
 
 build() {
   bash scripts/cluster.sh build
-  if ! command -v runc >/dev/null 2>&1 || [ ! -x /usr/lib/cni/bridge ] || ! command -v ip >/dev/null 2>&1; then
-    log "installing runc, containernetworking-plugins and iproute2 with apt-get"
+  # iptables: tests/py/test_node.py cuts one pod off the IdP with a rule in its namespace.
+  if ! command -v runc >/dev/null 2>&1 || [ ! -x /usr/lib/cni/bridge ] || ! command -v ip >/dev/null 2>&1 \
+      || ! command -v iptables >/dev/null 2>&1; then
+    log "installing runc, containernetworking-plugins, iproute2 and iptables with apt-get"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc containernetworking-plugins iproute2 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc containernetworking-plugins iproute2 iptables >/dev/null
   fi
   mkdir -p "$bin"
   if [ ! -x "$CONTAINERD" ] || [ ! -x "$SHIM" ] || [ ! -x "$CTR" ]; then
