@@ -68,13 +68,13 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             };
         }
         if cause.is::<crate::config::Error>()
-            || cause.is::<crate::credentials::Error>()
-            || cause.is::<crate::tls::Error>()
+            || cause.is::<crate::source::credentials::Error>()
+            || cause.is::<crate::serve::tls::Error>()
         {
             return USAGE;
         }
-        if let Some(e) = cause.downcast_ref::<crate::device::Error>() {
-            use crate::device::Error as D;
+        if let Some(e) = cause.downcast_ref::<crate::source::device::Error>() {
+            use crate::source::device::Error as D;
             match e {
                 D::Denied | D::Expired => return REJECTED,
                 D::Interrupted => return INTERRUPTED,
@@ -105,7 +105,7 @@ pub fn to_exit_code(code: u8) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device;
+    use crate::source::device;
 
     #[test]
     fn device_login_outcomes_have_their_codes() {

@@ -1,32 +1,27 @@
 //! polars-cloud-auth: gets short-lived Polars Cloud access tokens to where workloads run.
 //!
 //! The library holds everything; `main` only parses, sets up logging and maps the result
-//! to an exit code. Shared parts: [`source`] (grants, refresh, classification),
-//! [`renew`] (timing), [`sink`] (where tokens go). One module per mode under [`modes`].
+//! to an exit code. Shared parts: [`source`] (grants, refresh, classification, and what
+//! it signs in with), [`renew`] (timing), [`sink`] (where tokens go), [`serve`] (the one
+//! server, TLS, metrics text). One module per mode under [`modes`].
 //! At the bottom, knowing nothing of modes: [`values`] (parsed values) and [`vars`]
 //! (the variable names); [`config`] resolves the flags into settings above them.
 
-pub mod assertion;
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod credentials;
-pub mod device;
 pub mod doctor;
 pub mod exit;
 pub mod hardening;
 pub mod inject;
 pub mod modes;
-pub mod prom;
 pub mod relay;
 pub mod renew;
-pub mod retry;
-pub mod server;
+pub mod serve;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
-pub mod tls;
 pub mod token;
 pub mod values;
 pub mod vars;

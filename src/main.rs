@@ -5,7 +5,7 @@ use polars_cloud_auth::{cli::Cli, exit, load_config, run, telemetry};
 
 fn main() -> ExitCode {
     polars_cloud_auth::hardening::no_core_dumps();
-    polars_cloud_auth::tls::provider();
+    polars_cloud_auth::serve::tls::provider();
     let cli = Cli::parse();
     let file = match load_config(&cli) {
         Ok(file) => file,

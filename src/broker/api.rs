@@ -17,8 +17,8 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 
 use super::{Broker, Outcome, TOKEN_PATH};
-use crate::prom::{self, family};
-use crate::server::Shared;
+use crate::serve::Shared;
+use crate::serve::prom::{self, family};
 use crate::source::BROKER_REFUSAL;
 
 /// Token requests are small: a form with a service-account token.

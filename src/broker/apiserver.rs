@@ -355,7 +355,7 @@ impl ApiServer {
         let reviews = base
             .join(REVIEW_PATH)
             .map_err(|e| bad(format!("server '{server}': {e}")))?;
-        crate::tls::provider(); // reqwest's rustls takes the process default
+        crate::serve::tls::provider(); // reqwest's rustls takes the process default
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!(
                 "polars-cloud-auth-broker/",

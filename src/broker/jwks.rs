@@ -258,8 +258,8 @@ fn verify(key: &Key, alg: Alg, input: &[u8], sig: &[u8]) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::assertion::SigningKey;
-    use crate::assertion::tests::{EC_PKCS8, RSA_PKCS8};
+    use crate::source::client_assertion::SigningKey;
+    use crate::source::client_assertion::tests::{EC_PKCS8, RSA_PKCS8};
     use ring::rand::SystemRandom;
     use std::path::Path;
 

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IdpArgs;
-use crate::credentials::{Credentials, Sources};
 use crate::renew::Policy as RenewPolicy;
+use crate::source::credentials::{Credentials, Sources};
 use crate::token::AccessToken;
 use keeper::Keeper;
 use policy::{Identity, Policy};

@@ -316,7 +316,7 @@ pub struct InjectArgs {
     /// for this audience (the realm's issuer URL) instead of the credentials Secret: a
     /// client assertion, for a confidential client in a realm you control (set --issuer too)
     /// [default: none, the Secret].
-    #[arg(long, env = vars::INJECT_CLIENT_ASSERTION_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[arg(long, env = vars::INJECT_CLIENT_ASSERTION_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::projected_token::check_audience)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_assertion_audience: Option<String>,
     /// The token broker's endpoint: pods become broker-backed (a projected
@@ -335,7 +335,7 @@ pub struct InjectArgs {
     pub broker: Option<bool>,
     /// Audience of the projected token a broker-backed container presents
     /// [default: polars-cloud-auth].
-    #[arg(long, env = vars::INJECT_BROKER_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::assertion::check_audience)]
+    #[arg(long, env = vars::INJECT_BROKER_AUDIENCE, value_name = "AUDIENCE", value_parser = inject::projected_token::check_audience)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_audience: Option<String>,
 }

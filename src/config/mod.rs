@@ -9,9 +9,12 @@ mod resolve;
 
 use std::path::PathBuf;
 
-use crate::{credentials, source};
+use crate::source::{self, credentials};
 
-pub use args::*;
+pub use args::{
+    BrokerArgs, ClientAuthKind, DEFAULT_BROKER_AUDIENCE, FileArgs, GrantKind, IdpArgs, InjectArgs,
+    LogArgs, LogFormat, RelayArgs, RenewArgs, ServeArgs, WebhookArgs,
+};
 pub use file::{ConfigFile, schema_json};
 pub use resolve::overlay;
 

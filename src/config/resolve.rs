@@ -10,11 +10,11 @@ use serde::de::DeserializeOwned;
 
 use super::Error;
 use super::args::*;
-use crate::assertion::Assertion;
-use crate::credentials::{self, Credentials};
 use crate::inject;
 use crate::renew::Policy;
 use crate::sink::TokenFile;
+use crate::source::client_assertion::Assertion;
+use crate::source::credentials::{self, Credentials};
 use crate::source::{self, ClientAuth, Endpoints, Grant, HttpSettings};
 use crate::vars;
 
@@ -250,7 +250,7 @@ impl InjectArgs {
             ))
         })?;
         let audience = match &self.broker_audience {
-            Some(a) => inject::assertion::check_audience(a).map_err(|e| {
+            Some(a) => inject::projected_token::check_audience(a).map_err(|e| {
                 Error::Invalid(format!(
                     "--broker-audience (POLARS_CLOUD_INJECT_BROKER_AUDIENCE): {e}"
                 ))
@@ -335,7 +335,7 @@ impl InjectArgs {
                 "client-assertion-audience",
                 vars::INJECT_CLIENT_ASSERTION_AUDIENCE,
                 &self.client_assertion_audience,
-                inject::assertion::check_audience,
+                inject::projected_token::check_audience,
             )?,
             broker: self.broker_settings()?,
             issuer_ca_pem: self

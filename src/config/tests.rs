@@ -4,9 +4,9 @@ use std::time::Duration;
 use url::Url;
 
 use super::*;
-use crate::assertion::Assertion;
-use crate::credentials::{self, Credentials};
 use crate::inject;
+use crate::source::client_assertion::Assertion;
+use crate::source::credentials::{self, Credentials};
 use crate::source::{ClientAuth, Grant};
 use crate::values::FileMode;
 

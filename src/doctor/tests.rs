@@ -256,7 +256,7 @@ fn client_info_is_read_back_from_what_the_sidecar_exports() {
         .map(|(l, n)| (l.as_str(), n.clone()))
         .collect();
     let mut text = String::from("polars_cloud_auth_ready 1\n");
-    crate::prom::family(&mut text, "client_info", "gauge", "h", &samples);
+    crate::serve::prom::family(&mut text, "client_info", "gauge", "h", &samples);
     assert_eq!(client_info(&text), (vec![Version(0, 11, 3)], true));
     assert_eq!(client_info("polars_cloud_auth_ready 1\n"), (vec![], false));
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::settings::{Mode, Settings, check, check_limits};
-use super::{InjectError, assertion};
+use super::{InjectError, projected_token};
 
 /// What every label and annotation of ours starts with.
 pub const PREFIX: &str = "polars.cloud/";
@@ -106,7 +106,7 @@ pub(super) fn effective(
     apply(
         ann,
         CLIENT_ASSERTION_AUDIENCE,
-        |v| assertion::check_audience(v).map(Some),
+        |v| projected_token::check_audience(v).map(Some),
         &mut s.client_assertion_audience,
     )?;
     match &mut s.broker {

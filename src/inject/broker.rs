@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 
-use super::assertion::{self, Plan};
+use super::projected_token::{self, Plan};
 use crate::vars;
 
 /// The projected token volume a broker-backed container presents.
@@ -40,8 +40,13 @@ pub fn plan(b: &Broker) -> Plan {
         value_from: None,
     };
     Plan {
-        volume: assertion::projected_token_volume(VOLUME, &b.audience, b.expiration_seconds, FILE),
-        mount: assertion::projected_token_mount(VOLUME, DIR),
+        volume: projected_token::projected_token_volume(
+            VOLUME,
+            &b.audience,
+            b.expiration_seconds,
+            FILE,
+        ),
+        mount: projected_token::projected_token_mount(VOLUME, DIR),
         env: vec![
             env(vars::GRANT, "client-credentials"),
             env(vars::CLIENT_ASSERTION_FILE, &format!("{DIR}/{FILE}")),

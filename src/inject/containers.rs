@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::settings::Settings;
-use super::{assertion, relay};
+use super::{projected_token, relay_pod};
 use crate::vars;
 
 /// The in-memory volume holding the token file.
@@ -101,7 +101,7 @@ pub(super) fn token_container(
     role: Role,
     fs_group: bool,
     relay_for: Option<&[&Container]>,
-    assertion: Option<&assertion::Plan>,
+    assertion: Option<&projected_token::Plan>,
 ) -> Container {
     let sidecar = !matches!(role, Role::Init(_));
     let mut vars = match assertion {
@@ -134,7 +134,7 @@ pub(super) fn token_container(
         vars.push(env(vars::DOMAIN, d));
     }
     if let Some(apps) = relay_for {
-        vars.push(relay::our_env(apps));
+        vars.push(relay_pod::our_env(apps));
     }
     if let Some(i) = &s.issuer {
         vars.push(env(vars::ISSUER, i));
@@ -233,7 +233,7 @@ pub(super) fn token_container(
                 },
             ]
             .into_iter()
-            .chain(relay_for.into_iter().flat_map(|_| relay::our_mounts()))
+            .chain(relay_for.into_iter().flat_map(|_| relay_pod::our_mounts()))
             .collect(),
         ),
         ..Container::default()

@@ -8,12 +8,12 @@
 //! index; insertions (our init container goes first) come after.
 
 pub mod annotation;
-pub mod assertion;
 pub mod broker;
 mod containers;
 mod patch;
+pub mod projected_token;
 pub mod quantity;
-pub mod relay;
+pub mod relay_pod;
 pub mod settings;
 pub mod workload;
 
@@ -155,11 +155,11 @@ pub fn inject(
     }
     // With a client assertion, to the realm or to the broker, our container needs no
     // credentials Secret at all. A pod's own realm audience wins over the broker.
-    let assertion = assertion::plan(s.client_assertion_audience.as_deref())
+    let assertion = projected_token::plan(s.client_assertion_audience.as_deref())
         .or_else(|| s.broker.as_ref().filter(|b| b.default_on).map(broker::plan));
     check_volume_names(spec, marked, relay_on, assertion.as_ref())?;
     let sysctl = if relay_on && s.mode != Mode::InitOnly {
-        relay::sysctl(spec)?
+        relay_pod::sysctl(spec)?
     } else {
         None
     };
@@ -315,7 +315,7 @@ fn check_volume_names(
     spec: &PodSpec,
     marked: bool,
     relay_on: bool,
-    assertion: Option<&assertion::Plan>,
+    assertion: Option<&projected_token::Plan>,
 ) -> Result<(), InjectError> {
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     let mut ours = vec![
@@ -326,7 +326,7 @@ fn check_volume_names(
         },
     ];
     if relay_on {
-        ours.extend([relay::CLIENT_VOLUME, relay::STATE_VOLUME]);
+        ours.extend([relay_pod::CLIENT_VOLUME, relay_pod::STATE_VOLUME]);
     }
     for name in ours {
         if !marked && volumes.iter().any(|v| v.name == name) {
@@ -386,7 +386,7 @@ fn serve_apps<'a>(
             ..VolumeMount::default()
         }];
         if relay_on {
-            mounts_wanted.push(relay::app_mount());
+            mounts_wanted.push(relay_pod::app_mount());
         }
         let existing = c.volume_mounts.as_deref().unwrap_or_default();
         let mut new_mounts = Vec::new();
@@ -427,11 +427,11 @@ fn serve_apps<'a>(
             None => new_vars.push(env(vars::ACCESS_TOKEN_PATH, s.token_path.as_str())),
         }
         if relay_on {
-            for (var, on_conflict) in relay::app_env(&c.name, token_dir, real_domain) {
+            for (var, on_conflict) in relay_pod::app_env(&c.name, token_dir, real_domain) {
                 match vars.iter().find(|v| v.name == var.name) {
                     None => new_vars.push(var),
                     Some(v) if v.value == var.value && v.value_from.is_none() => {}
-                    Some(_) if on_conflict == relay::OnConflict::KeepTheirs => {}
+                    Some(_) if on_conflict == relay_pod::OnConflict::KeepTheirs => {}
                     Some(v) => {
                         return Err(InjectError::RelayEnvConflict {
                             container: c.name.clone(),
@@ -469,7 +469,7 @@ fn add_volumes(
     ops: &mut Vec<PatchOperation>,
     spec: &PodSpec,
     s: &Settings,
-    assertion: Option<&assertion::Plan>,
+    assertion: Option<&projected_token::Plan>,
     relay_on: bool,
     fs_group: bool,
 ) {
@@ -491,7 +491,7 @@ fn add_volumes(
         }
     }
     if relay_on {
-        for v in relay::volumes() {
+        for v in relay_pod::volumes() {
             if !volumes.iter().any(|have| have.name == v.name) {
                 new_volumes.push(v);
             }
@@ -511,12 +511,12 @@ fn add_relay_pod_settings(
     spec: &PodSpec,
     sysctl: Option<&k8s_openapi::api::core::v1::Sysctl>,
 ) {
-    if !relay::has_host_alias(spec) {
+    if !relay_pod::has_host_alias(spec) {
         push_list(
             ops,
             pointer([Token::new("spec"), Token::new("hostAliases")]),
             spec.host_aliases.is_none(),
-            &[relay::host_alias()],
+            &[relay_pod::host_alias()],
         );
     }
     if let Some(sysctl) = sysctl {
@@ -561,7 +561,7 @@ fn add_our_containers(
 fn reseed_our_containers(ops: &mut Vec<PatchOperation>, spec: &PodSpec, apps: &[&Container]) {
     let init = spec.init_containers.as_deref().unwrap_or_default();
     let main = spec.containers.as_slice();
-    let want = relay::our_env(apps);
+    let want = relay_pod::our_env(apps);
     let lists = [("initContainers", init), ("containers", main)];
     for (list, containers) in lists {
         for (i, c) in containers

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::containers::CREDENTIALS_DIR;
-use super::{InjectError, broker, quantity, relay};
+use super::{InjectError, broker, quantity, relay_pod};
 
 /// The credentials Secret's default name.
 pub const DEFAULT_SECRET_NAME: &str = "polars-cloud-credentials";
@@ -78,7 +78,7 @@ impl TokenPath {
         let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
         for ours in [
             CREDENTIALS_DIR,
-            relay::CLIENT_DIR,
+            relay_pod::CLIENT_DIR,
             crate::relay::DEFAULT_STATE_DIR,
         ] {
             if inside(dir, ours) || inside(ours, dir) {

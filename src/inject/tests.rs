@@ -823,7 +823,7 @@ fn a_client_assertion_audience_projects_a_token_into_our_containers_only() {
         );
         let projected = volumes
             .iter()
-            .find(|v| v["name"] == assertion::VOLUME)
+            .find(|v| v["name"] == projected_token::VOLUME)
             .unwrap();
         assert_eq!(
             projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
@@ -839,12 +839,12 @@ fn a_client_assertion_audience_projects_a_token_into_our_containers_only() {
             let mounts = names(&c["volumeMounts"]);
             if c["name"] == "app" {
                 assert!(
-                    !mounts.contains(&assertion::VOLUME),
+                    !mounts.contains(&projected_token::VOLUME),
                     "the app must not see it"
                 );
                 continue;
             }
-            assert!(mounts.contains(&assertion::VOLUME), "{mode} {c}");
+            assert!(mounts.contains(&projected_token::VOLUME), "{mode} {c}");
             assert!(!mounts.contains(&CREDENTIALS_VOLUME), "{mode} {c}");
             assert_eq!(env_of(c, "POLARS_CLOUD_GRANT"), Some("client-credentials"));
             assert_eq!(
@@ -892,7 +892,7 @@ fn the_client_assertion_audience_can_be_the_injectors_default() {
         ..Settings::default()
     };
     let (p, _) = run(&pod(json!({}), app()), &s).unwrap();
-    assert!(names(&p["spec"]["volumes"]).contains(&assertion::VOLUME));
+    assert!(names(&p["spec"]["volumes"]).contains(&projected_token::VOLUME));
 }
 
 fn with_broker(default_on: bool) -> Settings {
@@ -1001,7 +1001,7 @@ fn pods_opt_in_and_out_of_the_broker_and_its_absence_is_explained() {
         &with_broker(true),
     )
     .unwrap();
-    assert!(names(&p["spec"]["volumes"]).contains(&assertion::VOLUME));
+    assert!(names(&p["spec"]["volumes"]).contains(&projected_token::VOLUME));
     assert!(!names(&p["spec"]["volumes"]).contains(&broker::VOLUME));
     let e = err(&pod(json!({"polars.cloud/broker": "true"}), app()));
     assert!(

@@ -1,5 +1,5 @@
 //! `broker`: serve tokens to broker-backed sidecars over TLS until a signal
-//! ([`crate::broker`] decides, [`crate::server`] serves).
+//! ([`crate::broker`] decides, [`crate::serve`] serves).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::broker::{self, Broker, api};
 use crate::cli::BrokerCmdArgs;
 use crate::config::{ConfigFile, overlay};
-use crate::server::{self, Limits, Shared};
+use crate::serve::{self, Limits, Shared};
 
 /// `polars-cloud-auth broker`.
 pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
@@ -18,7 +18,7 @@ pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let idp = overlay(&args.idp, &file.idp)?;
     let renew = overlay(&args.renew, &file.renewal)?;
     let (listen, cert, key, policy_file) = serve.resolve()?;
-    let config = server::Config {
+    let config = serve::Config {
         listen,
         cert,
         key,
@@ -41,11 +41,11 @@ pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
 }
 
 pub async fn run(
-    config: server::Config,
+    config: serve::Config,
     settings: broker::Settings,
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    let cert = server::load_cert(&config).context("failed to load the broker's TLS certificate")?;
+    let cert = serve::load_cert(&config).context("failed to load the broker's TLS certificate")?;
     let api = broker::apiserver::ApiServer::infer()
         .context("failed to find the Kubernetes API server for token reviews")?;
     let audience = settings.audience.clone();
@@ -64,7 +64,7 @@ pub async fn run(
         credentials = broker.keepers().len(),
         "broker started"
     );
-    server::serve(listener, cert, app, &config, &shared, cancel).await?;
+    serve::serve(listener, cert, app, &config, &shared, cancel).await?;
     tracing::info!("broker stopped");
     Ok(())
 }

@@ -197,8 +197,8 @@ fn credentials(plan: &Plan) -> Finding {
     }
 }
 
-fn source_name(v: &crate::credentials::Value) -> String {
-    use crate::credentials::Value;
+fn source_name(v: &crate::source::credentials::Value) -> String {
+    use crate::source::credentials::Value;
     match v {
         Value::Inline { from, .. } => (*from).to_string(),
         Value::File(p) => format!("'{}'", p.display()),
@@ -587,7 +587,7 @@ async fn relay_answers(s: &crate::relay::Settings, host: &str, addr: SocketAddr)
         }
     };
     // The app's view: only the bundle (its SSL_CERT_FILE), the relay's name, no proxy.
-    let client = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+    let client = rustls::ClientConfig::builder_with_provider(crate::serve::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())
         .and_then(|b| {
@@ -662,7 +662,7 @@ impl Recording {
         }
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
-            crate::tls::provider(),
+            crate::serve::tls::provider(),
         )
         .build()
         .ok()?;

@@ -152,7 +152,7 @@ async fn token(
     };
     let source = Arc::new(idp.source().with_context(why)?);
     let cancel = cancel_on_signals();
-    let tokens = crate::retry::fetch_until(&source, deadline, policy, &cancel)
+    let tokens = crate::source::retry::fetch_until(&source, deadline, policy, &cancel)
         .await
         .with_context(why)?;
     Ok((tokens.access, From::Fetched(source)))

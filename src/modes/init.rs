@@ -9,9 +9,9 @@ use crate::cli::InitArgs;
 use crate::config::{ConfigFile, overlay};
 use crate::relay;
 use crate::renew::Policy;
-use crate::retry;
 use crate::sink::TokenFile;
 use crate::source::TokenSource;
+use crate::source::retry;
 use crate::token::unix_secs;
 
 /// `polars-cloud-auth init`.

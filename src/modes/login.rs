@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::LoginArgs;
 use crate::config::{ConfigFile, IdpArgs, overlay};
-use crate::device::{self, Authorization, Outcome};
 use crate::sink::stored::Stores;
 use crate::source::Endpoints;
+use crate::source::device::{self, Authorization, Outcome};
 use crate::token::{AccessToken, Tokens};
 
 /// What to do with the tokens.

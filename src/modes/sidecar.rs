@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::SidecarArgs;
 use crate::config::{ConfigFile, overlay};
-use crate::prom::family as metric;
 use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
+use crate::serve::prom::family as metric;
 use crate::sink::TokenFile;
 use crate::source::{FailureClass, TokenSource};
 use crate::token::AccessToken;

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::TokenArgs;
 use crate::config::{ConfigFile, overlay};
 use crate::renew::Policy;
-use crate::retry;
 use crate::source::TokenSource;
+use crate::source::retry;
 
 /// Why `token` printed nothing.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cli::WebhookCmdArgs;
 use crate::config::{ConfigFile, overlay};
-use crate::server::{self, Limits};
+use crate::serve::{self, Limits};
 use crate::webhook::run;
 
 /// `polars-cloud-auth webhook`: the settings from flags, environment and config file, then
@@ -14,7 +14,7 @@ pub fn command(args: WebhookCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
     let settings = overlay(&args.inject, &file.inject)?.settings()?;
     let serve = overlay(&args.serve, &file.webhook)?;
     let (listen, cert, key) = serve.resolve()?;
-    let config = server::Config {
+    let config = serve::Config {
         listen,
         cert,
         key,

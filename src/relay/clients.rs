@@ -170,7 +170,7 @@ impl Seen {
                 (
                     format!(
                         "{{version=\"{}\",family=\"{family}\",served=\"{served}\"}}",
-                        crate::prom::label(&v)
+                        crate::serve::prom::label(&v)
                     ),
                     if n > 0 { "1" } else { "0" }.to_string(),
                 )

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::TOKEN_PATH;
 use super::clients::{Family, Seen, version_from_headers};
 use super::handle::{HandleKey, LIFE};
-use crate::server::{self, ConnContext, Connections, Limits};
+use crate::serve::{self, ConnContext, Connections, Limits};
 use crate::token::AccessToken;
 
 /// Refreshes are answered one at a time, this far apart. Processes sharing a config
@@ -42,7 +42,7 @@ pub const SPACING: Duration = Duration::from_millis(250);
 /// The largest token request read: a refresh is a form of a few hundred bytes.
 const MAX_FORM: usize = 16 * 1024;
 
-/// The relay's bounds, those of our other servers ([`crate::server`]) with fewer
+/// The relay's bounds, those of our other servers ([`crate::serve`]) with fewer
 /// connections: an app's client needs a handful, and under `exec` each tunnel through the
 /// proxy holds two descriptors of ours, so the cap stays well below the usual limit of
 /// 1,024 and leaves the rest to the command's own connections.
@@ -102,7 +102,7 @@ impl Relay {
     {
         let tls = self.tls.clone();
         let app = router(self.clone());
-        if let Err(e) = server::serve_tls(io, &tls, app, ctx).await {
+        if let Err(e) = serve::serve_tls(io, &tls, app, ctx).await {
             if refused_our_ca(&e) && self.clients.untrusting() {
                 tracing::warn!(
                     family = Family::LegacyBuiltinRoots.name(),
@@ -117,7 +117,7 @@ impl Relay {
 /// Accepts on `listener` until `cancel`, with the shared server's bounds.
 pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: CancellationToken) {
     let (limits, connections) = (relay.limits.clone(), relay.connections.clone());
-    server::accept(listener, &limits, connections, cancel, move |conn| {
+    serve::accept(listener, &limits, connections, cancel, move |conn| {
         let relay = relay.clone();
         async move { relay.serve_connection(conn.tcp, &conn.ctx).await }
     })

@@ -130,7 +130,7 @@ pub fn load_or_create(state_dir: &Path, host: &str) -> Result<Authority, Error> 
     let leaf = params.signed_by(&leaf_key, &issuer).map_err(build)?;
     let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+    let mut server = rustls::ServerConfig::builder_with_provider(crate::serve::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Build(e.to_string()))?
         .with_no_client_auth()

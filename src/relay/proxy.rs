@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::endpoint::Relay;
-use crate::server::Accepted;
+use crate::serve::Accepted;
 
 /// The upstream proxy's answer must arrive within this; a request head must be no
 /// larger than `MAX_HEAD`.
@@ -67,9 +67,9 @@ pub fn connect_target(head: &str) -> Result<(String, u16), &'static str> {
     }
 }
 
-/// Accepts on `listener` until `cancel`, with the relay's bounds ([`crate::server`]): the
+/// Accepts on `listener` until `cancel`, with the relay's bounds ([`crate::serve`]): the
 /// same connection cap for tunnels and relay requests, a request head within
-/// [`Limits::handshake`](crate::server::Limits::handshake), and the relay's own limits
+/// [`Limits::handshake`](crate::serve::Limits::handshake), and the relay's own limits
 /// once the stream is its.
 pub async fn serve(
     listener: TcpListener,
@@ -80,7 +80,7 @@ pub async fn serve(
 ) {
     let relay_host = Arc::<str>::from(relay_host);
     let (limits, connections) = (relay.limits().clone(), relay.connections.clone());
-    crate::server::accept(listener, &limits, connections, cancel, move |conn| {
+    crate::serve::accept(listener, &limits, connections, cancel, move |conn| {
         let (relay, relay_host, upstream) = (relay.clone(), relay_host.clone(), upstream.clone());
         async move {
             if let Err(e) = one(conn, relay, &relay_host, &upstream).await {

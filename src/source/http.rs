@@ -29,7 +29,7 @@ impl Default for HttpSettings {
 /// is a wrong URL, and a redirected POST would lose its body).
 pub fn http_client(settings: &HttpSettings) -> Result<reqwest::Client, HttpError> {
     // reqwest's rustls takes the process default.
-    crate::tls::provider();
+    crate::serve::tls::provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("polars-cloud-auth/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())

@@ -4,9 +4,13 @@
 //! grant, `client_credentials`, and `refresh_token`), classifies every failure as
 //! permanent or transient, and keeps the refresh token in memory only.
 
+pub mod client_assertion;
+pub mod credentials;
+pub mod device;
 mod endpoints;
 mod http;
 mod reply;
+pub mod retry;
 mod scrub;
 
 use std::net::IpAddr;
@@ -19,13 +23,16 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use crate::assertion::{self, Assertion};
-use crate::credentials::{self, Credentials};
 use crate::token::{AccessToken, JwtError, RefreshToken, Tokens, life};
-pub use endpoints::*;
-pub use http::*;
-pub use reply::*;
-use scrub::*;
+use client_assertion::Assertion;
+use credentials::Credentials;
+pub use endpoints::{EndpointError, Endpoints, issuer_for_domain};
+pub(crate) use http::send;
+pub use http::{HttpError, HttpSettings, http_client};
+use reply::with_grant_hint;
+pub use reply::{FailureClass, FetchError};
+pub(crate) use reply::{classify, failure};
+use scrub::{basic_credential, scrub};
 
 /// Polars Cloud's production domain.
 pub const DEFAULT_DOMAIN: &str = "prd.cloud.pola.rs";
@@ -420,7 +427,7 @@ impl Proof {
                     form.push(("client_id", id));
                 }
                 form.extend([
-                    ("client_assertion_type", assertion::JWT_BEARER),
+                    ("client_assertion_type", client_assertion::JWT_BEARER),
                     ("client_assertion", assertion.expose_secret()),
                 ]);
                 request

@@ -11,7 +11,7 @@ pub enum FetchError {
     Credentials(#[from] credentials::Error),
     /// No client assertion could be read or signed; fix the configuration.
     #[error(transparent)]
-    Assertion(#[from] assertion::Error),
+    Assertion(#[from] client_assertion::Error),
     /// The identity provider said no (4xx with an OAuth error, or another 4xx).
     #[error("the identity provider rejected the request ({status}{}){}: {hint}",
         error.as_deref().map(|e| format!(", {e}")).unwrap_or_default(),

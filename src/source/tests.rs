@@ -1,3 +1,4 @@
+use super::http::parse_retry_after;
 use super::*;
 use crate::token::tests::jwt;
 
@@ -548,7 +549,7 @@ async fn a_client_key_signs_a_fresh_assertion_for_every_request() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");
-    std::fs::write(&key, crate::assertion::tests::EC_PKCS8).unwrap();
+    std::fs::write(&key, crate::source::client_assertion::tests::EC_PKCS8).unwrap();
     let (issuer, server) = serve(vec![token_reply(60, 0), token_reply(60, 0)]).await;
     let source = assertion_source(
         issuer.clone(),

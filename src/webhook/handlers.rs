@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use super::admission::{self, Verdict};
 use super::{AppState, BUDGET_UNIT, DRAIN, LARGE_REVIEW, MAX_BODY, metrics};
 use crate::inject::Settings;
-use crate::server::Limits;
+use crate::serve::Limits;
 
 /// The HTTP surface, apart from TLS and the listener so tests can drive it.
 pub fn router(state: AppState) -> Router {

@@ -1,11 +1,11 @@
 //! The webhook's `/metrics`: reviews by verdict, a latency histogram and certificate
-//! reloads, written by [`crate::prom`].
+//! reloads, written by [`crate::serve::prom`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::admission::Verdict;
-use crate::prom;
+use crate::serve::prom;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 11] = [

@@ -1,6 +1,6 @@
 //! The mutating admission webhook over HTTPS, in the shape of kubewarden policy-server's
 //! `api/`: [`admission`] decides, [`handlers`] serve, [`metrics`] count; the HTTPS
-//! server is the shared [`crate::server`]. `/mutate` answers AdmissionReview
+//! server is the shared [`crate::serve`]. `/mutate` answers AdmissionReview
 //! v1 through [`admission`]; `/healthz`, `/readyz` and `/metrics` share
 //! the port. The certificate is re-read when its files change ([`ReloadingCert`]).
 //!
@@ -20,8 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::inject::Settings;
-use crate::server::{self, Connections, Limits, Shared};
-use crate::tls::ReloadingCert;
+use crate::serve::tls::ReloadingCert;
+use crate::serve::{self, Connections, Limits, Shared};
 use handlers::LargeLane;
 pub use handlers::router;
 use metrics::Metrics;
@@ -92,12 +92,11 @@ impl AppState {
 
 /// Serves the webhook until `cancel` and the drain after it.
 pub async fn run(
-    config: server::Config,
+    config: serve::Config,
     settings: Settings,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cert =
-        server::load_cert(&config).context("failed to load the webhook's TLS certificate")?;
+    let cert = serve::load_cert(&config).context("failed to load the webhook's TLS certificate")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -109,7 +108,7 @@ pub async fn run(
         image = %state.settings.image,
         "webhook started"
     );
-    server::serve(listener, cert, app, &config, &state.shared, cancel).await?;
+    serve::serve(listener, cert, app, &config, &state.shared, cancel).await?;
     tracing::info!("webhook stopped");
     Ok(())
 }

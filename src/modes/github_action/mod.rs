@@ -16,27 +16,27 @@ use clap::ValueEnum;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use crate::assertion;
 use crate::cli::Step;
 use crate::config::{ClientAuthKind, GrantKind, IdpArgs};
-use crate::credentials::{Credentials, Value};
 use crate::exit;
 use crate::renew::Policy;
-use crate::retry;
 use crate::shutdown;
 use crate::sink::TokenFile;
 use crate::sink::github::{self, FileCommand, Runner};
+use crate::source::client_assertion;
+use crate::source::credentials::{Credentials, Value};
+use crate::source::retry;
 use crate::token::RefreshToken;
 use crate::vars;
 
 mod inputs;
-mod relay;
+mod long_running;
 #[cfg(test)]
 mod tests;
 
 use inputs::*;
 pub use inputs::{Inputs, Lookup, token_file_path};
-use relay::*;
+use long_running::*;
 
 /// The inputs the binary reads. `action.yml` declares these plus `version` and
 /// `binary-path`, which only the wrapper reads.
@@ -347,16 +347,16 @@ async fn source(
         None => idp.endpoints()?.issuer.to_string(),
     };
     let http = crate::source::http_client(&idp.http())?;
-    let jwt = assertion::github_oidc_token(
+    let jwt = client_assertion::github_oidc_token(
         &http,
-        lookup(assertion::GITHUB_OIDC_URL).as_deref(),
-        lookup(assertion::GITHUB_OIDC_TOKEN).as_deref(),
+        lookup(client_assertion::GITHUB_OIDC_URL).as_deref(),
+        lookup(client_assertion::GITHUB_OIDC_TOKEN).as_deref(),
         &audience,
     )
     .await
     .map_err(crate::source::FetchError::from)?;
     github::add_mask(out, jwt.expose_secret())?;
-    Ok(idp.source_with_assertion(credentials, assertion::Assertion::Inline(jwt))?)
+    Ok(idp.source_with_assertion(credentials, client_assertion::Assertion::Inline(jwt))?)
 }
 
 async fn revoke(lookup: Lookup<'_>, refresh: &RefreshToken) -> anyhow::Result<()> {

@@ -93,7 +93,7 @@ pub async fn fetch_at_most(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::{Credentials, Sources};
+    use crate::source::credentials::{Credentials, Sources};
     use crate::source::{Endpoints, Grant, HttpSettings, Settings, http_client};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -7,6 +7,9 @@
 //! keeps serving for the drain delay, so that clients stop sending before the port
 //! closes; then no new connections are accepted and open ones finish their requests.
 
+pub mod prom;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::ReloadingCert;
+use tls::ReloadingCert;
 
 /// Bounds against slow, stalled and too many clients, so that memory stays bounded and
 /// `/healthz` keeps answering whatever the clients do (with `failurePolicy: Fail`, a
@@ -107,7 +110,7 @@ impl Connections {
     pub fn render(&self, out: &mut String) {
         let mut family = |name: &str, kind: &str, help: &str, value: u64| {
             let name = format!("{}_{name}", self.prefix);
-            crate::prom::family(out, &name, kind, help, &[("", value.to_string())]);
+            crate::serve::prom::family(out, &name, kind, help, &[("", value.to_string())]);
         };
         family(
             "connections",
@@ -147,8 +150,8 @@ pub struct Config {
 }
 
 /// Loads the certificate named by `config` (checked now, re-read when it changes).
-pub fn load_cert(config: &Config) -> Result<Arc<ReloadingCert>, crate::tls::Error> {
-    ReloadingCert::load(&config.cert, &config.key, crate::tls::provider()).map(Arc::new)
+pub fn load_cert(config: &Config) -> Result<Arc<ReloadingCert>, crate::serve::tls::Error> {
+    ReloadingCert::load(&config.cert, &config.key, crate::serve::tls::provider()).map(Arc::new)
 }
 
 /// Connections still open this long after the drain are dropped.
@@ -191,7 +194,7 @@ impl Shared {
     pub fn render(&self, out: &mut String) {
         self.connections.render(out);
         if let Some(not_after) = self.cert.get().and_then(|c| c.not_after()) {
-            crate::prom::family(
+            crate::serve::prom::family(
                 out,
                 &format!(
                     "{}_certificate_expiry_timestamp_seconds",
@@ -215,7 +218,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let _ = shared.cert.set(cert.clone());
-    let mut tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(crate::serve::tls::provider())
         .with_safe_default_protocol_versions()
         .context("failed to set up TLS")?
         .with_no_client_auth()

@@ -414,11 +414,11 @@ pub(crate) mod tests {
     use super::*;
 
     /// Test keys made by openssl (never used anywhere else).
-    pub const RSA_PKCS8: &str = include_str!("../tests/data/assertion/rsa.pem");
-    pub const RSA_PKCS1: &str = include_str!("../tests/data/assertion/rsa-pkcs1.pem");
-    pub const EC_PKCS8: &str = include_str!("../tests/data/assertion/ec.pem");
-    pub const EC_SEC1: &str = include_str!("../tests/data/assertion/ec-sec1.pem");
-    const EC_P384: &str = include_str!("../tests/data/assertion/ec-p384.pem");
+    pub const RSA_PKCS8: &str = include_str!("../../tests/data/assertion/rsa.pem");
+    pub const RSA_PKCS1: &str = include_str!("../../tests/data/assertion/rsa-pkcs1.pem");
+    pub const EC_PKCS8: &str = include_str!("../../tests/data/assertion/ec.pem");
+    pub const EC_SEC1: &str = include_str!("../../tests/data/assertion/ec-sec1.pem");
+    const EC_P384: &str = include_str!("../../tests/data/assertion/ec-p384.pem");
 
     fn key(pem: &str) -> SigningKey {
         SigningKey::from_pem(pem.as_bytes(), Path::new("k.pem")).unwrap()
