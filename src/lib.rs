@@ -17,6 +17,7 @@ pub mod inject;
 pub mod modes;
 pub mod relay;
 pub mod renew;
+pub mod renewal;
 pub mod serve;
 pub mod shutdown;
 pub mod sink;

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::renew::{self, Policy};
-use crate::source::{FailureClass, TokenSource};
+use crate::renew::Policy;
+use crate::renewal::{self, Renewer, Wake};
+use crate::source::{FailureClass, FetchError, TokenSource};
 use crate::token::AccessToken;
 
 /// A token is handed out only with at least this much life left (a fifth of its life for
@@ -167,6 +168,57 @@ impl Keeper {
     }
 }
 
+/// The keeper's part of the renewal driver: a new token goes to the requests.
+struct Publisher {
+    name: String,
+    publish: watch::Sender<Held>,
+    counts: Arc<Counts>,
+}
+
+impl Renewer for Publisher {
+    fn deliver(&mut self, token: &AccessToken) -> anyhow::Result<()> {
+        self.counts.fetched.fetch_add(1, Ordering::Relaxed);
+        self.publish.send_replace(Held {
+            token: Some(token.clone()),
+            error: None,
+        });
+        Ok(())
+    }
+
+    fn policy(&self, base: &Policy, token: &AccessToken) -> Policy {
+        policy_for(base, token)
+    }
+
+    fn renewed(&mut self, token: &AccessToken, wait: Duration) {
+        tracing::info!(
+            credential = %self.name,
+            expires_in = token.remaining(SystemTime::now()).as_secs(),
+            next_renewal_in = wait.as_secs(),
+            "credential token renewed"
+        );
+    }
+
+    fn fetch_failed(&mut self, error: FetchError, wait: Duration) {
+        match error.class() {
+            FailureClass::Transient => self.counts.transient.fetch_add(1, Ordering::Relaxed),
+            FailureClass::Permanent => self.counts.rejected.fetch_add(1, Ordering::Relaxed),
+        };
+        let text = format!("{:#}", anyhow::Error::from(error));
+        tracing::warn!(
+            credential = %self.name,
+            error = %text,
+            retry_in_ms = wait.as_millis() as u64,
+            "credential token renewal failed; the last good token is handed out until it expires"
+        );
+        self.publish.send_modify(|h| h.error = Some(text));
+    }
+}
+
+/// [`keeper_policy`] for `token`'s life: what the keeper renews with.
+pub(crate) fn policy_for(base: &Policy, token: &AccessToken) -> Policy {
+    keeper_policy(base, token.lifetime())
+}
+
 async fn run(
     name: String,
     source: TokenSource,
@@ -175,73 +227,26 @@ async fn run(
     counts: Arc<Counts>,
     stop: CancellationToken,
 ) {
-    let mut attempt = 0u32;
-    loop {
-        let result = tokio::select! {
-            r = source.fetch() => r,
-            _ = stop.cancelled() => return,
-        };
-        let now = SystemTime::now();
-        let wait = match result {
-            Ok(tokens) => {
-                counts.fetched.fetch_add(1, Ordering::Relaxed);
-                attempt = 0;
-                let policy = keeper_policy(&policy, tokens.access.lifetime());
-                let wait = renew::next_renewal(&tokens.access, now, &policy, renew::draw());
-                tracing::info!(
-                    credential = %name,
-                    expires_in = tokens.access.remaining(now).as_secs(),
-                    next_renewal_in = wait.as_secs(),
-                    "credential token renewed"
-                );
-                publish.send_replace(Held {
-                    token: Some(tokens.access),
-                    error: None,
-                });
-                wait
-            }
-            Err(e) => {
-                let class = e.class();
-                let left = publish.borrow().token.as_ref().map(|t| t.remaining(now));
-                let wait = match class {
-                    FailureClass::Transient => {
-                        counts.transient.fetch_add(1, Ordering::Relaxed);
-                        let w = renew::retry_wait(
-                            attempt,
-                            e.retry_after(),
-                            &policy,
-                            renew::draw(),
-                            left,
-                        );
-                        attempt = attempt.saturating_add(1);
-                        w
-                    }
-                    FailureClass::Permanent => {
-                        counts.rejected.fetch_add(1, Ordering::Relaxed);
-                        renew::after_rejection(&policy, renew::draw())
-                    }
-                };
-                let text = format!("{:#}", anyhow::Error::from(e));
-                tracing::warn!(
-                    credential = %name,
-                    error = %text,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "credential token renewal failed; the last good token is handed out until it expires"
-                );
-                publish.send_modify(|h| h.error = Some(text));
-                wait
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
+    let mut publisher = Publisher {
+        name,
+        publish,
+        counts,
+    };
+    renewal::run(
+        &source,
+        &policy,
+        None,
+        &mut publisher,
+        Wake::default(),
+        &stop,
+    )
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::renew;
     use crate::token::AccessToken;
     use std::time::UNIX_EPOCH;
 

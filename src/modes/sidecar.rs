@@ -21,9 +21,10 @@ use crate::cli::SidecarArgs;
 use crate::config::{ConfigFile, overlay};
 use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
+use crate::renewal::{self, Renewer, Wake};
 use crate::serve::prom::family as metric;
 use crate::sink::TokenFile;
-use crate::source::{FailureClass, TokenSource};
+use crate::source::{FailureClass, FetchError, TokenSource};
 use crate::token::AccessToken;
 
 /// What the HTTP endpoints report; updated by the renewal loop.
@@ -63,12 +64,6 @@ impl Health {
         };
     }
 
-    /// What the token on disk has left to live, if we wrote one.
-    fn time_left(&self, now: SystemTime) -> Option<Duration> {
-        let at = (*self.expires_at.lock().ok()?)?;
-        Some(at.duration_since(now).unwrap_or_default())
-    }
-
     fn seconds_left(&self, now: SystemTime) -> Option<f64> {
         let at = (*self.expires_at.lock().ok()?)?;
         Some(match at.duration_since(now) {
@@ -78,7 +73,7 @@ impl Health {
     }
 
     /// Ready: the token on disk is valid for at least `margin` (at most a tenth of its
-    /// life, see [`renew::margin_for`]), and the last attempt was not a rejection of the
+    /// life, see [`renew::margin`]), and the last attempt was not a rejection of the
     /// credentials.
     pub fn ready(&self, now: SystemTime, margin: Option<Duration>) -> bool {
         let life = self.lifetime.lock().ok().and_then(|l| *l);
@@ -252,9 +247,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Renews until cancelled. Failures never end the loop: a transient one is retried with
-/// backoff, a rejection slowly (the Secret may be rotated); the last good token stays on
-/// disk meanwhile.
+/// Renews until cancelled, with the one renewal driver. Failures never end the loop: a
+/// transient one is retried with backoff, a rejection slowly (the Secret may be rotated);
+/// the last good token stays on disk meanwhile. SIGHUP renews at once.
 async fn renew_loop(
     source: &TokenSource,
     s: &Settings,
@@ -262,69 +257,56 @@ async fn renew_loop(
     health: &Health,
     cancel: &CancellationToken,
 ) {
-    let mut attempt = 0u32;
-    let mut hangup = crate::shutdown::Hangup::new();
-    loop {
-        let result = tokio::select! {
-            r = source.fetch() => r,
-            _ = cancel.cancelled() => return,
-        };
-        let wait = match result {
-            Ok(tokens) => match sinks.deliver(&s.file, &tokens.access) {
-                Ok(()) => {
-                    health.renewed(&tokens.access);
-                    attempt = 0;
-                    let now = SystemTime::now();
-                    let wait = renew::next_renewal(&tokens.access, now, &s.policy, renew::draw());
-                    tracing::info!(
-                        expires_in = tokens.access.remaining(now).as_secs(),
-                        next_renewal_in = wait.as_secs(),
-                        "token renewed"
-                    );
-                    wait
-                }
-                Err(e) => {
-                    health.write_failures.fetch_add(1, Ordering::Relaxed);
-                    let wait = renew::backoff(attempt, None, &s.policy, renew::draw());
-                    attempt = attempt.saturating_add(1);
-                    tracing::error!(
-                        error = format!("{e:#}"),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "token file write failed"
-                    );
-                    wait
-                }
-            },
-            Err(e) => {
-                health.failed(e.class());
-                let wait = match e.class() {
-                    FailureClass::Transient => {
-                        let left = health.time_left(SystemTime::now());
-                        let w = renew::retry_wait(
-                            attempt,
-                            e.retry_after(),
-                            &s.policy,
-                            renew::draw(),
-                            left,
-                        );
-                        attempt = attempt.saturating_add(1);
-                        w
-                    }
-                    FailureClass::Permanent => renew::after_rejection(&s.policy, renew::draw()),
-                };
-                tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(e)),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "token renewal failed; the last good token stays in place"
-                );
-                wait
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = hangup.recv() => tracing::info!("SIGHUP: re-reading the credentials and renewing now"),
-            _ = cancel.cancelled() => return,
-        }
+    let mut ours = Ours {
+        file: &s.file,
+        sinks,
+        health,
+    };
+    let wake = Wake {
+        hangup: Some(crate::shutdown::Hangup::new()),
+    };
+    renewal::run(source, &s.policy, None, &mut ours, wake, cancel).await;
+}
+
+/// The sidecar's part of the renewal driver: the token file, the app's files and the
+/// relay; the health and metrics counters; its log lines.
+struct Ours<'a> {
+    file: &'a TokenFile,
+    sinks: &'a Sinks<'a>,
+    health: &'a Health,
+}
+
+impl Renewer for Ours<'_> {
+    fn deliver(&mut self, token: &AccessToken) -> anyhow::Result<()> {
+        self.sinks.deliver(self.file, token)?;
+        self.health.renewed(token);
+        Ok(())
+    }
+
+    fn renewed(&mut self, token: &AccessToken, wait: Duration) {
+        tracing::info!(
+            expires_in = token.remaining(SystemTime::now()).as_secs(),
+            next_renewal_in = wait.as_secs(),
+            "token renewed"
+        );
+    }
+
+    fn fetch_failed(&mut self, error: FetchError, wait: Duration) {
+        self.health.failed(error.class());
+        tracing::warn!(
+            error = format!("{:#}", anyhow::Error::from(error)),
+            retry_in_ms = wait.as_millis() as u64,
+            "token renewal failed; the last good token stays in place"
+        );
+    }
+
+    fn deliver_failed(&mut self, error: anyhow::Error, wait: Duration) {
+        self.health.write_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = format!("{error:#}"),
+            retry_in_ms = wait.as_millis() as u64,
+            "token file write failed"
+        );
     }
 }
 

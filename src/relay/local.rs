@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::Relay;
 use super::{CLIENT_LEAD, Settings, auth_host, proxy};
 use crate::renew::{self, Policy};
+use crate::renewal::{self, Renewer, Wake};
 use crate::sink::TokenFile;
-use crate::source::TokenSource;
+use crate::source::{FetchError, TokenSource};
 use crate::token::AccessToken;
 use crate::vars;
 
@@ -266,58 +267,104 @@ async fn run_feed(
     files: Files,
     cancel: CancellationToken,
 ) {
-    let mut policy = match &feed {
-        Feed::Source(_, p) => p.clone(),
-        Feed::File(_) => Policy::default(),
+    let mut out = ToCommand {
+        current: first.clone(),
+        publish,
+        files,
     };
-    policy.lead = CLIENT_LEAD;
-    let mut current = first;
+    match feed {
+        Feed::Source(source, policy) => {
+            let policy = Policy {
+                lead: CLIENT_LEAD,
+                ..policy
+            };
+            renewal::run(
+                source.as_ref(),
+                &policy,
+                Some(first),
+                &mut out,
+                Wake::default(),
+                &cancel,
+            )
+            .await
+        }
+        Feed::File(file) => follow_file(&file, &mut out, &cancel).await,
+    }
+}
+
+/// Where the command's tokens go: the relay, and the child's files.
+struct ToCommand {
+    current: AccessToken,
+    publish: watch::Sender<Option<AccessToken>>,
+    files: Files,
+}
+
+impl ToCommand {
+    /// Takes `token` when it is newer than the one held; answers whether it was.
+    fn take(&mut self, token: &AccessToken) -> bool {
+        if token.expires_at() <= self.current.expires_at() {
+            return false;
+        }
+        tracing::info!(
+            expires_in = token.remaining(SystemTime::now()).as_secs(),
+            "token renewed for the command"
+        );
+        self.publish.send_replace(Some(token.clone()));
+        if let Err(e) = self
+            .files
+            .prepared
+            .seed(&self.files.settings, token, SystemTime::now())
+        {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "failed to rewrite the command's token files; clients before 0.12 keep the last token until they refresh through the relay"
+            );
+        }
+        self.current = token.clone();
+        true
+    }
+}
+
+impl Renewer for ToCommand {
+    fn deliver(&mut self, token: &AccessToken) -> anyhow::Result<()> {
+        self.take(token);
+        Ok(())
+    }
+
+    fn fetch_failed(&mut self, error: FetchError, wait: Duration) {
+        tracing::warn!(
+            error = format!("{:#}", anyhow::Error::from(error)),
+            retry_in_ms = wait.as_millis() as u64,
+            "renewal for the command failed; the last token stays"
+        );
+    }
+}
+
+/// Follows a token file someone else renews (a sidecar's): read again when the client
+/// will want a new token; a sidecar renews well before that. Reading a file is not a
+/// renewal, so this is not the renewal driver: it only looks.
+async fn follow_file(file: &TokenFile, out: &mut ToCommand, cancel: &CancellationToken) {
+    let policy = Policy::default();
     let mut attempt = 0u32;
     let mut late_warned = false;
     loop {
-        let now = SystemTime::now();
-        let wait = match &feed {
-            Feed::Source(..) => renew::next_renewal(&current, now, &policy, renew::draw()),
-            // Read again when the client will want a new token; a sidecar renews well
-            // before that.
-            Feed::File(_) => current
-                .remaining(now)
-                .saturating_sub(CLIENT_LEAD)
-                .max(Duration::from_secs(1)),
-        };
+        let wait = out
+            .current
+            .remaining(SystemTime::now())
+            .saturating_sub(CLIENT_LEAD)
+            .max(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = cancel.cancelled() => return,
         }
-        let next: anyhow::Result<AccessToken> = match &feed {
-            Feed::Source(source, _) => tokio::select! {
-                r = source.fetch() => r.map(|t| t.access).map_err(anyhow::Error::from),
-                _ = cancel.cancelled() => return,
-            },
-            Feed::File(file) => file.read().map_err(anyhow::Error::from),
-        };
-        match next {
-            Ok(token) if token.expires_at() > current.expires_at() => {
+        match file.read() {
+            Ok(token) => {
                 attempt = 0;
-                tracing::info!(
-                    expires_in = token.remaining(SystemTime::now()).as_secs(),
-                    "token renewed for the command"
-                );
-                publish.send_replace(Some(token.clone()));
-                if let Err(e) = files
-                    .prepared
-                    .seed(&files.settings, &token, SystemTime::now())
+                // The file still holds the token we have: look again shortly.
+                if !out.take(&token)
+                    && !late_warned
+                    && out.current.remaining(SystemTime::now()) < CLIENT_LEAD
                 {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "failed to rewrite the command's token files; clients before 0.12 keep the last token until they refresh through the relay"
-                    );
-                }
-                current = token;
-            }
-            // The file still holds the token we have: look again shortly.
-            Ok(_) => {
-                if !late_warned && current.remaining(SystemTime::now()) < CLIENT_LEAD {
                     late_warned = true;
                     tracing::warn!(
                         lead_s = CLIENT_LEAD.as_secs(),
@@ -329,7 +376,7 @@ async fn run_feed(
                 let wait = renew::backoff(attempt, None, &policy, renew::draw());
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(
-                    error = format!("{e:#}"),
+                    error = format!("{:#}", anyhow::Error::from(e)),
                     retry_in_ms = wait.as_millis() as u64,
                     "renewal for the command failed; the last token stays"
                 );
