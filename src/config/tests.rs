@@ -158,3 +158,44 @@ fn injection_settings_from_the_file_are_checked_like_flags() {
         "{e}"
     );
 }
+
+/// Issue 20, item 4: a flag left unset never erases the file's value, for every group.
+/// `overlay` lays the flags' JSON over the file's: an unset flag must be absent from it.
+/// So no group argument may have a clap default (it would be set), and a group with
+/// nothing set must serialize to nothing (no `null`, no `false`).
+#[test]
+fn a_flag_left_unset_never_erases_the_files_value_in_any_group() {
+    use clap::Args;
+    fn check<T: Args + Default + serde::Serialize>(group: &'static str) {
+        let cmd = T::augment_args(clap::Command::new(group));
+        for arg in cmd.get_arguments() {
+            assert!(
+                arg.get_default_values().is_empty(),
+                "{group}: --{} has a clap default, so leaving it unset would erase the file's value",
+                arg.get_id()
+            );
+        }
+        let unset = serde_json::to_value(T::default()).unwrap();
+        assert_eq!(
+            unset,
+            serde_json::json!({}),
+            "{group}: unset fields must not serialize (skip_serializing_if)"
+        );
+    }
+    check::<IdpArgs>("idp");
+    check::<FileArgs>("token-file");
+    check::<RenewArgs>("renewal");
+    check::<ServeArgs>("sidecar");
+    check::<RelayArgs>("relay");
+    check::<InjectArgs>("inject");
+    check::<WebhookArgs>("webhook");
+    check::<BrokerArgs>("broker");
+    check::<LogArgs>("log");
+    // And through overlay: a file value survives flags with nothing set.
+    let file = RenewArgs {
+        renew_at: Some(crate::values::Fraction(0.5)),
+        ..RenewArgs::default()
+    };
+    let merged = overlay(&RenewArgs::default(), &file).unwrap();
+    assert_eq!(merged.policy().renew_at, 0.5);
+}
