@@ -12,8 +12,8 @@ use crate::values::HumanDuration;
 use crate::vars;
 
 use crate::config::{
-    BrokerArgs, FileArgs, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs, ServeArgs,
-    WebhookArgs,
+    self, BrokerArgs, ConfigFile, FileArgs, IdpArgs, InjectArgs, LogArgs, RelayArgs, RenewArgs,
+    ServeArgs, WebhookArgs, overlay,
 };
 
 /// Gets short-lived Polars Cloud access tokens to where workloads run, so the long-lived
@@ -33,6 +33,82 @@ pub struct Cli {
     pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The whole configuration resolved once: every argument group of the command with
+    /// the config file's section under it (flags and environment win; a flag left unset
+    /// never erases the file's value). The modes then read their groups only.
+    pub fn with_file(mut self, file: &ConfigFile) -> Result<Self, config::Error> {
+        self.log = overlay(&self.log, &file.log)?;
+        self.command = match self.command {
+            Command::Token(mut a) => {
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.renew = overlay(&a.renew, &file.renewal)?;
+                Command::Token(a)
+            }
+            Command::Init(mut a) => {
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.file = overlay(&a.file, &file.token_file)?;
+                a.renew = overlay(&a.renew, &file.renewal)?;
+                a.relay = overlay(&a.relay, &file.relay)?;
+                Command::Init(a)
+            }
+            Command::Sidecar(mut a) => {
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.file = overlay(&a.file, &file.token_file)?;
+                a.renew = overlay(&a.renew, &file.renewal)?;
+                a.serve = overlay(&a.serve, &file.sidecar)?;
+                a.relay = overlay(&a.relay, &file.relay)?;
+                Command::Sidecar(a)
+            }
+            Command::Probe(mut a) => {
+                a.file = overlay(&a.file, &file.token_file)?;
+                Command::Probe(a)
+            }
+            Command::Login(mut a) => {
+                a.idp = overlay(&IdpArgs::from(a.realm.clone()), &file.idp)?;
+                Command::Login(a)
+            }
+            Command::Logout(mut a) => {
+                a.idp = overlay(&IdpArgs::from(a.realm.clone()), &file.idp)?;
+                Command::Logout(a)
+            }
+            Command::Exec(mut a) => {
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.renew = overlay(&a.renew, &file.renewal)?;
+                a.token_file = a.token_file.or_else(|| file.token_file.path.clone());
+                Command::Exec(a)
+            }
+            Command::Inject(mut a) => {
+                a.inject = overlay(&a.inject, &file.inject)?;
+                Command::Inject(a)
+            }
+            Command::Webhook(mut a) => {
+                a.serve = overlay(&a.serve, &file.webhook)?;
+                a.inject = overlay(&a.inject, &file.inject)?;
+                Command::Webhook(a)
+            }
+            Command::Broker(mut a) => {
+                a.serve = overlay(&a.serve, &file.broker)?;
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.renew = overlay(&a.renew, &file.renewal)?;
+                Command::Broker(a)
+            }
+            Command::Doctor(mut a) => {
+                a.idp = overlay(&a.idp, &file.idp)?;
+                a.file = overlay(&a.file, &file.token_file)?;
+                a.relay = overlay(&a.relay, &file.relay)?;
+                a.serve = overlay(&a.serve, &file.sidecar)?;
+                Command::Doctor(a)
+            }
+            other @ (Command::Status(_)
+            | Command::ExecChild(_)
+            | Command::Schema
+            | Command::GithubAction { .. }) => other,
+        };
+        Ok(self)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,6 +321,9 @@ pub struct LoginArgs {
     pub realm: RealmArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The realm's flags over the config file's `idp:` ([`Cli::with_file`]).
+    #[arg(skip)]
+    pub idp: IdpArgs,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +338,9 @@ pub struct LogoutArgs {
     pub realm: RealmArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The realm's flags over the config file's `idp:` ([`Cli::with_file`]).
+    #[arg(skip)]
+    pub idp: IdpArgs,
 }
 
 /// `exec-child PARENT -- COMMAND...`.
@@ -407,6 +489,105 @@ mod tests {
             .find_subcommand_mut(mode)
             .map(|c| c.render_long_help().to_string())
             .unwrap_or_default()
+    }
+
+    /// Issue 20, item 4: the configuration is resolved once, for every command: each of
+    /// its argument groups gets the file's section under it, and a flag wins.
+    #[test]
+    fn with_file_lays_the_files_sections_under_every_commands_groups() {
+        use super::Command;
+        use crate::config::ConfigFile;
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "idp:\n  domain: file.example\n  scope: from-file\ntoken-file:\n  path: /file/token\nrenewal:\n  renew-at: 0.6\nsidecar:\n  ready-margin: 7s\nrelay:\n  domain: relay.file\nlog:\n  log-level: debug\ninject:\n  cpu-request: 7m\nwebhook:\n  max-connections: 77\nbroker:\n  token-audience: file-aud\n",
+        )
+        .unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let json = |v: &dyn erased::Json| v.json();
+        let same = |what: &str, got: serde_json::Value, want: serde_json::Value| {
+            assert_eq!(
+                got, want,
+                "{what}: the file's section must be laid under the flags"
+            );
+        };
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["polars-cloud-auth"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap().with_file(&file).unwrap()
+        };
+        let cli = parse(&["sidecar"]);
+        same("log", json(&cli.log), json(&file.log));
+        let Command::Sidecar(a) = cli.command else {
+            panic!()
+        };
+        same("sidecar idp", json(&a.idp), json(&file.idp));
+        same("sidecar token-file", json(&a.file), json(&file.token_file));
+        same("sidecar renewal", json(&a.renew), json(&file.renewal));
+        same("sidecar serve", json(&a.serve), json(&file.sidecar));
+        same("sidecar relay", json(&a.relay), json(&file.relay));
+        let Command::Init(a) = parse(&["init"]).command else {
+            panic!()
+        };
+        same("init relay", json(&a.relay), json(&file.relay));
+        same("init token-file", json(&a.file), json(&file.token_file));
+        let Command::Token(a) = parse(&["token"]).command else {
+            panic!()
+        };
+        same("token renewal", json(&a.renew), json(&file.renewal));
+        let Command::Probe(a) = parse(&["probe"]).command else {
+            panic!()
+        };
+        same("probe token-file", json(&a.file), json(&file.token_file));
+        let Command::Exec(a) = parse(&["exec", "--", "true"]).command else {
+            panic!()
+        };
+        same("exec idp", json(&a.idp), json(&file.idp));
+        assert_eq!(
+            a.token_file.as_deref(),
+            Some(std::path::Path::new("/file/token"))
+        );
+        let Command::Login(a) = parse(&["login", "--scope", "flag"]).command else {
+            panic!()
+        };
+        assert_eq!(a.idp.domain.as_deref(), Some("file.example"));
+        assert_eq!(a.idp.scope.as_deref(), Some("flag"), "a flag wins");
+        let Command::Logout(a) = parse(&["logout"]).command else {
+            panic!()
+        };
+        assert_eq!(a.idp.domain.as_deref(), Some("file.example"));
+        let Command::Inject(a) = parse(&["inject"]).command else {
+            panic!()
+        };
+        same("inject", json(&a.inject), json(&file.inject));
+        let Command::Webhook(a) = parse(&["webhook"]).command else {
+            panic!()
+        };
+        same("webhook", json(&a.serve), json(&file.webhook));
+        same("webhook inject", json(&a.inject), json(&file.inject));
+        let Command::Broker(a) = parse(&["broker"]).command else {
+            panic!()
+        };
+        same("broker", json(&a.serve), json(&file.broker));
+        same("broker renewal", json(&a.renew), json(&file.renewal));
+        let Command::Doctor(a) = parse(&["doctor"]).command else {
+            panic!()
+        };
+        same("doctor serve", json(&a.serve), json(&file.sidecar));
+        same("doctor relay", json(&a.relay), json(&file.relay));
+    }
+
+    mod erased {
+        pub trait Json {
+            fn json(&self) -> serde_json::Value;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn json(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap()
+            }
+        }
     }
 
     #[test]

@@ -31,34 +31,36 @@ pub mod webhook;
 use cli::{Cli, Command};
 use config::ConfigFile;
 
-/// Loads the config file named by `--config` (or none).
-pub fn load_config(cli: &Cli) -> Result<ConfigFile, config::Error> {
-    match &cli.config {
-        Some(path) => ConfigFile::load(path),
-        None => Ok(ConfigFile::default()),
-    }
+/// The command line with the config file named by `--config` (or none) laid under it:
+/// the whole configuration, resolved once ([`Cli::with_file`]).
+pub fn resolve(cli: Cli) -> Result<Cli, config::Error> {
+    let file = match &cli.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    cli.with_file(&file)
 }
 
-/// Runs the parsed command to its end; the `u8` is the exit code.
-pub fn run(cli: Cli, file: ConfigFile) -> anyhow::Result<u8> {
+/// Runs the resolved command to its end; the `u8` is the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Schema => {
             print!("{}", config::schema_json());
             Ok(exit::OK)
         }
-        Command::Probe(args) => modes::probe::command(args, &file),
-        Command::Login(args) => modes::login::command(args, &file),
+        Command::Probe(args) => modes::probe::command(args),
+        Command::Login(args) => modes::login::command(args),
         Command::Status(args) => modes::status::command(args),
-        Command::Logout(args) => modes::logout::command(args, &file),
-        Command::Exec(args) => modes::exec::command(args, &file),
+        Command::Logout(args) => modes::logout::command(args),
+        Command::Exec(args) => modes::exec::command(args),
         Command::ExecChild(args) => modes::exec::child(args),
-        Command::Token(args) => modes::token::command(args, &file),
-        Command::Init(args) => modes::init::command(args, &file),
-        Command::Sidecar(args) => modes::sidecar::command(args, &file),
+        Command::Token(args) => modes::token::command(args),
+        Command::Init(args) => modes::init::command(args),
+        Command::Sidecar(args) => modes::sidecar::command(args),
         Command::GithubAction { step } => modes::current_thread(modes::github_action::run(step)),
-        Command::Inject(args) => modes::inject::command(args, &file),
-        Command::Webhook(args) => modes::webhook::command(args, &file),
-        Command::Broker(args) => modes::broker::command(args, &file),
-        Command::Doctor(args) => modes::doctor::command(args, &file),
+        Command::Inject(args) => modes::inject::command(args),
+        Command::Webhook(args) => modes::webhook::command(args),
+        Command::Broker(args) => modes::broker::command(args),
+        Command::Doctor(args) => modes::doctor::command(args),
     }
 }

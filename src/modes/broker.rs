@@ -9,14 +9,11 @@ use tokio::net::TcpListener;
 
 use crate::broker::{self, Broker, api};
 use crate::cli::BrokerCmdArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::serve::{self, Limits, Shared};
 
 /// `polars-cloud-auth broker`.
-pub fn command(args: BrokerCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let serve = overlay(&args.serve, &file.broker)?;
-    let idp = overlay(&args.idp, &file.idp)?;
-    let renew = overlay(&args.renew, &file.renewal)?;
+pub fn command(args: BrokerCmdArgs) -> anyhow::Result<u8> {
+    let (serve, idp, renew) = (args.serve, args.idp, args.renew);
     let (listen, cert, key, policy_file) = serve.resolve()?;
     let config = serve::Config {
         listen,

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use secrecy::ExposeSecret;
 
 use crate::cli::DoctorArgs;
-use crate::config::{ConfigFile, IdpArgs, overlay};
+use crate::config::IdpArgs;
 use crate::doctor::{
     self, Access, App, Delivery, Failure, Finding, Meta, Place, Report, Seen, TokenFacts, link,
 };
@@ -41,12 +41,12 @@ struct Plan {
 }
 
 /// `polars-cloud-auth doctor`.
-pub fn command(args: DoctorArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&args.idp, &file.idp)?;
-    let file_args = overlay(&args.file, &file.token_file)?;
+pub fn command(args: DoctorArgs) -> anyhow::Result<u8> {
+    let idp = args.idp.clone();
+    let file_args = args.file.clone();
     let token_file = file_args.pod_token_file();
-    let relay_args = overlay(&args.relay, &file.relay)?;
-    let serve = overlay(&args.serve, &file.sidecar)?;
+    let relay_args = args.relay.clone();
+    let serve = args.serve.clone();
     let place = if idp.credentials_dir.is_some()
         || idp.client_assertion_file.is_some()
         || !relay_args.client_configs.is_empty()

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ExecArgs;
-use crate::config::{ConfigFile, IdpArgs, overlay};
+use crate::config::IdpArgs;
 use crate::exit;
 use crate::relay::local::{self, Feed};
 use crate::renew::Policy;
@@ -52,10 +52,8 @@ impl exit::KnownCode for Error {
 }
 
 /// `polars-cloud-auth exec`.
-pub fn command(args: ExecArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&args.idp, &file.idp)?;
-    let renew = overlay(&args.renew, &file.renewal)?;
-    let token_file = args.token_file.or_else(|| file.token_file.path.clone());
+pub fn command(args: ExecArgs) -> anyhow::Result<u8> {
+    let (idp, renew, token_file) = (args.idp, args.renew, args.token_file);
     let places = stored::places(token_file.as_deref(), args.config_dir.as_deref(), &|k| {
         std::env::var_os(k)
     });

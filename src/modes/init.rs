@@ -6,7 +6,6 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::InitArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::relay;
 use crate::renew::Policy;
 use crate::sink::TokenFile;
@@ -15,11 +14,10 @@ use crate::source::retry;
 use crate::token::unix_secs;
 
 /// `polars-cloud-auth init`.
-pub fn command(args: InitArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&args.idp, &file.idp)?;
-    let renew = overlay(&args.renew, &file.renewal)?;
-    let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
-    let relay = overlay(&args.relay, &file.relay)?.settings(&token_file);
+pub fn command(args: InitArgs) -> anyhow::Result<u8> {
+    let (idp, renew) = (args.idp, args.renew);
+    let token_file = args.file.pod_token_file();
+    let relay = args.relay.settings(&token_file);
     let source = idp.source()?;
     super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();

@@ -10,14 +10,13 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::cli::InjectCmdArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::inject::Settings;
 use crate::inject::workload::{Action, Report, inject_document};
 
 /// `polars-cloud-auth inject`: the settings from flags, environment and config file, then
 /// [`run`] on the standard streams.
-pub fn command(args: InjectCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let settings = overlay(&args.inject, &file.inject)?.settings()?;
+pub fn command(args: InjectCmdArgs) -> anyhow::Result<u8> {
+    let settings = args.inject.settings()?;
     run(
         &args.files,
         &settings,

@@ -12,7 +12,6 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LoginArgs;
-use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::sink::stored::Stores;
 use crate::source::Endpoints;
 use crate::source::device::{self, Authorization, Outcome};
@@ -34,8 +33,8 @@ pub struct Settings {
 }
 
 /// `polars-cloud-auth login`.
-pub fn command(args: LoginArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&IdpArgs::from(args.realm), &file.idp)?;
+pub fn command(args: LoginArgs) -> anyhow::Result<u8> {
+    let idp = args.idp;
     let target = if args.print {
         Target::Print
     } else {

@@ -6,13 +6,12 @@ use anyhow::Context;
 use secrecy::SecretString;
 
 use crate::cli::LogoutArgs;
-use crate::config::{ConfigFile, IdpArgs, overlay};
 use crate::sink::stored::Stores;
 use crate::source::TokenSource;
 
 /// `polars-cloud-auth logout`.
-pub fn command(args: LogoutArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let mut idp = overlay(&IdpArgs::from(args.realm), &file.idp)?;
+pub fn command(args: LogoutArgs) -> anyhow::Result<u8> {
+    let mut idp = args.idp;
     // The session belongs to the public client people sign in with, whatever grant the
     // config file names for workloads.
     idp.grant = None;

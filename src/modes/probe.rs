@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 use url::Url;
 
 use crate::cli::ProbeArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::sink::TokenFile;
 
 /// Why the probe failed.
@@ -30,8 +29,8 @@ pub enum Error {
 const POLL: Duration = Duration::from_millis(10);
 
 /// `polars-cloud-auth probe`: a failed check is exit 1 with the reason on stderr.
-pub fn command(args: ProbeArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
+pub fn command(args: ProbeArgs) -> anyhow::Result<u8> {
+    let token_file = args.file.pod_token_file();
     let min_valid = args.min_valid.map(|d| d.0);
     let result = match args.wait {
         None => run(&token_file, min_valid).map_err(|e| format!("{:#}", anyhow::Error::from(e))),

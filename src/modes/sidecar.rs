@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::SidecarArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
 use crate::renewal::{self, Renewer, Wake};
@@ -166,13 +165,11 @@ pub struct Settings {
 }
 
 /// `polars-cloud-auth sidecar`.
-pub fn command(args: SidecarArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&args.idp, &file.idp)?;
-    let renew = overlay(&args.renew, &file.renewal)?;
-    let serve = overlay(&args.serve, &file.sidecar)?;
+pub fn command(args: SidecarArgs) -> anyhow::Result<u8> {
+    let (idp, renew, serve) = (args.idp, args.renew, args.serve);
     let source = Arc::new(idp.source()?);
-    let token_file = overlay(&args.file, &file.token_file)?.pod_token_file();
-    let relay_args = overlay(&args.relay, &file.relay)?;
+    let token_file = args.file.pod_token_file();
+    let relay_args = args.relay;
     let relay = relay_args
         .settings(&token_file)
         .map(|s| (s, relay_args.listen()));

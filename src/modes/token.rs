@@ -6,7 +6,6 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::TokenArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::renew::Policy;
 use crate::source::TokenSource;
 use crate::source::retry;
@@ -23,9 +22,8 @@ pub enum Error {
 }
 
 /// `polars-cloud-auth token`.
-pub fn command(args: TokenArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let idp = overlay(&args.idp, &file.idp)?;
-    let renew = overlay(&args.renew, &file.renewal)?;
+pub fn command(args: TokenArgs) -> anyhow::Result<u8> {
+    let (idp, renew) = (args.idp, args.renew);
     let source = idp.source()?;
     super::current_thread(async move {
         let cancel = crate::shutdown::on_signals();

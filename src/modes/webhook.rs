@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use crate::cli::WebhookCmdArgs;
-use crate::config::{ConfigFile, overlay};
 use crate::serve::{self, Limits};
 use crate::webhook::run;
 
 /// `polars-cloud-auth webhook`: the settings from flags, environment and config file, then
 /// [`run`] until a signal.
-pub fn command(args: WebhookCmdArgs, file: &ConfigFile) -> anyhow::Result<u8> {
-    let settings = overlay(&args.inject, &file.inject)?.settings()?;
-    let serve = overlay(&args.serve, &file.webhook)?;
+pub fn command(args: WebhookCmdArgs) -> anyhow::Result<u8> {
+    let settings = args.inject.settings()?;
+    let serve = args.serve;
     let (listen, cert, key) = serve.resolve()?;
     let config = serve::Config {
         listen,
