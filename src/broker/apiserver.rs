@@ -74,6 +74,29 @@ impl Credential {
     }
 }
 
+/// A boxed future, for the object-safe [`Cluster`].
+pub type Call<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, CallError>> + Send + 'a>>;
+
+/// What the broker's reviewer asks of the cluster: its service-account signing keys and
+/// a TokenReview. [`ApiServer`] asks the real API server; a test puts a stand-in here.
+pub trait Cluster: Send + Sync {
+    /// The service-account signing keys.
+    fn jwks(&self) -> Call<'_, super::jwks::KeySet>;
+    /// The API server's answer to `review`.
+    fn review<'a>(&'a self, review: &'a TokenReview) -> Call<'a, TokenReview>;
+}
+
+impl Cluster for ApiServer {
+    fn jwks(&self) -> Call<'_, super::jwks::KeySet> {
+        Box::pin(ApiServer::jwks(self))
+    }
+
+    fn review<'a>(&'a self, review: &'a TokenReview) -> Call<'a, TokenReview> {
+        Box::pin(ApiServer::review(self, review))
+    }
+}
+
 /// Why a call to the API server (a TokenReview, or the service-account signing keys)
 /// failed. Each message carries its cause once, in its text: callers log it with `%`.
 #[derive(Debug, thiserror::Error)]

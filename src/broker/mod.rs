@@ -127,7 +127,7 @@ impl Broker {
     /// Loads the policy and starts a keeper per credential (each signs in once now).
     pub fn start(
         settings: Settings,
-        api: apiserver::ApiServer,
+        api: impl apiserver::Cluster + 'static,
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
         let stamp = stamp(&settings.policy_file);
@@ -336,3 +336,6 @@ impl Broker {
         self.current().1
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -271,7 +271,7 @@ struct Keys {
 
 /// Reviews tokens through the API server, remembering the good ones.
 pub struct Reviewer {
-    api: super::apiserver::ApiServer,
+    api: Box<dyn super::apiserver::Cluster>,
     audience: String,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     /// One review in flight per token: concurrent first requests wait for it.
@@ -296,9 +296,9 @@ pub struct Reviewer {
 }
 
 impl Reviewer {
-    pub fn new(api: super::apiserver::ApiServer, audience: String) -> Self {
+    pub fn new(api: impl super::apiserver::Cluster + 'static, audience: String) -> Self {
         Self {
-            api,
+            api: Box::new(api),
             audience,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
