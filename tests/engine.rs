@@ -468,47 +468,17 @@ fn probe_checks_the_time_left() {
     );
 }
 
-/// A running sidecar; killed and reaped on drop ([`Proc`]).
-struct Sidecar {
-    proc: Proc,
-    port: u16,
-}
-
-impl Sidecar {
-    fn start(idp: &Idp, path: &Path, extra: &[&str], secret_dir: Option<&Path>) -> Self {
-        let port = free_port();
-        let mut c = cmd(idp);
-        c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", path);
-        if let Some(dir) = secret_dir {
-            c.env_remove("POLARS_CLOUD_CLIENT_SECRET")
-                .env_remove("POLARS_CLOUD_CLIENT_ID")
-                .arg("--credentials-dir")
-                .arg(dir);
-        }
-        Self {
-            proc: Proc::spawn(&mut c),
-            port,
-        }
+/// A sidecar against the test IdP, with `extra` flags; credentials from `secret_dir`
+/// (as a mounted Secret) instead of the environment when given.
+fn sidecar(idp: &Idp, path: &Path, extra: &[&str], secret_dir: Option<&Path>) -> Sidecar {
+    let mut c = cmd(idp);
+    let mut args: Vec<std::ffi::OsString> = extra.iter().map(Into::into).collect();
+    if let Some(dir) = secret_dir {
+        c.env_remove("POLARS_CLOUD_CLIENT_SECRET")
+            .env_remove("POLARS_CLOUD_CLIENT_ID");
+        args.extend(["--credentials-dir".into(), dir.into()]);
     }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.port, "/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    fn ready(&self) -> Option<u16> {
-        http_get(self.port, "/readyz").map(|(s, _)| s)
-    }
-
-    /// SIGTERM, then the exit code, stdout and stderr.
-    fn stop(mut self) -> (Option<i32>, String, String) {
-        let status = self.proc.stop(Duration::from_secs(30));
-        (status.code(), self.proc.stdout(), self.proc.stderr())
-    }
+    Sidecar::start_with(&mut c, path, &args)
 }
 
 #[test]
@@ -517,7 +487,7 @@ fn sidecar_renews_by_refresh_token_serves_health_and_stops_on_sigterm() {
     let idp = Idp::with_ttl(3);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(&idp, &path, &[], None);
+    let sc = sidecar(&idp, &path, &[], None);
     wait_for(Duration::from_secs(20), || {
         (sc.metric("polars_cloud_auth_renewals_total")? >= 3.0).then_some(())
     });
@@ -559,7 +529,7 @@ fn sidecar_is_ready_when_the_token_outlives_the_margin() {
     let idp = Idp::with_ttl(60);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(&idp, &path, &["--ready-margin", "10s"], None);
+    let sc = sidecar(&idp, &path, &["--ready-margin", "10s"], None);
     wait_for(Duration::from_secs(20), || {
         (sc.ready()? == 200).then_some(())
     });
@@ -575,7 +545,7 @@ fn a_refused_refresh_token_falls_back_to_the_full_grant() {
     idp.faults(json!([{"kind": "oauth_error", "status": 400, "error": "invalid_grant", "grant_type": "refresh_token"}]));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(&idp, &path, &[], None);
+    let sc = sidecar(&idp, &path, &[], None);
     wait_for(Duration::from_secs(20), || {
         (sc.metric("polars_cloud_auth_renewals_total")? >= 3.0).then_some(())
     });
@@ -612,7 +582,7 @@ fn sidecar_keeps_the_last_token_on_rejection_and_recovers_when_the_secret_rotate
     std::fs::write(secrets.path().join("client_secret"), SA_SECRET).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(
+    let sc = sidecar(
         &idp,
         &path,
         &["--rejected-retry", "500ms", "--ready-margin", "0s"],
@@ -669,7 +639,7 @@ fn a_concurrent_reader_never_sees_a_partial_or_expired_token() {
     let idp = Idp::with_ttl(2);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(
+    let sc = sidecar(
         &idp,
         &path,
         &["--renew-at", "0.1", "--min-renew-interval", "50ms"],

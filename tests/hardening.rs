@@ -5,7 +5,6 @@
 
 mod relay_hostile;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -57,50 +56,6 @@ fn under_prlimit(limit: &str, c: &Command) -> Command {
         };
     }
     p
-}
-
-/// A running sidecar, its log captured ([`Proc`]).
-struct Sidecar {
-    proc: Proc,
-    port: u16,
-}
-
-impl Sidecar {
-    fn start(c: &mut Command, token: &Path) -> Self {
-        let port = free_port();
-        c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
-            .env("POLARS_CLOUD_ACCESS_TOKEN_PATH", token);
-        Self {
-            proc: Proc::spawn(c),
-            port,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.proc.stderr()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.proc.alive()
-    }
-
-    fn wait_renewals(&mut self, n: f64, limit: Duration) {
-        wait_for(limit, || {
-            assert!(self.alive(), "the sidecar exited:\n{}", self.log());
-            renewals(self.port).filter(|r| *r >= n)
-        });
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        self.proc.signal(signal);
-    }
-}
-
-fn renewals(port: u16) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find(|l| l.starts_with("polars_cloud_auth_renewals_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Item 3: `exp` of 1e19 or 1e300 and `expires_in` / `refresh_expires_in` of 1e300 used to
@@ -181,7 +136,7 @@ fn a_crash_cannot_dump_core() {
     let mut c = under_prlimit("--core=unlimited", &cmd(&idp));
     let mut sidecar = Sidecar::start(&mut c, &dir.path().join("t"));
     sidecar.wait_renewals(1.0, Duration::from_secs(15));
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sidecar.proc.pid())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", sidecar.pid())).unwrap();
     let core = limits
         .lines()
         .find(|l| l.starts_with("Max core file size"))

@@ -319,47 +319,20 @@ fn a_disabled_user_exits_3_with_keycloaks_reason() {
     assert!(stderr.contains("Account disabled"), "{stderr}");
 }
 
-/// A running sidecar and its health endpoints ([`Proc`]).
-struct Sidecar {
-    proc: Proc,
-    port: u16,
-}
-
-impl Sidecar {
-    fn start(kc: &Keycloak, path: &Path, secrets: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let mut c = kc_cmd(kc);
-        c.args(["sidecar", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--ready-margin", "0s"])
-            .args(extra)
-            .arg("--token-file")
-            .arg(path)
-            .env_remove("POLARS_CLOUD_CLIENT_ID")
-            .env_remove("POLARS_CLOUD_CLIENT_SECRET")
-            .arg("--credentials-dir")
-            .arg(secrets);
-        Self {
-            proc: Proc::spawn(&mut c),
-            port,
-        }
-    }
-
-    fn ready(&self) -> Option<u16> {
-        http_get(self.port, "/readyz").map(|(s, _)| s)
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = http_get(self.port, "/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    /// SIGTERM, then the exit code and stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
-        let status = self.proc.stop(Duration::from_secs(20));
-        (status.code(), self.proc.stderr())
-    }
+/// A sidecar against Keycloak, its credentials from `secrets` (as a mounted Secret).
+fn sidecar(kc: &Keycloak, path: &Path, secrets: &Path, extra: &[&str]) -> Sidecar {
+    let mut c = kc_cmd(kc);
+    c.env_remove("POLARS_CLOUD_CLIENT_ID")
+        .env_remove("POLARS_CLOUD_CLIENT_SECRET");
+    let mut args: Vec<std::ffi::OsString> = vec!["--ready-margin".into(), "0s".into()];
+    args.extend(extra.iter().map(Into::into));
+    args.extend([
+        "--token-file".into(),
+        path.into(),
+        "--credentials-dir".into(),
+        secrets.into(),
+    ]);
+    Sidecar::start_with(&mut c, path, &args)
 }
 
 fn secrets_dir(secret: &str) -> tempfile::TempDir {
@@ -382,7 +355,7 @@ fn sidecar_refreshes_then_signs_in_again_when_the_session_reaches_its_max() {
     let secrets = secrets_dir(SA_SECRET);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(&kc, &path, secrets.path(), &[]);
+    let sc = sidecar(&kc, &path, secrets.path(), &[]);
 
     // Watch the file: each token's session id (sid) and expiry, as a reader sees them.
     let mut sessions: Vec<(String, Vec<String>)> = Vec::new();
@@ -416,7 +389,7 @@ fn sidecar_refreshes_then_signs_in_again_when_the_session_reaches_its_max() {
         sessions.len() >= 2 && counts[0] >= 2 && counts[1] >= 2,
         "tokens per session: {counts:?}"
     );
-    let (code, stderr) = sc.stop();
+    let (code, _, stderr) = sc.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert_no_leak(SA_SECRET, &[&stderr]);
 
@@ -441,7 +414,7 @@ fn sidecar_signs_in_again_when_keycloak_ends_the_session_under_it() {
     let secrets = secrets_dir(SA_SECRET);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
-    let sc = Sidecar::start(&kc, &path, secrets.path(), &[]);
+    let sc = sidecar(&kc, &path, secrets.path(), &[]);
     let sid = |path: &Path| {
         let token = std::fs::read_to_string(path).ok()?;
         claims(&token)["sid"].as_str().map(str::to_string)
@@ -459,7 +432,7 @@ fn sidecar_signs_in_again_when_keycloak_ends_the_session_under_it() {
         sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}"),
         Some(0.0)
     );
-    let (code, stderr) = sc.stop();
+    let (code, _, stderr) = sc.stop();
     assert_eq!(code, Some(0), "{stderr}");
     // A session end is routine: said as such, with no advice to check the secret (that is
     // kept for a sign-in that fails).
@@ -608,7 +581,7 @@ fn brute_force_detection_never_locks_the_account_for_init_or_a_sidecar_with_a_wr
     // Not a quick second failure.
     std::thread::sleep(Duration::from_millis(1500));
     let secrets = secrets_dir(wrong);
-    let sc = Sidecar::start(&kc, &path, secrets.path(), &["--rejected-retry", "300ms"]);
+    let sc = sidecar(&kc, &path, secrets.path(), &["--rejected-retry", "300ms"]);
     // Many rejected rounds of the renewal loop.
     wait_for(Duration::from_secs(30), || {
         (sc.metric("polars_cloud_auth_failures_total{class=\"permanent\"}")? >= 6.0).then_some(())
@@ -630,7 +603,7 @@ fn brute_force_detection_never_locks_the_account_for_init_or_a_sidecar_with_a_wr
         claims(&std::fs::read_to_string(&path).unwrap())["preferred_username"],
         SA_USER
     );
-    let (code, stderr) = sc.stop();
+    let (code, _, stderr) = sc.stop();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("not sent again until it changes"),

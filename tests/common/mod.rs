@@ -12,7 +12,9 @@ use serde_json::Value;
 
 pub mod keycloak;
 mod proc;
+mod sidecar;
 pub use proc::Proc;
+pub use sidecar::Sidecar;
 
 pub const SA_ID: &str = "test-sa";
 /// Distinctive, so a leak is easy to find in any output.
