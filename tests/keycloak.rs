@@ -456,36 +456,6 @@ fn sidecar_signs_in_again_when_keycloak_ends_the_session_under_it() {
     );
 }
 
-/// A running `login`, its stderr collected as it comes; killed when dropped ([`Proc`]).
-struct Login {
-    proc: Proc,
-}
-
-impl Login {
-    fn start(c: &mut Command) -> Self {
-        c.args(["login", "--no-browser"]);
-        Self {
-            proc: Proc::spawn(c),
-        }
-    }
-
-    /// The verification URL from the prompt.
-    fn url(&self) -> String {
-        wait_for(Duration::from_secs(20), || {
-            self.proc
-                .stderr()
-                .lines()
-                .find(|l| l.starts_with("    http"))
-                .map(|l| l.trim().to_string())
-        })
-    }
-
-    fn finish(&mut self) -> (std::process::ExitStatus, String) {
-        let status = self.proc.wait_timeout(Duration::from_secs(30));
-        (status, self.proc.stderr())
-    }
-}
-
 #[test]
 #[ignore = "needs Keycloak: scripts/test.sh --slow"]
 fn login_is_approved_through_keycloaks_pages_and_logout_revokes_the_session() {
@@ -502,7 +472,7 @@ fn login_is_approved_through_keycloaks_pages_and_logout_revokes_the_session() {
     };
     let mut c = kc_cmd(&kc);
     person(&mut c);
-    let mut login = Login::start(&mut c);
+    let login = Login::start(c.args(["login", "--no-browser"]));
     let url = login.url();
     assert!(
         url.starts_with(&format!("{}/device?user_code=", kc.issuer())),
@@ -514,7 +484,7 @@ fn login_is_approved_through_keycloaks_pages_and_logout_revokes_the_session() {
         .output()
         .unwrap();
     assert!(approve.status.success(), "{}", text(&approve.stderr));
-    let (status, stderr) = login.finish();
+    let (status, _, stderr) = login.finish();
     assert!(status.success(), "{stderr}");
 
     let config = std::fs::read_to_string(home.path().join(".config/polars_cloud/config.toml"))

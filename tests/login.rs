@@ -3,7 +3,7 @@
 //! and `exec`; the real polars-cloud client as consumer; the terminal under a pty.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -80,39 +80,6 @@ fn person(idp: &Idp, home: &Home) -> Command {
     c
 }
 
-/// A running `login`, its output collected as it comes ([`Proc`]).
-struct Running {
-    proc: Proc,
-}
-
-impl Running {
-    fn start(c: &mut Command) -> Self {
-        Self {
-            proc: Proc::spawn(c),
-        }
-    }
-
-    /// The verification URL from the prompt.
-    fn url(&self) -> String {
-        wait_for(Duration::from_secs(20), || {
-            self.proc
-                .stderr()
-                .lines()
-                .find(|l| l.starts_with("    http"))
-                .map(|l| l.trim().to_string())
-        })
-    }
-
-    fn stderr(&self) -> String {
-        self.proc.stderr()
-    }
-
-    fn finish(mut self) -> (ExitStatus, String, String) {
-        let status = self.proc.wait_timeout(Duration::from_secs(30));
-        (status, self.proc.stdout(), self.proc.stderr())
-    }
-}
-
 /// Approves (or with `--deny`, denies) the code through the IdP's own HTML pages.
 fn approve(url: &str, extra: &[&str]) {
     let out = scrubbed("node")
@@ -130,7 +97,7 @@ fn approve(url: &str, extra: &[&str]) {
 
 /// A full login approved as `alice`; the stderr of the run.
 fn login(idp: &Idp, home: &Home) -> String {
-    let run = Running::start(person(idp, home).args(["login", "--no-browser"]));
+    let run = Login::start(person(idp, home).args(["login", "--no-browser"]));
     approve(&run.url(), &[]);
     let (status, stdout, stderr) = run.finish();
     assert!(status.success(), "{status:?}\n{stderr}");
@@ -247,7 +214,7 @@ fn login_print_prints_the_token_and_stores_nothing() {
     require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
-    let run = Running::start(person(&idp, &home).args(["login", "--no-browser", "--print"]));
+    let run = Login::start(person(&idp, &home).args(["login", "--no-browser", "--print"]));
     approve(&run.url(), &["--login", "bob"]);
     let (status, stdout, stderr) = run.finish();
     assert!(status.success(), "{stderr}");
@@ -268,7 +235,7 @@ fn login_moves_the_files_with_the_environment_and_flags() {
     let idp = Idp::start();
     let home = Home::new();
     let dir = tempfile::tempdir().unwrap();
-    let run = Running::start(
+    let run = Login::start(
         person(&idp, &home)
             .args(["login", "--no-browser", "--path"])
             .arg(dir.path().join("flag/token"))
@@ -296,7 +263,7 @@ fn slow_down_widens_the_polling_interval_by_five_seconds() {
         "error_description": "Slow down", "grant_type": DEVICE_GRANT
     }]));
     let home = Home::new();
-    let run = Running::start(person(&idp, &home).args(["login", "--no-browser"]));
+    let run = Login::start(person(&idp, &home).args(["login", "--no-browser"]));
     let url = run.url();
     wait_for(Duration::from_secs(10), || {
         run.stderr().contains("poll less often").then_some(())
@@ -317,7 +284,7 @@ fn a_denied_code_exits_3_and_stores_nothing() {
     require!(have_idp());
     let idp = Idp::start();
     let home = Home::new();
-    let run = Running::start(person(&idp, &home).args(["login", "--no-browser"]));
+    let run = Login::start(person(&idp, &home).args(["login", "--no-browser"]));
     approve(&run.url(), &["--deny"]);
     let (status, stdout, stderr) = run.finish();
     assert_eq!(status.code(), Some(3), "{stderr}");
@@ -335,7 +302,7 @@ fn an_expired_code_exits_3_and_says_to_run_login_again() {
         ..IdpOptions::default()
     });
     let home = Home::new();
-    let run = Running::start(person(&idp, &home).args(["login", "--no-browser"]));
+    let run = Login::start(person(&idp, &home).args(["login", "--no-browser"]));
     assert!(run.url().contains("user_code="));
     let (status, _, stderr) = run.finish();
     assert_eq!(status.code(), Some(3), "{stderr}");
@@ -366,7 +333,7 @@ fn login_opens_the_browser_named_by_browser_and_the_person_approves_there() {
     )
     .unwrap();
     std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = Running::start(person(&idp, &home).arg("login").env("BROWSER", &browser));
+    let run = Login::start(person(&idp, &home).arg("login").env("BROWSER", &browser));
     let url = run.url();
     let (status, _, stderr) = run.finish();
     assert!(status.success(), "{stderr}");

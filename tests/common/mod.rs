@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod keycloak;
+mod login;
 mod proc;
 mod sidecar;
+pub use login::Login;
 pub use proc::Proc;
 pub use sidecar::Sidecar;
 
