@@ -1,6 +1,5 @@
 //! Shared harness for the integration tests: the real binary, and the real test identity
 //! provider (`tests/idp`, oidc-provider mounted at Keycloak's paths) on a free loopback port.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,7 +35,8 @@ pub fn repo() -> PathBuf {
 
 /// The running test IdP; killed when dropped (it also ends with its stdin).
 pub struct Idp {
-    proc: Proc,
+    /// Killed on drop.
+    _proc: Proc,
     pub issuer: String,
     pub port: u16,
 }
@@ -97,12 +97,8 @@ impl Idp {
         Self {
             issuer: ready["issuer"].as_str().unwrap().to_string(),
             port: ready["port"].as_u64().unwrap() as u16,
-            proc,
+            _proc: proc,
         }
-    }
-
-    pub fn token_url(&self) -> String {
-        format!("{}/protocol/openid-connect/token", self.issuer)
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {

@@ -14,7 +14,8 @@ use nix::unistd::Pid;
 /// block it) into buffers the test can read at any time; SIGKILLed and reaped when dropped.
 pub struct Proc {
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Held open until drop (a child that ends with its stdin lives as long as we do).
+    _stdin: Option<ChildStdin>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
@@ -44,7 +45,7 @@ fn drain(
 
 impl Proc {
     /// Spawns `c` with stdout and stderr captured; stdin stays as `c` sets it (when piped,
-    /// the guard holds it open until [`Proc::close_stdin`] or drop).
+    /// the guard holds it open until drop).
     pub fn spawn(c: &mut Command) -> Self {
         let mut child = c
             .stdout(Stdio::piped())
@@ -56,7 +57,7 @@ impl Proc {
         let (stderr, err_reader) = drain(child.stderr.take());
         Self {
             child,
-            stdin,
+            _stdin: stdin,
             stdout,
             stderr,
             readers: out_reader.into_iter().chain(err_reader).collect(),
@@ -75,14 +76,6 @@ impl Proc {
 
     pub fn terminate(&self) {
         self.signal(Signal::SIGTERM);
-    }
-
-    pub fn stdin(&mut self) -> &mut ChildStdin {
-        self.stdin.as_mut().expect("stdin was not piped")
-    }
-
-    pub fn close_stdin(&mut self) {
-        self.stdin = None;
     }
 
     /// What the child wrote to stdout so far.
