@@ -314,17 +314,23 @@ def test_session_ends_are_routine_in_our_logs(world, long_run):
         assert "check the client id" not in logs, (case, logs[-2000:])
 
 
-def watch_pod(kube, name: str, stop: threading.Event, seen: list) -> None:
+def watch_pod(kube, name: str, seen: list) -> tuple[subprocess.Popen, threading.Thread]:
+    """`kubectl get --watch` of one pod, its events appended to `seen` by a thread. The
+    caller stops it: terminating kubectl ends the thread (an idle watch never wakes it,
+    and a kubectl left behind would outlive the suite)."""
     proc = subprocess.Popen([str(kube.kubectl), "get", "pod", name, "-n", NS, "--watch",
                              "-o", "json", "--output-watch-events"], env=kube.env,
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.strip():
-            seen.append(json.loads(line))
-        if stop.is_set():
-            break
-    proc.terminate()
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip():
+                seen.append(json.loads(line))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return proc, t
 
 
 def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_run):
@@ -334,9 +340,7 @@ def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_
     pod_name = pod["metadata"]["name"]
     ours = SIDECAR
     seen: list = []
-    stop = threading.Event()
-    t = threading.Thread(target=watch_pod, args=(kube, pod_name, stop, seen), daemon=True)
-    t.start()
+    proc, t = watch_pod(kube, pod_name, seen)
     time.sleep(1)
     kube.run("scale", "deployment", name, "-n", NS, "--replicas=0")
     began = time.monotonic()
@@ -344,7 +348,9 @@ def test_pod_delete_sends_sigterm_and_our_container_exits_0_in_time(world, long_
         p["metadata"]["name"] == pod_name for p in world["node"].pods(NS, f"app={name}")),
         timeout=40)
     took = time.monotonic() - began
-    stop.set()
+    proc.terminate()
+    proc.wait(timeout=10)
+    t.join(timeout=10)
     finals = []
     for ev in seen:
         obj = ev.get("object", {})
