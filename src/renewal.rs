@@ -62,36 +62,36 @@ pub trait Renewer {
     }
 }
 
-/// How the waits between attempts may end early.
-#[derive(Default)]
-pub struct Wake {
-    /// SIGHUP renews at once (the sidecar: re-read the credentials now).
-    pub hangup: Option<Hangup>,
-}
-
 /// Renews until `cancel`. With a `first` token in place, the first fetch comes at its
-/// renewal point; without one, at once. Failures never end the loop.
+/// renewal point; without one, at once. With `hangup`, SIGHUP renews at once (the
+/// sidecar: re-read the credentials now). Failures never end the loop.
 pub async fn run<F, R>(
     source: &F,
     base: &Policy,
     first: Option<AccessToken>,
     renewer: &mut R,
-    mut wake: Wake,
+    mut hangup: Option<Hangup>,
     cancel: &CancellationToken,
 ) where
     F: Fetch + ?Sized,
     R: Renewer,
 {
     let mut attempt = 0u32;
-    let mut wait = first
-        .as_ref()
-        .map(|t| renew::next_renewal(t, renewer.now(), &renewer.policy(base, t), renewer.draw()));
+    let point = |renewer: &R, token: &AccessToken| {
+        renew::next_renewal(
+            token,
+            renewer.now(),
+            &renewer.policy(base, token),
+            renewer.draw(),
+        )
+    };
+    let mut wait = first.as_ref().map(|t| point(renewer, t));
     let mut held = first;
     loop {
         if let Some(wait) = wait {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = hangup(&mut wake) => tracing::info!("SIGHUP: re-reading the credentials and renewing now"),
+                _ = sighup(&mut hangup) => tracing::info!("SIGHUP: re-reading the credentials and renewing now"),
                 _ = cancel.cancelled() => return,
             }
         }
@@ -104,8 +104,7 @@ pub async fn run<F, R>(
                 Ok(()) => {
                     attempt = 0;
                     let token = tokens.access;
-                    let policy = renewer.policy(base, &token);
-                    let next = renew::next_renewal(&token, renewer.now(), &policy, renewer.draw());
+                    let next = point(renewer, &token);
                     renewer.renewed(&token, next);
                     held = Some(token);
                     next
@@ -135,8 +134,8 @@ pub async fn run<F, R>(
     }
 }
 
-async fn hangup(wake: &mut Wake) {
-    match &mut wake.hangup {
+async fn sighup(hangup: &mut Option<Hangup>) {
+    match hangup {
         Some(h) => h.recv().await,
         None => std::future::pending().await,
     }
@@ -258,7 +257,7 @@ mod tests {
             &Policy::default(),
             None,
             &mut recorder,
-            Wake::default(),
+            None,
             &cancel,
         )
         .await;
@@ -292,7 +291,7 @@ mod tests {
             ("relay modes (sidecar, exec)", with_lead, 0.5, 0.8),
             (
                 "broker keeper",
-                crate::broker::keeper::policy_for,
+                |base, token| crate::broker::keeper::keeper_policy(base, token.lifetime()),
                 0.4,
                 0.65,
             ),

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::renew::Policy;
-use crate::renewal::{self, Renewer, Wake};
+use crate::renewal::{self, Renewer};
 use crate::source::{FailureClass, FetchError, TokenSource};
 use crate::token::AccessToken;
 
@@ -90,7 +90,7 @@ impl Drop for Keeper {
 /// [`lead`] and at least the relay's clients' lead plus 5 s, never before [`EARLIEST`]. A
 /// renewer asking at its point then always finds a token newer than its own, even when
 /// the keeper's own request took a second or two.
-fn keeper_policy(policy: &Policy, life: Duration) -> Policy {
+pub(crate) fn keeper_policy(policy: &Policy, life: Duration) -> Policy {
     Policy {
         renew_at: policy.renew_at - policy.jitter - BAND_GAP,
         lead: policy
@@ -186,7 +186,7 @@ impl Renewer for Publisher {
     }
 
     fn policy(&self, base: &Policy, token: &AccessToken) -> Policy {
-        policy_for(base, token)
+        keeper_policy(base, token.lifetime())
     }
 
     fn renewed(&mut self, token: &AccessToken, wait: Duration) {
@@ -214,11 +214,6 @@ impl Renewer for Publisher {
     }
 }
 
-/// [`keeper_policy`] for `token`'s life: what the keeper renews with.
-pub(crate) fn policy_for(base: &Policy, token: &AccessToken) -> Policy {
-    keeper_policy(base, token.lifetime())
-}
-
 async fn run(
     name: String,
     source: TokenSource,
@@ -232,15 +227,7 @@ async fn run(
         publish,
         counts,
     };
-    renewal::run(
-        &source,
-        &policy,
-        None,
-        &mut publisher,
-        Wake::default(),
-        &stop,
-    )
-    .await;
+    renewal::run(&source, &policy, None, &mut publisher, None, &stop).await;
 }
 
 #[cfg(test)]

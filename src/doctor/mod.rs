@@ -306,7 +306,7 @@ pub struct Meta {
 pub struct App {
     pub uid: Option<u32>,
     /// Its primary and supplemental groups (a pod's fsGroup is added by the volume's
-    /// set-group-id directory, see [`readable`]).
+    /// set-group-id directory, see [`usable`]).
     pub gids: Vec<u32>,
 }
 
@@ -373,7 +373,7 @@ pub type Used<'a> = (&'a Path, Meta, Meta, Access);
 /// Whether the app may use each file as it does: decided for the app's uid when known,
 /// else from the bits that every container of the pod has (others; or the group of an
 /// fsGroup volume, whose directory carries the set-group-id bit).
-pub fn readable(app: &App, files: &[Used]) -> Finding {
+pub fn usable(app: &App, files: &[Used]) -> Finding {
     if files.is_empty() {
         return Finding::skip(link::APP_ACCESS, "no file to check");
     }
@@ -414,21 +414,21 @@ pub fn readable(app: &App, files: &[Used]) -> Finding {
             Finding::ok(link::APP_ACCESS, format!("uid {uid} can use {names}"))
         }
         None => {
-            let every = files.iter().all(|(_, f, d, a)| {
-                let (on_file, on_dir) = a.bits();
-                f.mode & on_file == on_file && d.mode & on_dir == on_dir
-            });
-            if every {
+            // The bits of a class (others: shift 0; group: shift 3) on every file and
+            // its directory.
+            let granted = |shift: u32| {
+                files.iter().all(|(_, f, d, a)| {
+                    let (on_file, on_dir) = a.bits();
+                    (f.mode >> shift) & on_file == on_file && (d.mode >> shift) & on_dir == on_dir
+                })
+            };
+            if granted(0) {
                 return Finding::ok(link::APP_ACCESS, format!("any uid can use {names}"));
             }
-            let group = files.iter().all(|(_, f, d, a)| {
-                let (on_file, on_dir) = a.bits();
-                d.mode & 0o2000 != 0
-                    && f.gid == d.gid
-                    && (f.mode >> 3) & on_file == on_file
-                    && (d.mode >> 3) & on_dir == on_dir
-            });
-            if group {
+            let fs_group = files
+                .iter()
+                .all(|(_, f, d, _)| d.mode & 0o2000 != 0 && f.gid == d.gid);
+            if fs_group && granted(3) {
                 let gid = files[0].2.gid;
                 return Finding::ok(
                     link::APP_ACCESS,

@@ -105,7 +105,7 @@ fn who_may_read_follows_the_kernels_rules_and_the_pods_fs_group() {
     let p = Path::new("/v/token");
     let dir = |uid, gid, mode| Meta { uid, gid, mode };
     let uid = |u: u32, gids: Vec<u32>| App { uid: Some(u), gids };
-    let check = |app: &App, f: Meta, d: Meta| readable(app, &[(p, f, d, Access::Read)]).status;
+    let check = |app: &App, f: Meta, d: Meta| usable(app, &[(p, f, d, Access::Read)]).status;
     let open_dir = dir(65532, 65532, 0o40755);
     // No fsGroup, 0640: owner only (and root).
     let f640 = dir(65532, 65532, 0o100640);
@@ -122,7 +122,7 @@ fn who_may_read_follows_the_kernels_rules_and_the_pods_fs_group() {
     let fs_dir = dir(0, 2000, 0o42770);
     let f_fs = dir(65532, 2000, 0o100640);
     assert_eq!(check(&uid(1000, vec![]), f_fs, fs_dir), Status::Ok);
-    let every = readable(&App::default(), &[(p, f_fs, fs_dir, Access::Read)]);
+    let every = usable(&App::default(), &[(p, f_fs, fs_dir, Access::Read)]);
     assert_eq!(every.status, Status::Ok);
     assert!(every.detail.contains("fsGroup 2000"), "{}", every.detail);
     // A directory others cannot search hides a readable file.
@@ -142,7 +142,7 @@ fn the_files_the_app_writes_back_need_write_access_for_it() {
         uid: Some(1000),
         gids: vec![],
     };
-    let use_ = |app: &App, f: Meta, d: Meta, a: Access| readable(app, &[(p, f, d, a)]);
+    let use_ = |app: &App, f: Meta, d: Meta, a: Access| usable(app, &[(p, f, d, a)]);
     // No fsGroup: our container (65532) wrote them; the app is "other".
     let dir = m(0, 0, 0o40777);
     // The old legacy files' mode: readable, but 0.11's write-back is refused.

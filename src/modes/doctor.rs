@@ -42,11 +42,8 @@ struct Plan {
 
 /// `polars-cloud-auth doctor`.
 pub fn command(args: DoctorArgs) -> anyhow::Result<u8> {
-    let idp = args.idp.clone();
-    let file_args = args.file.clone();
+    let (idp, file_args, relay_args, serve) = (args.idp, args.file, args.relay, args.serve);
     let token_file = file_args.pod_token_file();
-    let relay_args = args.relay.clone();
-    let serve = args.serve.clone();
     let place = if idp.credentials_dir.is_some()
         || idp.client_assertion_file.is_some()
         || !relay_args.client_configs.is_empty()
@@ -484,7 +481,7 @@ fn token_files(plan: &Plan) -> Vec<Finding> {
             .collect();
         doctor::readable_here(&opened)
     } else {
-        doctor::readable(&plan.app, &refs)
+        doctor::usable(&plan.app, &refs)
     };
     vec![file, access]
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::SidecarArgs;
 use crate::relay::{self, endpoint, endpoint::Relay};
 use crate::renew::{self, Policy};
-use crate::renewal::{self, Renewer, Wake};
+use crate::renewal::{self, Renewer};
 use crate::serve::prom::family as metric;
 use crate::sink::TokenFile;
 use crate::source::{FailureClass, FetchError, TokenSource};
@@ -259,10 +259,8 @@ async fn renew_loop(
         sinks,
         health,
     };
-    let wake = Wake {
-        hangup: Some(crate::shutdown::Hangup::new()),
-    };
-    renewal::run(source, &s.policy, None, &mut ours, wake, cancel).await;
+    let hangup = Some(crate::shutdown::Hangup::new());
+    renewal::run(source, &s.policy, None, &mut ours, hangup, cancel).await;
 }
 
 /// The sidecar's part of the renewal driver: the token file, the app's files and the

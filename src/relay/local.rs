@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::Relay;
 use super::{CLIENT_LEAD, Settings, auth_host, proxy};
 use crate::renew::{self, Policy};
-use crate::renewal::{self, Renewer, Wake};
+use crate::renewal::{self, Renewer};
 use crate::sink::TokenFile;
 use crate::source::{FetchError, TokenSource};
 use crate::token::AccessToken;
@@ -283,7 +283,7 @@ async fn run_feed(
                 &policy,
                 Some(first),
                 &mut out,
-                Wake::default(),
+                None,
                 &cancel,
             )
             .await
